@@ -1,0 +1,18 @@
+# Entry points for a newcomer and for CI (.ci/run calls `make test`).
+# Every target bootstraps first; bootstrap is idempotent and fast when done.
+PYTHON := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap test demo bench
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+test: bootstrap
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+demo: bootstrap
+	$(PYTHON) -m hessra_pg.demo
+
+bench: bootstrap
+	$(PYTHON) benchmarks/bench_verify.py
