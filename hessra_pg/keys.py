@@ -1,0 +1,75 @@
+"""Public keys: parse PEM (SPKI, P-256 or Ed25519) or the `alg/hex` form.
+
+The canonical form everywhere (keys table, chain nodes, Datalog scopes) is
+what biscuit prints: `ed25519/<64 hex>` or `secp256r1/<66 hex>` (spec §1.4).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import biscuit_auth
+
+from .errors import KeyFormatError
+
+_ALGORITHMS = {
+    "ed25519": (biscuit_auth.Algorithm.Ed25519, 32),
+    "secp256r1": (biscuit_auth.Algorithm.Secp256r1, 33),
+}
+_ALG_HEX = re.compile(r"(ed25519|secp256r1)/([0-9a-fA-F]+)")
+_PEM_PUBLIC = re.compile(
+    r"-----BEGIN PUBLIC KEY-----\s*[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----"
+)
+#: PEM text longer than this is not a public key; refuse before parsing.
+_MAX_KEY_TEXT = 4096
+
+
+def parse_public_key(text: str) -> biscuit_auth.PublicKey:
+    """Parse a public key given as PEM or `alg/hex`; raise KeyFormatError."""
+    return _parse_public_key_cached(_normalise(text))
+
+
+def canonical_public_key(text: str) -> str:
+    """Return the canonical `alg/hex` form of a PEM or `alg/hex` key."""
+    return str(parse_public_key(text))
+
+
+def _normalise(text: object) -> str:
+    if not isinstance(text, str):
+        raise KeyFormatError("public key must be text (PEM or 'ed25519/<hex>' / 'secp256r1/<hex>')")
+    text = text.strip()
+    if not text:
+        raise KeyFormatError("public key is empty")
+    if len(text) > _MAX_KEY_TEXT:
+        raise KeyFormatError("public key text is too long to be a key")
+    return text
+
+
+@lru_cache(maxsize=256)
+def _parse_public_key_cached(text: str) -> biscuit_auth.PublicKey:
+    if text.startswith("-----BEGIN"):
+        if not _PEM_PUBLIC.fullmatch(text):
+            raise KeyFormatError(
+                "PEM key must be a single '-----BEGIN PUBLIC KEY-----' block "
+                "(SPKI, P-256 or Ed25519); private keys are not accepted here"
+            )
+        try:
+            return biscuit_auth.PublicKey.from_pem(text)
+        except Exception:
+            raise KeyFormatError(
+                "PEM public key could not be parsed: expected an SPKI P-256 or Ed25519 key"
+            ) from None
+    match = _ALG_HEX.fullmatch(text)
+    if not match:
+        raise KeyFormatError(
+            "public key must be PEM or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'"
+        )
+    alg_name, hex_text = match.groups()
+    algorithm, size = _ALGORITHMS[alg_name]
+    if len(hex_text) != 2 * size:
+        raise KeyFormatError(f"{alg_name} public key must be {2 * size} hex digits, got {len(hex_text)}")
+    try:
+        return biscuit_auth.PublicKey.from_bytes(bytes.fromhex(hex_text), algorithm)
+    except Exception:
+        raise KeyFormatError(f"{alg_name} public key bytes are not a valid curve point") from None

@@ -1,0 +1,206 @@
+"""Bound the work a token can make the Datalog engine do, before running it.
+
+Anyone holding a valid token can append first-party blocks, and Biscuit's own
+run limits are only checked between rule iterations: one check joining three
+predicates over 100 facts burns a second of CPU whatever `max_time` says
+(measured with biscuit-python 0.4.0). So we read the token's protobuf
+structure (schema.proto of biscuit v3) and refuse shapes that no Hessra token
+has and that could make evaluation expensive. The authority block is signed by
+a key we trust and is not limited beyond the token size.
+
+Limits for every block after the authority block:
+- no rules (Hessra's appended blocks hold only facts and checks);
+- at most MAX_FACTS_PER_BLOCK facts and MAX_CHECKS_PER_BLOCK check queries;
+- strings it introduces are at most MAX_SYMBOL_BYTES long;
+- each check query: at most MAX_QUERY_PREDICATES body predicates and
+  MAX_EXPRESSION_OPS expression operations, no closures, no regex;
+- a join budget: sum over queries of (facts in the token + authorizer facts)
+  ** (body predicates) stays under MAX_JOIN_WORK.
+Together these keep the worst appended block to a few milliseconds
+(tests/integration/test_hostile_tokens.py measures it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import TokenFormatError, TokenShapeError
+
+MAX_BLOCKS = 32
+MAX_FACTS_PER_BLOCK = 16
+MAX_CHECKS_PER_BLOCK = 16
+MAX_QUERY_PREDICATES = 2
+MAX_EXPRESSION_OPS = 16
+MAX_SYMBOL_BYTES = 512
+MAX_JOIN_WORK = 2_000
+#: Facts the verifier itself adds (time, subject, resource, operation, domain,
+#: prefix, capability rule output) and a margin.
+AUTHORIZER_FACTS = 8
+
+# Field numbers from biscuit's schema.proto (format v3).
+_BISCUIT_ROOT_KEY_ID, _BISCUIT_AUTHORITY, _BISCUIT_BLOCKS = 1, 2, 3
+_SIGNED_BLOCK_BLOCK, _SIGNED_BLOCK_EXTERNAL = 1, 4
+_BLOCK_SYMBOLS, _BLOCK_FACTS, _BLOCK_RULES, _BLOCK_CHECKS = 1, 4, 5, 6
+_CHECK_QUERIES = 1
+_RULE_BODY, _RULE_EXPRESSIONS = 2, 3
+_EXPRESSION_OPS = 1
+_OP_BINARY, _OP_CLOSURE = 3, 4
+_OP_BINARY_KIND = 1
+_BINARY_REGEX = 8
+
+
+@dataclass
+class BlockShape:
+    facts: int = 0
+    rules: int = 0
+    #: (body predicates, expression ops, uses closure or regex) per check query
+    queries: list[tuple[int, int, bool]] = field(default_factory=list)
+    third_party: bool = False
+    longest_symbol: int = 0
+
+
+@dataclass
+class TokenShape:
+    root_key_id: int | None
+    blocks: list[BlockShape]
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise TokenFormatError("token is truncated or not a Biscuit")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data: bytes):
+    """Yield (field number, wire type, value) of one protobuf message."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise TokenFormatError("token is truncated or not a Biscuit")
+            value, pos = data[pos:pos + size], pos + size
+        elif wire == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        elif wire == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise TokenFormatError("token is not a Biscuit (bad protobuf wire type)")
+        if pos > len(data):
+            raise TokenFormatError("token is truncated or not a Biscuit")
+        yield number, wire, value
+
+
+def _expression_shape(expression: bytes) -> tuple[int, bool]:
+    ops, unsafe = 0, False
+    for number, _, op in _fields(expression):
+        if number != _EXPRESSION_OPS:
+            continue
+        ops += 1
+        for kind, _, value in _fields(op):
+            if kind == _OP_CLOSURE:
+                unsafe = True
+            elif kind == _OP_BINARY:
+                for sub, wire, binary_kind in _fields(value):
+                    if sub == _OP_BINARY_KIND and wire == 0 and binary_kind == _BINARY_REGEX:
+                        unsafe = True
+    return ops, unsafe
+
+
+def _query_shape(rule: bytes) -> tuple[int, int, bool]:
+    predicates = ops = 0
+    unsafe = False
+    for number, _, value in _fields(rule):
+        if number == _RULE_BODY:
+            predicates += 1
+        elif number == _RULE_EXPRESSIONS:
+            expression_ops, expression_unsafe = _expression_shape(value)
+            ops += expression_ops
+            unsafe = unsafe or expression_unsafe
+    return predicates, ops, unsafe
+
+
+def _block_shape(block: bytes, third_party: bool) -> BlockShape:
+    shape = BlockShape(third_party=third_party)
+    for number, _, value in _fields(block):
+        if number == _BLOCK_SYMBOLS:
+            shape.longest_symbol = max(shape.longest_symbol, len(value))
+        elif number == _BLOCK_FACTS:
+            shape.facts += 1
+        elif number == _BLOCK_RULES:
+            shape.rules += 1
+        elif number == _BLOCK_CHECKS:
+            for query_number, _, query in _fields(value):
+                if query_number == _CHECK_QUERIES:
+                    shape.queries.append(_query_shape(query))
+    return shape
+
+
+def _signed_block(signed: bytes) -> BlockShape:
+    payload, third_party = None, False
+    for number, _, value in _fields(signed):
+        if number == _SIGNED_BLOCK_BLOCK:
+            payload = value
+        elif number == _SIGNED_BLOCK_EXTERNAL:
+            third_party = True
+    if payload is None:
+        raise TokenFormatError("token is not a Biscuit (block without payload)")
+    return _block_shape(payload, third_party)
+
+
+def read_shape(data: bytes) -> TokenShape:
+    """Parse the structure of a serialized Biscuit (no signature check)."""
+    root_key_id = None
+    blocks: list[BlockShape] = []
+    authority_seen = False
+    for number, wire, value in _fields(data):
+        if number == _BISCUIT_ROOT_KEY_ID and wire == 0:
+            root_key_id = value
+        elif number == _BISCUIT_AUTHORITY and wire == 2:
+            blocks.insert(0, _signed_block(value))
+            authority_seen = True
+        elif number == _BISCUIT_BLOCKS and wire == 2:
+            if len(blocks) > MAX_BLOCKS:
+                raise TokenShapeError(f"token has more than {MAX_BLOCKS} blocks")
+            blocks.append(_signed_block(value))
+    if not authority_seen:
+        raise TokenFormatError("token is not a Biscuit (no authority block)")
+    return TokenShape(root_key_id=root_key_id, blocks=blocks)
+
+
+def check_shape(shape: TokenShape) -> None:
+    """Raise TokenShapeError if appended blocks could make evaluation costly."""
+    if len(shape.blocks) > MAX_BLOCKS:
+        raise TokenShapeError(f"token has more than {MAX_BLOCKS} blocks")
+    visible_facts = sum(block.facts for block in shape.blocks) + AUTHORIZER_FACTS
+    work = 0
+    for index, block in enumerate(shape.blocks[1:], start=1):
+        if block.rules:
+            raise TokenShapeError(f"block {index} contains rules; appended blocks may hold only facts and checks")
+        if block.facts > MAX_FACTS_PER_BLOCK:
+            raise TokenShapeError(f"block {index} has more than {MAX_FACTS_PER_BLOCK} facts")
+        if block.longest_symbol > MAX_SYMBOL_BYTES:
+            raise TokenShapeError(f"block {index} has a string longer than {MAX_SYMBOL_BYTES} bytes")
+        if len(block.queries) > MAX_CHECKS_PER_BLOCK:
+            raise TokenShapeError(f"block {index} has more than {MAX_CHECKS_PER_BLOCK} check queries")
+        for predicates, ops, unsafe in block.queries:
+            if predicates > MAX_QUERY_PREDICATES:
+                raise TokenShapeError(f"a check in block {index} joins more than {MAX_QUERY_PREDICATES} predicates")
+            if ops > MAX_EXPRESSION_OPS:
+                raise TokenShapeError(f"a check in block {index} has more than {MAX_EXPRESSION_OPS} expression operations")
+            if unsafe:
+                raise TokenShapeError(f"a check in block {index} uses closures or regular expressions")
+            work += visible_facts ** predicates
+    if work > MAX_JOIN_WORK:
+        raise TokenShapeError("appended checks could join too many facts")

@@ -1,0 +1,401 @@
+"""Pure verification decisions for Hessra tokens, shared by the server side
+(PL/Python, through hessra_pg.server) and the client side (CLI, tests).
+
+The authorizer is the "compat" one of spec §2.3: the newest Hessra facts with
+the G1/G2 policy instead of `allow if true`, so G3 tokens verify exactly as
+Hessra's SDK verifies them while old G1/G2 tokens can't be used for another
+subject, resource or operation. Time is an integer fact (never set_time).
+Nothing here touches a database; callers pass the keys, chains and time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Iterable, Sequence
+
+import biscuit_auth
+
+from .encoding import decode_token
+from .errors import ConfigurationError, KeyFormatError, TokenFormatError, TokenShapeError
+from .keys import parse_public_key
+from .shape import check_shape, read_shape
+
+#: Biscuit's default max_time (1 ms) denies valid tokens on a busy machine
+#: (design §3). The shape limits bound the work; this is only a backstop.
+RUN_LIMIT_TIME = timedelta(seconds=1)
+RUN_LIMIT_FACTS = 1000
+RUN_LIMIT_ITERATIONS = 100
+
+#: Stable reason codes reported by explain() and the CLI.
+REASONS = (
+    "ok",
+    "no_token",
+    "bad_token",
+    "too_complex",
+    "unknown_key",
+    "key_inactive",
+    "bad_signature",
+    "expired",
+    "revoked",
+    "subject_mismatch",
+    "denied",
+    "domain_mismatch",
+    "prefix_mismatch",
+    "missing_signoff",
+    "missing_attestation",
+    "check_failed",
+    "limits",
+)
+
+_TIME_CHECK = re.compile(r"check if time\(\$(\w+)\), \$\1 < (-?\d+)")
+_FAILED_CHECK = re.compile(r"Check n°(\d+) in (?:block n°(\d+)|authorizer): ")
+_POLICY = "allow if subject($sub), resource($res), operation($op), right($sub, $res, $op);"
+_RIGHTS_QUERY = "data($s, $r, $o) <- right($s, $r, $o)"
+_BISCUIT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(biscuit_auth, name)
+    for name in (
+        "AuthorizationError",
+        "BiscuitBlockError",
+        "BiscuitBuildError",
+        "BiscuitSerializationError",
+        "BiscuitValidationError",
+        "DataLogError",
+    )
+)
+
+
+@dataclass(frozen=True)
+class RootKey:
+    """A root (authority) public key with its validity window (epoch seconds)."""
+
+    kid: int
+    public_key: str
+    not_before: int | None = None
+    not_after: int | None = None
+
+    def active_at(self, now: int) -> bool:
+        if self.not_before is not None and now < self.not_before:
+            return False
+        return self.not_after is None or now < self.not_after
+
+
+@dataclass(frozen=True)
+class ChainNode:
+    """One node of a service chain (spec §3), public key in canonical form."""
+
+    component: str
+    public_key: str
+
+
+@dataclass
+class Decision:
+    """The outcome of one verification. `reason` is one of REASONS (for a
+    missing attestation it is `missing_attestation:<component>`)."""
+
+    valid: bool
+    reason: str
+    kid: int | None = None
+    expires_at: int | None = None
+    revocation_ids: tuple[str, ...] = ()
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; never contains the token."""
+        return {
+            "valid": self.valid,
+            "reason": self.reason,
+            "kid": self.kid,
+            "expires_at": self.expires_at,
+            "revocation_ids": list(self.revocation_ids),
+            "detail": self.detail,
+        }
+
+
+class TokenRejected(Exception):
+    """Internal: the token can't be used at all (format, key, signature)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class VerifiedToken:
+    """A token whose signatures were checked against one root key."""
+
+    biscuit: biscuit_auth.Biscuit
+    key: RootKey
+    expires_at: int | None
+    revocation_ids: tuple[str, ...]
+    block_sources: tuple[str, ...] = field(repr=False, default=())
+
+
+# -- configuration ---------------------------------------------------------
+
+def parse_chain(nodes: Any) -> tuple[ChainNode, ...]:
+    """Validate a service chain given as the JSON array of spec §3.3
+    (`[{"component": ..., "public_key": ...}]`); raise ConfigurationError."""
+    if not isinstance(nodes, list):
+        raise ConfigurationError(
+            'service chain must be a JSON array of {"component": ..., "public_key": ...} objects'
+        )
+    parsed: list[ChainNode] = []
+    seen: set[str] = set()
+    for position, node in enumerate(nodes, start=1):
+        if not isinstance(node, dict):
+            raise ConfigurationError(f"service chain node {position} is not a JSON object")
+        component, key = node.get("component"), node.get("public_key")
+        if not isinstance(component, str) or not component:
+            raise ConfigurationError(f"service chain node {position} needs a non-empty \"component\" string")
+        if not isinstance(key, str):
+            raise ConfigurationError(f"service chain node {position} ({component}) needs a \"public_key\" string")
+        if component in seen:
+            raise ConfigurationError(f"service chain component {component!r} appears twice")
+        try:
+            canonical = str(parse_public_key(key))
+        except KeyFormatError as error:
+            raise ConfigurationError(f"service chain node {position} ({component}): {error}") from None
+        seen.add(component)
+        parsed.append(ChainNode(component, canonical))
+    return tuple(parsed)
+
+
+def chain_nodes_required(nodes: Sequence[ChainNode], component: str | None) -> list[ChainNode]:
+    """The nodes that must have attested for `component` (spec §3.3): every
+    node strictly before it, or all nodes when component is None."""
+    if component is None:
+        return list(nodes)
+    components = [node.component for node in nodes]
+    if component not in components:
+        raise ConfigurationError(
+            f"component {component!r} is not in the service chain (components: {', '.join(components)})"
+        )
+    return list(nodes[: components.index(component)])
+
+
+# -- signature check -------------------------------------------------------
+
+def load_token(token: str | None, keys: Iterable[RootKey], now: int) -> VerifiedToken:
+    """Decode, bound and signature-check a token against the keys active at
+    `now`, choosing by `root_key_id` when the token carries one.
+
+    Raises TokenRejected for anything wrong with the token, and
+    ConfigurationError when no key is active at all.
+    """
+    if token is None or (isinstance(token, str) and not token.strip()):
+        raise TokenRejected("no_token", "no token was given")
+    try:
+        data = decode_token(token)
+        shape = read_shape(data)
+        check_shape(shape)
+    except TokenShapeError as error:
+        raise TokenRejected("too_complex", str(error)) from None
+    except TokenFormatError as error:
+        raise TokenRejected("bad_token", str(error)) from None
+
+    all_keys = list(keys)
+    active = [key for key in all_keys if key.active_at(now)]
+    if not active:
+        raise ConfigurationError(
+            "no active key in hessra_authz.keys: add the authority's public key with hessra_authz.add_key()"
+        )
+    if shape.root_key_id is not None:
+        candidates = [key for key in all_keys if key.kid == shape.root_key_id]
+        if not candidates:
+            raise TokenRejected("unknown_key", f"token names root key id {shape.root_key_id}, which is not registered")
+        candidates = [key for key in candidates if key.active_at(now)]
+        if not candidates:
+            raise TokenRejected("key_inactive", f"root key {shape.root_key_id} is not active at this time")
+    else:
+        # Newest first: after a rotation most tokens are signed by the new key.
+        candidates = sorted(active, key=lambda key: key.kid, reverse=True)
+
+    for key in candidates:
+        try:
+            biscuit = biscuit_auth.Biscuit.from_bytes(data, parse_public_key(key.public_key))
+        except _BISCUIT_ERRORS:
+            continue
+        sources = tuple(biscuit.block_source(i) for i in range(biscuit.block_count()))
+        return VerifiedToken(
+            biscuit=biscuit,
+            key=key,
+            expires_at=_expiry(sources),
+            revocation_ids=tuple(biscuit.revocation_ids),
+            block_sources=sources,
+        )
+    if shape.root_key_id is not None:
+        raise TokenRejected("bad_signature", f"signature does not verify with root key {shape.root_key_id}")
+    raise TokenRejected("bad_signature", "signature does not verify with any active root key")
+
+
+def _expiry(sources: Iterable[str]) -> int | None:
+    """The minimum of every `check if time($t), $t < N` in the token."""
+    values = [int(match.group(2)) for source in sources for match in _TIME_CHECK.finditer(source)]
+    return min(values) if values else None
+
+
+# -- authorization ---------------------------------------------------------
+
+def authorize(
+    verified: VerifiedToken,
+    *,
+    now: int,
+    subject: str | None,
+    resource: str,
+    operation: str,
+    domain: str | None = None,
+    prefix: str | None = None,
+    chain: Sequence[ChainNode] | None = None,
+    component: str | None = None,
+    capability: bool = False,
+) -> Decision:
+    """Run the compat authorizer on a signature-checked token.
+
+    `capability=True` does not check the subject (verify_capability).
+    With `chain`, the nodes before `component` must have attested (§3.3);
+    an unknown component raises ConfigurationError.
+    """
+    required = chain_nodes_required(chain, component) if chain is not None else []
+    source = ["time({now}); resource({resource}); operation({operation});"]
+    params: dict[str, Any] = {"now": now, "resource": resource, "operation": operation}
+    scope: dict[str, biscuit_auth.PublicKey] = {}
+    if capability:
+        source.append("subject($sub) <- right($sub, {resource}, {operation});")
+    else:
+        source.append("subject({subject});")
+        params["subject"] = subject
+    if domain is not None:
+        source.append("domain({domain});")
+        params["domain"] = domain
+    if prefix is not None:
+        source.append("prefix({prefix});")
+        params["prefix"] = prefix
+    for index, node in enumerate(required):
+        source.append(f"check if node({{resource}}, {{component{index}}}) trusting authority, {{node_key{index}}};")
+        params[f"component{index}"] = node.component
+        scope[f"node_key{index}"] = parse_public_key(node.public_key)
+    source.append(_POLICY)
+
+    builder = biscuit_auth.AuthorizerBuilder("\n".join(source), params, scope)
+    limits = builder.limits()
+    limits.max_time = RUN_LIMIT_TIME
+    limits.max_facts = RUN_LIMIT_FACTS
+    limits.max_iterations = RUN_LIMIT_ITERATIONS
+    builder.set_limits(limits)
+
+    def decision(valid: bool, reason: str, detail: str | None = None) -> Decision:
+        return Decision(
+            valid=valid,
+            reason=reason,
+            kid=verified.key.kid,
+            expires_at=verified.expires_at,
+            revocation_ids=verified.revocation_ids,
+            detail=detail,
+        )
+
+    authorizer = builder.build(verified.biscuit)
+    try:
+        authorizer.authorize()
+        return decision(True, "ok")
+    except _BISCUIT_ERRORS as error:
+        message = str(error)
+    reason, detail = _diagnose(message, authorizer, verified, now, subject, resource, operation, required, capability)
+    return decision(False, reason, detail)
+
+
+def _diagnose(
+    message: str,
+    authorizer: Any,
+    verified: VerifiedToken,
+    now: int,
+    subject: str | None,
+    resource: str,
+    operation: str,
+    required: Sequence[ChainNode],
+    capability: bool,
+) -> tuple[str, str]:
+    """Map a Biscuit failure to a stable reason code and a short detail."""
+    if "execution limits" in message or "timeout" in message.lower():
+        return "limits", "Datalog evaluation reached the run limits"
+    if verified.expires_at is not None and now >= verified.expires_at:
+        return "expired", f"token expired at {verified.expires_at}"
+    failed = _failed_checks(message)
+    try:
+        rights = [tuple(fact.terms) for fact in authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))]
+    except _BISCUIT_ERRORS:
+        rights = []
+    if not capability and not any(right[0] == subject for right in rights):
+        return "subject_mismatch", "the token grants nothing to this subject"
+    if not any(
+        right[1:] == (resource, operation) and (capability or right[0] == subject) for right in rights
+    ):
+        return "denied", "the token grants no right for this resource and operation"
+    for block, index, text in failed:
+        if block is None and index < len(required):
+            return f"missing_attestation:{required[index].component}", text
+    for _, _, text in failed:
+        if "domain(" in text:
+            return "domain_mismatch", text
+        if "prefix" in text:
+            return "prefix_mismatch", text
+        if "namespace(" in text:
+            return "missing_signoff", text
+    if failed:
+        return "check_failed", failed[0][2]
+    return "denied", "no policy matched"
+
+
+def _failed_checks(message: str) -> list[tuple[int | None, int, str]]:
+    """(block or None for the authorizer, check index, Datalog) per failure."""
+    matches = list(_FAILED_CHECK.finditer(message))
+    result = []
+    for position, match in enumerate(matches):
+        end = matches[position + 1].start() if position + 1 < len(matches) else len(message)
+        text = message[match.end():end].rstrip(", ")
+        block = int(match.group(2)) if match.group(2) is not None else None
+        result.append((block, int(match.group(1)), text))
+    return result
+
+
+def verify(
+    token: str | None,
+    keys: Iterable[RootKey],
+    *,
+    now: int,
+    subject: str | None,
+    resource: str | None,
+    operation: str | None,
+    domain: str | None = None,
+    prefix: str | None = None,
+    chain: Sequence[ChainNode] | None = None,
+    component: str | None = None,
+    capability: bool = False,
+) -> Decision:
+    """Verify a token end to end; a token problem is a Decision, never an
+    exception. Configuration problems raise ConfigurationError."""
+    if chain is not None:
+        chain_nodes_required(chain, component)  # an unknown component is loud even with no token
+    try:
+        verified = load_token(token, keys, now)
+    except TokenRejected as rejected:
+        return Decision(False, rejected.reason, detail=rejected.detail)
+    if resource is None or operation is None or (not capability and subject is None):
+        return Decision(
+            False, "denied", verified.key.kid, verified.expires_at, verified.revocation_ids,
+            "subject, resource and operation are required",
+        )
+    return authorize(
+        verified,
+        now=now,
+        subject=subject,
+        resource=resource,
+        operation=operation,
+        domain=domain,
+        prefix=prefix,
+        chain=chain,
+        component=component,
+        capability=capability,
+    )
