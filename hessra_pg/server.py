@@ -1,0 +1,270 @@
+"""The in-database side: what the PL/Python bodies of extension/ call.
+
+Each SQL function body is two lines that pass `plpy` and the arguments here.
+This module reads the keys and chains through SPI, keeps per-backend caches
+(module globals live as long as the backend's interpreter), and turns
+configuration problems into Postgres ERRORs with a hint. Token problems are
+never errors: the verify functions return false.
+
+Freshness: every call reads `hessra_authz.config_state.generation` with the
+statement's snapshot; triggers bump it whenever keys or chains change, so a
+change is seen by every statement that starts after it commits, in every
+backend.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any, Callable
+
+from .errors import ConfigurationError, HessraError, KeyFormatError
+from .keys import canonical_public_key
+from .verify import (
+    ChainNode,
+    Decision,
+    RootKey,
+    TokenRejected,
+    VerifiedToken,
+    authorize,
+    chain_nodes_required,
+    load_token,
+    parse_chain,
+)
+
+#: Signature-checked tokens kept per backend (least recently used dropped).
+TOKEN_CACHE_SIZE = 1024
+
+_STATE_SQL = (
+    "SELECT pg_catalog.date_part('epoch', pg_catalog.statement_timestamp())::float8 AS now,"
+    " generation FROM hessra_authz.config_state"
+)
+_KEYS_SQL = """
+SELECT kid, public_key,
+       CASE WHEN not_before = '-infinity' THEN NULL
+            ELSE pg_catalog.date_part('epoch', not_before)::float8 END AS not_before,
+       CASE WHEN not_after IS NULL OR not_after = 'infinity' THEN NULL
+            ELSE pg_catalog.date_part('epoch', not_after)::float8 END AS not_after
+  FROM hessra_authz.keys
+"""
+_CHAINS_SQL = "SELECT name, nodes::text AS nodes FROM hessra_authz.service_chains"
+
+
+class _Config:
+    """Keys and chains of one configuration generation."""
+
+    def __init__(self, generation: int, keys: tuple[RootKey, ...], chains: dict[str, Any]) -> None:
+        self.generation = generation
+        self.keys = keys
+        #: name -> tuple of ChainNode, or the ConfigurationError of a bad row
+        self.chains = chains
+
+
+_plans: dict[str, Any] = {}
+_config: _Config | None = None
+_tokens: "OrderedDict[tuple[str, int], VerifiedToken | TokenRejected]" = OrderedDict()
+
+def _plan(plpy: Any, sql: str) -> Any:
+    plan = _plans.get(sql)
+    if plan is None:
+        plan = _plans[sql] = plpy.prepare(sql)
+    return plan
+
+
+_HINTS = {
+    "no active key": "Add the authority's public key: SELECT hessra_authz.add_key('<PEM or alg/hex>');",
+    "is not in the service chain": "Pass one of the chain's components, or NULL to require every node.",
+    "no service chain named": "Register it with hessra_authz.set_service_chain(name, nodes).",
+    "public key": "Keys are PEM (SPKI, P-256 or Ed25519) or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'.",
+}
+
+
+def _sql_errors(function: Callable[..., str]) -> Callable[..., str]:
+    """Report hessra_pg errors as an error outcome instead of raising.
+
+    An exception escaping PL/Python shows the user a Python traceback; the
+    thin plpgsql wrappers of extension/ raise these outcomes as a clean
+    ERROR (hessra_authz._raise) instead. Outcomes: 't', 'f', a JSON result,
+    or a JSON object with an "error" member.
+    """
+
+    def wrapper(plpy: Any, *args: Any, **kwargs: Any) -> str:
+        try:
+            return function(plpy, *args, **kwargs)
+        except HessraError as error:
+            message = f"hessra_authz: {error}"
+            hint = next((text for needle, text in _HINTS.items() if needle in message), None)
+            return json.dumps({"error": message, "hint": hint, "sqlstate": "22023"})
+
+    wrapper.__name__ = function.__name__
+    wrapper.__doc__ = function.__doc__
+    return wrapper
+
+
+def _outcome(valid: bool) -> str:
+    return "t" if valid else "f"
+
+
+def _statement_state(plpy: Any) -> tuple[float, _Config]:
+    """The statement's time and the configuration visible to it."""
+    global _config
+    row = plpy.execute(_plan(plpy, _STATE_SQL))[0]
+    now, generation = row["now"], row["generation"]
+    if _config is None or _config.generation != generation:
+        keys = tuple(
+            RootKey(r["kid"], r["public_key"], r["not_before"], r["not_after"])
+            for r in plpy.execute(_plan(plpy, _KEYS_SQL))
+        )
+        chains: dict[str, Any] = {}
+        for r in plpy.execute(_plan(plpy, _CHAINS_SQL)):
+            try:
+                chains[r["name"]] = parse_chain(json.loads(r["nodes"]))
+            except ConfigurationError as error:
+                chains[r["name"]] = ConfigurationError(f"service chain {r['name']!r} is invalid: {error}")
+        _config = _Config(generation, keys, chains)
+        _tokens.clear()
+    return now, _config
+
+
+def _load(token: str | None, config: _Config, now: float) -> VerifiedToken:
+    """Signature-check through the per-backend cache."""
+    if token is None:
+        raise TokenRejected("no_token", "no token was given")
+    cache_key = (token, config.generation)
+    cached = _tokens.get(cache_key)
+    if cached is not None:
+        _tokens.move_to_end(cache_key)
+        if isinstance(cached, TokenRejected):
+            raise cached
+        if cached.key.active_at(now):
+            return cached
+    try:
+        verified = load_token(token, config.keys, now)
+    except TokenRejected as rejected:
+        # Format and shape rejections depend on the token alone; key and
+        # signature ones may change with time (a key's not_before), so only
+        # the former are remembered.
+        if rejected.reason in ("bad_token", "too_complex"):
+            _remember(cache_key, rejected)
+        raise
+    _remember(cache_key, verified)
+    return verified
+
+
+def _remember(cache_key: tuple[str, int], value: VerifiedToken | TokenRejected) -> None:
+    _tokens[cache_key] = value
+    _tokens.move_to_end(cache_key)
+    while len(_tokens) > TOKEN_CACHE_SIZE:
+        _tokens.popitem(last=False)
+
+
+def _chain(config: _Config, name: str | None) -> tuple[ChainNode, ...]:
+    if name is None:
+        raise ConfigurationError("service chain name must not be NULL")
+    chain = config.chains.get(name)
+    if chain is None:
+        raise ConfigurationError(f"no service chain named {name!r}")
+    if isinstance(chain, ConfigurationError):
+        raise chain
+    return chain
+
+
+def _decide(
+    plpy: Any,
+    token: str | None,
+    *,
+    subject: str | None,
+    resource: str | None,
+    operation: str | None,
+    domain: str | None = None,
+    prefix: str | None = None,
+    chain_name: str | None = None,
+    nodes_json: str | None = None,
+    use_chain: bool = False,
+    component: str | None = None,
+    capability: bool = False,
+) -> Decision:
+    now, config = _statement_state(plpy)
+    chain: tuple[ChainNode, ...] | None = None
+    if use_chain:
+        if nodes_json is not None:
+            chain = parse_chain(json.loads(nodes_json))
+        else:
+            chain = _chain(config, chain_name)
+        chain_nodes_required(chain, component)  # unknown component: loud, whatever the token
+    try:
+        verified = _load(token, config, now)
+    except TokenRejected as rejected:
+        return Decision(False, rejected.reason, detail=rejected.detail)
+    if resource is None or operation is None or (not capability and subject is None):
+        return Decision(False, "denied", verified.key.kid, verified.expires_at, verified.revocation_ids,
+                        "subject, resource and operation must not be NULL")
+    return authorize(
+        verified,
+        now=int(now),
+        subject=subject,
+        resource=resource,
+        operation=operation,
+        domain=domain,
+        prefix=prefix,
+        chain=chain,
+        component=component,
+        capability=capability,
+    )
+
+
+# -- SQL entry points ------------------------------------------------------
+
+@_sql_errors
+def verify_token(plpy: Any, token: str | None, subject: str | None, resource: str | None,
+                 operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
+    return _outcome(_decide(plpy, token, subject=subject, resource=resource, operation=operation,
+                            domain=domain, prefix=prefix).valid)
+
+
+@_sql_errors
+def verify_capability(plpy: Any, token: str | None, resource: str | None, operation: str | None) -> str:
+    return _outcome(_decide(plpy, token, subject=None, resource=resource, operation=operation,
+                            capability=True).valid)
+
+
+@_sql_errors
+def verify_service_chain(plpy: Any, token: str | None, subject: str | None, resource: str | None,
+                         operation: str | None, chain: str | None, component: str | None = None) -> str:
+    return _outcome(_decide(plpy, token, subject=subject, resource=resource, operation=operation,
+                            chain_name=chain, use_chain=True, component=component).valid)
+
+
+@_sql_errors
+def verify_service_chain_nodes(plpy: Any, token: str | None, subject: str | None, resource: str | None,
+                               operation: str | None, nodes: str | None, component: str | None = None) -> str:
+    if nodes is None:
+        raise ConfigurationError("service chain nodes must not be NULL")
+    return _outcome(_decide(plpy, token, subject=subject, resource=resource, operation=operation,
+                            nodes_json=nodes, use_chain=True, component=component).valid)
+
+
+@_sql_errors
+def explain(plpy: Any, token: str | None, subject: str | None, resource: str | None,
+            operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
+    decision = _decide(plpy, token, subject=subject, resource=resource, operation=operation,
+                       domain=domain, prefix=prefix)
+    return json.dumps(decision.as_dict())
+
+
+@_sql_errors
+def canonical_key(plpy: Any, key: str) -> str:
+    """Validate a PEM or alg/hex public key and return `alg/hex`."""
+    try:
+        return canonical_public_key(key)
+    except KeyFormatError as error:
+        raise KeyFormatError(f"invalid public key: {error}") from None
+
+
+@_sql_errors
+def canonical_chain(plpy: Any, nodes: str | None) -> str:
+    """Validate a chain's JSON nodes and return them with canonical keys."""
+    if nodes is None:
+        raise ConfigurationError("service chain nodes must not be NULL")
+    parsed = parse_chain(json.loads(nodes))
+    return json.dumps([{"component": node.component, "public_key": node.public_key} for node in parsed])
