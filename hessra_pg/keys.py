@@ -73,3 +73,33 @@ def _parse_public_key_cached(text: str) -> biscuit_auth.PublicKey:
         return biscuit_auth.PublicKey.from_bytes(bytes.fromhex(hex_text), algorithm)
     except Exception:
         raise KeyFormatError(f"{alg_name} public key bytes are not a valid curve point") from None
+
+
+# -- key pairs -------------------------------------------------------------
+
+def generate_keypair(algorithm: str = "ed25519") -> biscuit_auth.KeyPair:
+    """A fresh key pair: 'ed25519' (default) or 'secp256r1' (P-256)."""
+    if algorithm == "ed25519":
+        return biscuit_auth.KeyPair()
+    if algorithm == "secp256r1":
+        import secrets
+
+        # biscuit-python generates only Ed25519; a random scalar below the
+        # P-256 group order is a valid private key (retry the ~2^-32 misses).
+        while True:
+            try:
+                private = biscuit_auth.PrivateKey.from_bytes(secrets.token_bytes(32), biscuit_auth.Algorithm.Secp256r1)
+                return biscuit_auth.KeyPair.from_private_key(private)
+            except Exception:
+                continue
+    raise KeyFormatError(f"unknown key algorithm {algorithm!r}: use 'ed25519' or 'secp256r1'")
+
+
+def load_private_key(text: str) -> biscuit_auth.KeyPair:
+    """A key pair from a PKCS#8 PEM private key (P-256 or Ed25519)."""
+    if not isinstance(text, str) or "-----BEGIN PRIVATE KEY-----" not in text:
+        raise KeyFormatError("private key must be a PKCS#8 PEM '-----BEGIN PRIVATE KEY-----' block")
+    try:
+        return biscuit_auth.KeyPair.from_private_key(biscuit_auth.PrivateKey.from_pem(text.strip()))
+    except Exception:
+        raise KeyFormatError("PEM private key could not be parsed: expected PKCS#8 P-256 or Ed25519") from None
