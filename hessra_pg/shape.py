@@ -13,7 +13,9 @@ Limits for every block after the authority block:
 - at most MAX_FACTS_PER_BLOCK facts and MAX_CHECKS_PER_BLOCK check queries;
 - strings it introduces are at most MAX_SYMBOL_BYTES long;
 - each check query: at most MAX_QUERY_PREDICATES body predicates and
-  MAX_EXPRESSION_OPS expression operations, no closures, no regex;
+  MAX_EXPRESSION_OPS expression operations (closure bodies included), no
+  regex, no set iteration (.any/.all) and no extern functions; the closures of
+  lazy `&&` / `||` (which Hessra's identity checks use) are allowed;
 - a join budget: sum over queries of (facts in the token + authorizer facts)
   ** (body predicates) stays under MAX_JOIN_WORK.
 Together these keep the worst appended block to a few milliseconds
@@ -23,6 +25,7 @@ Together these keep the worst appended block to a few milliseconds
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from .errors import TokenFormatError, TokenShapeError
 
@@ -46,14 +49,18 @@ _RULE_BODY, _RULE_EXPRESSIONS = 2, 3
 _EXPRESSION_OPS = 1
 _OP_BINARY, _OP_CLOSURE = 3, 4
 _OP_BINARY_KIND = 1
-_BINARY_REGEX = 8
+_CLOSURE_OPS = 2
+# OpBinary kinds whose cost is not bounded by the op count: regex
+# compilation, iteration over a set (nested, it multiplies) and externs.
+_BINARY_REGEX, _BINARY_ALL, _BINARY_ANY, _BINARY_FFI = 8, 25, 26, 28
+_UNBOUNDED_BINARY = {_BINARY_REGEX, _BINARY_ALL, _BINARY_ANY, _BINARY_FFI}
 
 
 @dataclass
 class BlockShape:
     facts: int = 0
     rules: int = 0
-    #: (body predicates, expression ops, uses closure or regex) per check query
+    #: (body predicates, expression ops, uses an unbounded op) per check query
     queries: list[tuple[int, int, bool]] = field(default_factory=list)
     third_party: bool = False
     longest_symbol: int = 0
@@ -102,20 +109,27 @@ def _fields(data: bytes):
         yield number, wire, value
 
 
-def _expression_shape(expression: bytes) -> tuple[int, bool]:
-    ops, unsafe = 0, False
-    for number, _, op in _fields(expression):
-        if number != _EXPRESSION_OPS:
-            continue
-        ops += 1
+def _ops_shape(ops: Iterable[bytes]) -> tuple[int, bool]:
+    """Count operations (recursing into closures) and spot unbounded ones."""
+    count, unbounded = 0, False
+    for op in ops:
+        count += 1
         for kind, _, value in _fields(op):
             if kind == _OP_CLOSURE:
-                unsafe = True
+                inner_count, inner_unbounded = _ops_shape(
+                    body for number, _, body in _fields(value) if number == _CLOSURE_OPS
+                )
+                count += inner_count
+                unbounded = unbounded or inner_unbounded
             elif kind == _OP_BINARY:
                 for sub, wire, binary_kind in _fields(value):
-                    if sub == _OP_BINARY_KIND and wire == 0 and binary_kind == _BINARY_REGEX:
-                        unsafe = True
-    return ops, unsafe
+                    if sub == _OP_BINARY_KIND and wire == 0 and binary_kind in _UNBOUNDED_BINARY:
+                        unbounded = True
+    return count, unbounded
+
+
+def _expression_shape(expression: bytes) -> tuple[int, bool]:
+    return _ops_shape(op for number, _, op in _fields(expression) if number == _EXPRESSION_OPS)
 
 
 def _query_shape(rule: bytes) -> tuple[int, int, bool]:
@@ -200,7 +214,7 @@ def check_shape(shape: TokenShape) -> None:
             if ops > MAX_EXPRESSION_OPS:
                 raise TokenShapeError(f"a check in block {index} has more than {MAX_EXPRESSION_OPS} expression operations")
             if unsafe:
-                raise TokenShapeError(f"a check in block {index} uses closures or regular expressions")
+                raise TokenShapeError(f"a check in block {index} uses regular expressions, set iteration or extern functions")
             work += visible_facts ** predicates
     if work > MAX_JOIN_WORK:
         raise TokenShapeError("appended checks could join too many facts")

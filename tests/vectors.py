@@ -1,0 +1,55 @@
+"""Read the interop vectors from ../shared/vectors (never copied here)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+SETS = ("hessra-postgres", "hessra-sdk")
+
+
+def _load(path: Path):
+    if not path.exists():
+        raise FileNotFoundError(f"interop vectors not found at {path}: tests expect ../shared/vectors beside the checkout")
+    return path
+
+
+@lru_cache(maxsize=None)
+def root_key_pem() -> str:
+    return _load(VECTORS / "hessra-sdk" / "hessra_key.pem").read_text()
+
+
+@lru_cache(maxsize=None)
+def singleton_tokens(vector_set: str) -> list[dict]:
+    return json.loads(_load(VECTORS / vector_set / "test_tokens.json").read_text())["tokens"]
+
+
+@lru_cache(maxsize=None)
+def chain_tokens(vector_set: str) -> list[dict]:
+    return json.loads(_load(VECTORS / vector_set / "service_chain_tokens.json").read_text())["tokens"]
+
+
+@lru_cache(maxsize=None)
+def order_service_chain() -> list[dict]:
+    return json.loads(_load(VECTORS / "hessra-postgres" / "order_service_chain.json").read_text())["order_service"]
+
+
+@lru_cache(maxsize=None)
+def service_nodes() -> dict[str, dict]:
+    data = tomllib.loads(_load(VECTORS / "hessra-sdk" / "service_nodes.toml").read_text())
+    return {node["component"]: node for node in data["service_nodes"]}
+
+
+#: Spec §10.2, identical for every vector set: token -> results for
+#: (own nodes, None), then the full chain with component
+#: None / auth_service / payment_service / order_service.
+CHAIN_MATRIX = {
+    "order_service_authority_token": (True, False, True, False, False),
+    "order_service_node_1_token": (True, False, True, True, False),
+    "order_service_node_2_token": (True, False, True, True, True),
+    "order_service_node_3_token": (True, True, True, True, True),
+}
+CHAIN_COMPONENTS = (None, "auth_service", "payment_service", "order_service")
