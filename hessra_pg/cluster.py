@@ -135,8 +135,7 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         """Create (if needed) and start the cluster; returns self once it accepts connections."""
-        if self._base_dir is not None and self.is_running():
-            self._adopt_running()
+        if self.attach():
             return self
         for tool in ("initdb", "pg_ctl", "postgres", "pg_isready"):
             if not (self.bin_dir / tool).exists():
@@ -219,6 +218,24 @@ class LocalCluster:
         except (OSError, ValueError, ClusterError):
             return None
 
+    def attach(self) -> bool:
+        """Adopt a server already running in ``base_dir`` (its port); False if none runs."""
+        if self._base_dir is None or not self.is_running():
+            return False
+        # postmaster.pid lines: pid, datadir, start time, port, socket dir, ...
+        lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        with contextlib.suppress(IndexError, ValueError):
+            self.port = int(lines[3])
+        runtime = (self.data_dir / _RUNTIME_CONF).read_text() if (self.data_dir / _RUNTIME_CONF).exists() else ""
+        if "listen_addresses = '127.0.0.1'" in runtime and self._requested_port is None:
+            self._requested_port = self.port
+        return True
+
+    @property
+    def listens_tcp(self) -> bool:
+        """True when the server also listens on 127.0.0.1:``port``."""
+        return self._requested_port is not None
+
     def is_running(self) -> bool:
         """True when the postmaster recorded in postmaster.pid is alive."""
         pid = self.pid
@@ -236,7 +253,7 @@ class LocalCluster:
 
     def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, *, tcp: bool = False) -> str:
         """libpq conninfo for the unix socket (or for 127.0.0.1 with ``tcp=True``)."""
-        if tcp and self._requested_port is None:
+        if tcp and not self.listens_tcp:
             raise ClusterError("this cluster listens on a unix socket only: create it with port=0")
         host = "127.0.0.1" if tcp else str(self.socket_dir)
         return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in
@@ -302,15 +319,6 @@ class LocalCluster:
             f"unix_socket_directories = {_conf_quote(str(self.socket_dir))}\n"
         )
         self._chown(path)
-
-    def _adopt_running(self) -> None:
-        # postmaster.pid lines: pid, datadir, start time, port, socket dir, ...
-        lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
-        with contextlib.suppress(IndexError, ValueError):
-            self.port = int(lines[3])
-        runtime = (self.data_dir / _RUNTIME_CONF).read_text() if (self.data_dir / _RUNTIME_CONF).exists() else ""
-        if "listen_addresses = '127.0.0.1'" in runtime and self._requested_port is None:
-            self._requested_port = self.port
 
     def _chown(self, path: Path) -> None:
         if self._os_user is not None:
