@@ -1,0 +1,129 @@
+"""Security model (design §4): an ordinary role is filtered by RLS, can't
+touch keys or chains, can't shadow hessra_authz, can't run admin functions."""
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from hessra_pg.keys import generate_keypair
+from hessra_pg.mint import TokenTime, mint_authorization
+from tests.integration.conftest import scalar
+
+SET_CONTEXT = "SELECT set_config('hessra.token', %s, true), set_config('hessra.subject', %s, true)"
+
+
+@pytest.fixture
+def orders(admin, app_role):
+    admin.execute("""
+        CREATE TABLE public.orders (id int PRIMARY KEY, item text);
+        INSERT INTO public.orders SELECT g, 'item ' || g FROM generate_series(1, 5) g;
+        ALTER TABLE public.orders ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE public.orders FORCE ROW LEVEL SECURITY;
+        CREATE POLICY orders_read ON public.orders FOR SELECT
+            USING ((SELECT hessra_authz.authorized('orders', 'read')));
+    """)
+    admin.execute(sql.SQL("GRANT SELECT ON public.orders TO {}").format(sql.Identifier(app_role)))
+    return "public.orders"
+
+
+def visible(conn, token, subject) -> int:
+    with conn.transaction():
+        conn.execute(SET_CONTEXT, (token, subject))
+        return scalar(conn, "SELECT count(*) FROM public.orders")
+
+
+def test_rls_filters_rows_for_an_ordinary_role(hessra_db, root, orders, app_role):
+    good = mint_authorization(root, "alice", "orders", "read")
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        assert scalar(app, "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user") is False
+        assert visible(app, good, "alice") == 5
+        assert visible(app, None, None) == 0
+        assert visible(app, "", "") == 0
+        assert visible(app, good, "bob") == 0
+        assert visible(app, mint_authorization(root, "alice", "orders", "write"), "alice") == 0
+        assert visible(app, mint_authorization(root, "alice", "orders", "read",
+                                               time_config=TokenTime(start=0, duration=60)), "alice") == 0
+        # set_config(..., true) is transaction-local: nothing leaks to the next transaction.
+        assert scalar(app, "SELECT count(*) FROM public.orders") == 0
+
+
+def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_role):
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        for statement in (
+            "SELECT * FROM hessra_authz.keys",
+            "SELECT * FROM hessra_authz.service_chains",
+            "SELECT * FROM hessra_authz.config_state",
+            "INSERT INTO hessra_authz.keys (kid, public_key) VALUES (5, 'ed25519/" + "00" * 32 + "')",
+            "UPDATE hessra_authz.keys SET not_after = NULL",
+            "DELETE FROM hessra_authz.keys",
+            "UPDATE hessra_authz.config_state SET generation = 0",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
+        attacker_key = str(generate_keypair().public_key)
+        for statement, params in (
+            ("SELECT hessra_authz.add_key(%s)", (attacker_key,)),
+            ("SELECT hessra_authz.add_key(%s, 1000, '-infinity'::timestamptz)", (attacker_key,)),
+            ("SELECT hessra_authz.retire_key(100)", ()),
+            ("SELECT hessra_authz.set_service_chain('x', %s)", (Jsonb([]),)),
+            ("SELECT hessra_authz.drop_service_chain('x')", ()),
+            ("SELECT hessra_authz._verify_token('t', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._canonical_key(%s)", (attacker_key,)),
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement, params)
+    with hessra_db.connect(autocommit=True) as admin:
+        assert scalar(admin, "SELECT count(*) FROM hessra_authz.keys") == 1
+
+
+def test_ordinary_role_cannot_shadow_functions(hessra_db, root, orders, app_role):
+    good = mint_authorization(root, "alice", "orders", "read")
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("CREATE FUNCTION hessra_authz.authorized(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("CREATE FUNCTION hessra_authz.current_token() RETURNS text LANGUAGE sql AS 'SELECT NULL'")
+        # Temporary objects that would shadow unqualified names inside the functions.
+        app.execute("CREATE FUNCTION pg_temp.current_setting(text, boolean) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$")
+        app.execute("CREATE TEMP TABLE keys (kid int, public_key text)")
+        app.execute("CREATE FUNCTION pg_temp.verify_token(text, text, text, text, text, text) RETURNS boolean "
+                    "LANGUAGE sql AS 'SELECT true'")
+        app.execute("SET search_path = pg_temp, public")
+        assert visible(app, None, None) == 0
+        assert visible(app, mint_authorization(generate_keypair(), "alice", "orders", "read"), "alice") == 0
+        assert visible(app, good, "alice") == 5
+
+
+def test_hessra_admin_members_manage_keys(hessra_db, admin, app_role):
+    admin.execute(sql.SQL("GRANT hessra_admin TO {}").format(sql.Identifier(app_role)))
+    try:
+        with hessra_db.connect(app_role, autocommit=True) as manager:
+            kid = scalar(manager, "SELECT hessra_authz.add_key(%s)", (str(generate_keypair().public_key),))
+            manager.execute("SELECT hessra_authz.retire_key(%s)", (kid,))
+            manager.execute("SELECT hessra_authz.set_service_chain('c', %s)", (Jsonb([]),))
+            assert scalar(manager, "SELECT count(*) FROM hessra_authz.keys") == 1
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                manager.execute("DELETE FROM hessra_authz.keys")
+    finally:
+        admin.execute(sql.SQL("REVOKE hessra_admin FROM {}").format(sql.Identifier(app_role)))
+
+
+def test_function_attributes(admin):
+    rows = admin.execute("""
+        SELECT p.proname, p.provolatile, p.prosecdef, coalesce(array_to_string(p.proconfig, ','), '')
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'hessra_authz'""").fetchall()
+    by_name = {}
+    for name, volatile, secdef, config in rows:
+        by_name.setdefault(name, []).append((volatile, secdef, config))
+    for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "authorized",
+                 "current_token", "current_subject"):
+        for volatile, secdef, config in by_name[name]:
+            assert volatile == "s", name  # STABLE, never IMMUTABLE
+            assert "search_path=pg_catalog, pg_temp" in config, name
+    for name in ("verify_token", "verify_capability", "verify_service_chain", "explain",
+                 "add_key", "retire_key", "set_service_chain"):
+        assert all(secdef for _, secdef, _ in by_name[name]), name
+    for name, entries in by_name.items():
+        assert all("search_path=" in config for _, _, config in entries), name
