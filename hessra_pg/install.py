@@ -403,14 +403,19 @@ def _check_server_import(server_python: str, package_dir: Path) -> None:
     if os.geteuid() == 0:
         with contextlib.suppress(KeyError):
             as_user = pwd.getpwnam(SERVER_OS_USER).pw_name
+    who = f" as {as_user}" if as_user else ""
     try:
         result = subprocess.run(
             [server_python, "-I", "-c", _CHECK_IMPORT],
             capture_output=True, text=True, env=_server_env(), cwd="/", user=as_user, timeout=120,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InstallError(f"could not run {server_python} to check the install: {exc}") from None
-    who = f" as {as_user}" if as_user else ""
+    except OSError as exc:
+        raise InstallError(
+            f"cannot run {server_python}{who} ({exc.strerror or exc}): --server-python must be "
+            f"the interpreter PL/Python embeds ({DEFAULT_SERVER_PYTHON} on Debian)"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"{server_python}{who} timed out importing hessra_pg") from None
     if result.returncode != 0:
         raise InstallError(
             f"{server_python}{who} cannot import biscuit_auth and hessra_pg after install "
