@@ -30,8 +30,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from hessra_pg.errors import HessraError
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["ClusterError", "LocalCluster"]
 
@@ -273,11 +277,11 @@ class LocalCluster:
 
         self._execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
-    def _execute(self, statement: object) -> None:
+    def _execute(self, statement: sql.Composed) -> None:
         import psycopg
 
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
     def __repr__(self) -> str:
         where = self._base_dir or "(not started)"
@@ -355,15 +359,16 @@ class LocalCluster:
             shutil.chown(path, self._os_user, self._os_user)
 
     def _run_as_server(self, cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, Any] = {}
         if self._os_user is not None:
             entry = pwd.getpwnam(self._os_user)
             kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         try:
-            return subprocess.run(
+            result: subprocess.CompletedProcess[str] = subprocess.run(
                 list(cmd), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                cwd=self.base_dir, env=_clean_env(), **kwargs,  # type: ignore[call-overload]
+                cwd=self.base_dir, env=_clean_env(), **kwargs,
             )
+            return result
         except OSError as exc:
             raise ClusterError(f"could not run {cmd[0]}: {exc.strerror or exc}") from None
 

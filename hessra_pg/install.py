@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hessra_pg
 from hessra_pg.errors import HessraError
@@ -278,14 +279,14 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _probe_server_python(server_python: str) -> dict:
+def _probe_server_python(server_python: str) -> dict[str, Any]:
     if shutil.which(server_python) is None:
         raise InstallError(
             f"server Python {server_python} not found: pass --server-python "
             "(the interpreter PL/Python embeds, /usr/bin/python3 on Debian)"
         )
     result = _run([server_python, "-I", "-c", _PROBE], what=f"{server_python} (probe)")
-    info = json.loads(result.stdout)
+    info: dict[str, Any] = json.loads(result.stdout)
     if not info["site"]:
         raise InstallError(f"{server_python} has no site-packages directory for {PTH_NAME}")
     return info
@@ -313,7 +314,7 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _pip_install(server_python: str, probe: dict, version: str, spec: str, target: Path) -> None:
+def _pip_install(server_python: str, probe: dict[str, Any], version: str, spec: str, target: Path) -> None:
     if probe["pip"]:
         cmd = [server_python, "-m", "pip", "install"]
     else:

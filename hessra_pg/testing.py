@@ -129,7 +129,7 @@ def _use_docker() -> bool:
     try:
         import docker
 
-        return bool(docker.from_env().ping())
+        return bool(docker.from_env().ping())  # type: ignore[attr-defined]
     except Exception:  # no SDK, no socket, no permission: all mean "no Docker"
         return False
 
@@ -153,7 +153,7 @@ def _start_container() -> Any:
         if root is None:
             raise RuntimeError("no docker/Dockerfile next to hessra_pg: set HESSRA_PG_TEST_IMAGE")
         image = DEFAULT_IMAGE_TAG
-        docker.from_env().images.build(
+        docker.from_env().images.build(  # type: ignore[attr-defined]
             fileobj=_build_context(root), custom_context=True, dockerfile="docker/Dockerfile",
             tag=image, rm=True,
         )
