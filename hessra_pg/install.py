@@ -351,11 +351,10 @@ def _install_package(server_python: str, target: Path) -> Path:
     link = target / "hessra_pg"
     stage = Path(tempfile.mkdtemp(prefix=".hessra_pg-", dir=target))
     try:
-        shutil.copytree(
-            source, stage, dirs_exist_ok=True,
-            # _extension holds SQL files only the installer needs.
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_extension"),
-        )
+        # Symlinks are followed: _extension (a link in a checkout) becomes real
+        # files, so the server's copy can run `python3 -m hessra_pg install` too.
+        shutil.copytree(source, stage, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         # Backends run as postgres and cannot write __pycache__ here: compile
         # now, with the server's interpreter, so imports stay fast.
         _run([server_python, "-I", "-m", "compileall", "-q", "-d", str(link), str(stage)],

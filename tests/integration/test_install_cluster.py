@@ -21,7 +21,6 @@ from hessra_pg.cluster import LocalCluster
 from hessra_pg.install import DEFAULT_TARGET_ROOT, InstallError, extension_source_dir, install
 from hessra_pg.testing import PostgresServer
 
-REPO = Path(__file__).resolve().parents[2]
 SERVER_PYTHON = "/usr/bin/python3"
 
 
@@ -124,6 +123,9 @@ def test_install_is_idempotent_and_skips_pip_the_second_time() -> None:
         assert installed.read_bytes() == (source / installed.name).read_bytes()
         assert installed.stat().st_mode & 0o444 == 0o444
     assert report.pth_file.read_text().strip() == str(report.python_target)
+    # The server's copy carries the extension files too (real files, not a link).
+    assert (report.hessra_pg_dir / "_extension" / "hessra_authz.control").is_file()
+    assert not (report.hessra_pg_dir / "_extension").is_symlink()
     # Only the live copy of hessra_pg remains after an upgrade in place.
     assert len(list(report.python_target.glob(".hessra_pg-*"))) == 1
 
@@ -197,10 +199,16 @@ def test_cli_reports_a_read_only_extension_dir_in_one_line(shared_tmp: Path) -> 
         runuser = shutil.which("runuser")
         if runuser is None:
             pytest.skip("runuser not available")
+        # A copy of this checkout's package that nobody can read wherever the
+        # checkout lives.
+        pkg = shared_tmp / "pkg"
+        shutil.copytree(Path(hessra_pg.__file__).parent, pkg / "hessra_pg",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", str(pkg)], check=True)
         result = subprocess.run(
             [runuser, "-u", "nobody", "--", SERVER_PYTHON, "-m", "hessra_pg", "install",
              "--extension-dir", str(read_only), "--no-pip"],
-            capture_output=True, text=True, cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, cwd="/", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pkg)},
         )
         code, err = result.returncode, result.stderr
     else:
