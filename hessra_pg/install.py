@@ -110,7 +110,8 @@ def install(
     """Install the extension files and the server-side Python packages.
 
     ``pg_config`` defaults to $HESSRA_PG_CONFIG, then ``pg_config`` on PATH,
-    then the newest /usr/lib/postgresql/*/bin/pg_config. ``server_python``
+    then the newest /usr/lib/postgresql/*/bin/pg_config; it is not needed
+    when ``extension_dir`` is given alone. ``server_python``
     defaults to $HESSRA_SERVER_PYTHON, then /usr/bin/python3. With
     ``pip=False`` biscuit-python is not installed (it must already be
     importable by the server Python). Raises :class:`InstallError`.
