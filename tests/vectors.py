@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+#: ../shared/vectors beside the checkout; HESSRA_VECTORS_DIR overrides.
+VECTORS = Path(os.environ.get("HESSRA_VECTORS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "vectors")
 SETS = ("hessra-postgres", "hessra-sdk")
 
 
 def _load(path: Path):
     if not path.exists():
-        raise FileNotFoundError(f"interop vectors not found at {path}: tests expect ../shared/vectors beside the checkout")
+        raise FileNotFoundError(f"interop vectors not found at {path}: tests expect ../shared/vectors beside the checkout "
+                                "(or set HESSRA_VECTORS_DIR)")
     return path
 
 
