@@ -59,11 +59,21 @@ SELECT pg_catalog.pg_extension_config_dump('hessra_authz.service_chains', '');
 REVOKE ALL ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.config_state FROM PUBLIC;
 GRANT SELECT ON hessra_authz.keys, hessra_authz.service_chains TO hessra_admin;
 
+-- Tells this backend's verifier that its per-statement memo is stale (the
+-- generation read covers other backends).
+CREATE FUNCTION hessra_authz._forget_statement() RETURNS void
+LANGUAGE plpython3u VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+server.forget_statement()
+$$;
+
 CREATE FUNCTION hessra_authz._bump_generation() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     UPDATE hessra_authz.config_state SET generation = generation + 1;
+    PERFORM hessra_authz._forget_statement();
     RETURN NULL;
 END
 $$;
@@ -108,46 +118,48 @@ return server.canonical_chain(plpy, nodes)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_token(
-    token text, subject text, resource text, operation text, domain text, prefix text
+    now float8, statement text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_token(plpy, token, subject, resource, operation, domain, prefix)
+return server.verify_token(plpy, now, statement, token, subject, resource, operation, domain, prefix)
 $$;
 
-CREATE FUNCTION hessra_authz._verify_capability(token text, resource text, operation text) RETURNS text
+CREATE FUNCTION hessra_authz._verify_capability(
+    now float8, statement text, token text, resource text, operation text
+) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_capability(plpy, token, resource, operation)
+return server.verify_capability(plpy, now, statement, token, resource, operation)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_service_chain(
-    token text, subject text, resource text, operation text, chain text, component text
+    now float8, statement text, token text, subject text, resource text, operation text, chain text, component text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_service_chain(plpy, token, subject, resource, operation, chain, component)
+return server.verify_service_chain(plpy, now, statement, token, subject, resource, operation, chain, component)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_service_chain_nodes(
-    token text, subject text, resource text, operation text, nodes jsonb, component text
+    now float8, statement text, token text, subject text, resource text, operation text, nodes jsonb, component text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_service_chain_nodes(plpy, token, subject, resource, operation, nodes, component)
+return server.verify_service_chain_nodes(plpy, now, statement, token, subject, resource, operation, nodes, component)
 $$;
 
 CREATE FUNCTION hessra_authz._explain(
-    token text, subject text, resource text, operation text, domain text, prefix text
+    now float8, statement text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.explain(plpy, token, subject, resource, operation, domain, prefix)
+return server.explain(plpy, now, statement, token, subject, resource, operation, domain, prefix)
 $$;
 
 -- Turn an outcome into a boolean, raising configuration errors.
@@ -284,11 +296,12 @@ REVOKE EXECUTE ON FUNCTION
     hessra_authz._decision(text),
     hessra_authz._canonical_key(text),
     hessra_authz._canonical_chain(jsonb),
-    hessra_authz._verify_token(text, text, text, text, text, text),
-    hessra_authz._verify_capability(text, text, text),
-    hessra_authz._verify_service_chain(text, text, text, text, text, text),
-    hessra_authz._verify_service_chain_nodes(text, text, text, text, jsonb, text),
-    hessra_authz._explain(text, text, text, text, text, text),
+    hessra_authz._verify_token(float8, text, text, text, text, text, text, text),
+    hessra_authz._verify_capability(float8, text, text, text, text),
+    hessra_authz._verify_service_chain(float8, text, text, text, text, text, text, text),
+    hessra_authz._verify_service_chain_nodes(float8, text, text, text, text, text, jsonb, text),
+    hessra_authz._explain(float8, text, text, text, text, text, text, text),
+    hessra_authz._forget_statement(),
     hessra_authz.add_key(text, integer, timestamptz, timestamptz, text),
     hessra_authz.retire_key(integer, timestamptz),
     hessra_authz.set_service_chain(text, jsonb),
@@ -315,6 +328,8 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_token(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
         verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix));
 END
@@ -327,6 +342,8 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_capability(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
         verify_capability.token, verify_capability.resource, verify_capability.operation));
 END
 $$;
@@ -341,6 +358,8 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_service_chain(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component));
 END
@@ -356,6 +375,8 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_service_chain_nodes(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component));
 END
@@ -370,7 +391,10 @@ CREATE FUNCTION hessra_authz.explain(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    result jsonb := hessra_authz._explain(explain.token, explain.subject, explain.resource,
+    result jsonb := hessra_authz._explain(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        explain.token, explain.subject, explain.resource,
                                           explain.operation, explain.domain, explain.prefix)::jsonb;
 BEGIN
     IF result ? 'error' THEN

@@ -6,10 +6,16 @@ This module reads the keys and chains through SPI, keeps per-backend caches
 configuration problems into Postgres ERRORs with a hint. Token problems are
 never errors: the verify functions return false.
 
-Freshness: every call reads `hessra_authz.config_state.generation` with the
-statement's snapshot; triggers bump it whenever keys or chains change, so a
-change is seen by every statement that starts after it commits, in every
-backend.
+Freshness: triggers bump `hessra_authz.config_state.generation` whenever keys
+or chains change, and the first call of each statement reads it with the
+statement's snapshot, so a change is seen by every statement that starts
+after it commits, in every backend. Later calls in the same statement (same
+snapshot and transaction id, passed in by the SQL wrappers) reuse what the
+first one read: the same snapshot sees the same rows, and a write in this
+backend clears that memo through the trigger (forget_statement). The one
+case this can't see is a key change rolled back to a savepoint inside a
+single client message; only hessra_admin can write keys, so it grants no
+one anything they couldn't do already.
 """
 
 from __future__ import annotations
@@ -35,10 +41,7 @@ from .verify import (
 #: Signature-checked tokens kept per backend (least recently used dropped).
 TOKEN_CACHE_SIZE = 1024
 
-_STATE_SQL = (
-    "SELECT pg_catalog.date_part('epoch', pg_catalog.statement_timestamp())::float8 AS now,"
-    " generation FROM hessra_authz.config_state"
-)
+_STATE_SQL = "SELECT generation FROM hessra_authz.config_state"
 _KEYS_SQL = """
 SELECT kid, public_key,
        CASE WHEN not_before = '-infinity' THEN NULL
@@ -62,6 +65,8 @@ class _Config:
 
 _plans: dict[str, Any] = {}
 _config: _Config | None = None
+#: snapshot/xid of the statement whose configuration _config holds
+_statement_key: str | None = None
 _tokens: "OrderedDict[tuple[str, int], VerifiedToken | TokenRejected]" = OrderedDict()
 
 def _plan(plpy: Any, sql: str) -> Any:
@@ -105,11 +110,18 @@ def _outcome(valid: bool) -> str:
     return "t" if valid else "f"
 
 
-def _statement_state(plpy: Any) -> tuple[float, _Config]:
-    """The statement's time and the configuration visible to it."""
-    global _config
-    row = plpy.execute(_plan(plpy, _STATE_SQL))[0]
-    now, generation = row["now"], row["generation"]
+def forget_statement() -> None:
+    """Called by the config trigger: this backend changed keys or chains."""
+    global _statement_key
+    _statement_key = None
+
+
+def _statement_config(plpy: Any, statement: str | None) -> _Config:
+    """The configuration visible to the current statement."""
+    global _config, _statement_key
+    if statement is not None and statement == _statement_key and _config is not None:
+        return _config
+    generation = plpy.execute(_plan(plpy, _STATE_SQL))[0]["generation"]
     if _config is None or _config.generation != generation:
         keys = tuple(
             RootKey(r["kid"], r["public_key"], r["not_before"], r["not_after"])
@@ -123,7 +135,8 @@ def _statement_state(plpy: Any) -> tuple[float, _Config]:
                 chains[r["name"]] = ConfigurationError(f"service chain {r['name']!r} is invalid: {error}")
         _config = _Config(generation, keys, chains)
         _tokens.clear()
-    return now, _config
+    _statement_key = statement
+    return _config
 
 
 def _load(token: str | None, config: _Config, now: float) -> VerifiedToken:
@@ -171,6 +184,8 @@ def _chain(config: _Config, name: str | None) -> tuple[ChainNode, ...]:
 
 def _decide(
     plpy: Any,
+    now: float,
+    statement: str | None,
     token: str | None,
     *,
     subject: str | None,
@@ -184,7 +199,7 @@ def _decide(
     component: str | None = None,
     capability: bool = False,
 ) -> Decision:
-    now, config = _statement_state(plpy)
+    config = _statement_config(plpy, statement)
     chain: tuple[ChainNode, ...] | None = None
     if use_chain:
         if nodes_json is not None:
@@ -216,38 +231,39 @@ def _decide(
 # -- SQL entry points ------------------------------------------------------
 
 @_sql_errors
-def verify_token(plpy: Any, token: str | None, subject: str | None, resource: str | None,
-                 operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
-    return _outcome(_decide(plpy, token, subject=subject, resource=resource, operation=operation,
+def verify_token(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+                 resource: str | None, operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
+    return _outcome(_decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
                             domain=domain, prefix=prefix).valid)
 
 
 @_sql_errors
-def verify_capability(plpy: Any, token: str | None, resource: str | None, operation: str | None) -> str:
-    return _outcome(_decide(plpy, token, subject=None, resource=resource, operation=operation,
+def verify_capability(plpy: Any, now: float, statement: str | None, token: str | None, resource: str | None,
+                      operation: str | None) -> str:
+    return _outcome(_decide(plpy, now, statement, token, subject=None, resource=resource, operation=operation,
                             capability=True).valid)
 
 
 @_sql_errors
-def verify_service_chain(plpy: Any, token: str | None, subject: str | None, resource: str | None,
-                         operation: str | None, chain: str | None, component: str | None = None) -> str:
-    return _outcome(_decide(plpy, token, subject=subject, resource=resource, operation=operation,
+def verify_service_chain(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+                         resource: str | None, operation: str | None, chain: str | None, component: str | None = None) -> str:
+    return _outcome(_decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
                             chain_name=chain, use_chain=True, component=component).valid)
 
 
 @_sql_errors
-def verify_service_chain_nodes(plpy: Any, token: str | None, subject: str | None, resource: str | None,
-                               operation: str | None, nodes: str | None, component: str | None = None) -> str:
+def verify_service_chain_nodes(plpy: Any, now: float, statement: str | None, token: str | None,
+                               subject: str | None, resource: str | None, operation: str | None, nodes: str | None, component: str | None = None) -> str:
     if nodes is None:
         raise ConfigurationError("service chain nodes must not be NULL")
-    return _outcome(_decide(plpy, token, subject=subject, resource=resource, operation=operation,
+    return _outcome(_decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
                             nodes_json=nodes, use_chain=True, component=component).valid)
 
 
 @_sql_errors
-def explain(plpy: Any, token: str | None, subject: str | None, resource: str | None,
-            operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
-    decision = _decide(plpy, token, subject=subject, resource=resource, operation=operation,
+def explain(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+            resource: str | None, operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
+    decision = _decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
                        domain=domain, prefix=prefix)
     return json.dumps(decision.as_dict())
 

@@ -98,3 +98,26 @@ def test_no_active_key_is_a_loud_configuration_error(admin):
     assert "no active key" in caught.value.diag.message_primary
     assert "add_key" in caught.value.diag.message_hint
     assert token not in str(caught.value)
+
+
+def test_retirement_in_the_same_backend_and_message(admin):
+    """A statement memoises the configuration it read; a key change in this
+    backend clears the memo, even inside one multi-statement message."""
+    pair, spare = generate_keypair(), generate_keypair()
+    admin.execute("SELECT hessra_authz.add_key(%s, 1)", (str(pair.public_key),))
+    admin.execute("SELECT hessra_authz.add_key(%s, 2)", (str(spare.public_key),))
+    token = mint_authorization(pair, "alice", "orders", "read")
+    many = "SELECT bool_and(hessra_authz.verify_token(%s, 'alice', 'orders', 'read')) FROM generate_series(1, 5)"
+    assert scalar(admin, many, (token,)) is True
+    admin.execute("SELECT hessra_authz.add_key(%s, 3)", (str(generate_keypair().public_key),))
+    # One message, one implicit transaction: retiring key 3 first gives the
+    # transaction its xid, so the two verifications see the same snapshot and
+    # xid; only the trigger's forget_statement tells them apart.
+    verify_literal = f"SELECT hessra_authz.verify_token('{token}', 'alice', 'orders', 'read')"
+    cursor = admin.execute(
+        f"SELECT hessra_authz.retire_key(3); {verify_literal}; SELECT hessra_authz.retire_key(1); {verify_literal}"
+    )
+    results = [cursor.fetchone()[0]]
+    while cursor.nextset():
+        results.append(cursor.fetchone()[0])
+    assert results == ["", True, "", False]

@@ -68,7 +68,8 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz.retire_key(100)", ()),
             ("SELECT hessra_authz.set_service_chain('x', %s)", (Jsonb([]),)),
             ("SELECT hessra_authz.drop_service_chain('x')", ()),
-            ("SELECT hessra_authz._verify_token('t', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._verify_token(0, '', 't', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._forget_statement()", ()),
             ("SELECT hessra_authz._canonical_key(%s)", (attacker_key,)),
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
