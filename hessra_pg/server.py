@@ -32,10 +32,9 @@ from .verify import (
     RootKey,
     TokenRejected,
     VerifiedToken,
-    authorize,
-    chain_nodes_required,
     load_token,
     parse_chain,
+    verify,
 )
 
 #: Signature-checked tokens kept per backend (least recently used dropped).
@@ -206,17 +205,10 @@ def _decide(
             chain = parse_chain(json.loads(nodes_json))
         else:
             chain = _chain(config, chain_name)
-        chain_nodes_required(chain, component)  # unknown component: loud, whatever the token
-    try:
-        verified = _load(token, config, now)
-    except TokenRejected as rejected:
-        return Decision(False, rejected.reason, detail=rejected.detail)
-    if resource is None or operation is None or (not capability and subject is None):
-        return Decision(False, "denied", verified.key.kid, verified.expires_at, verified.revocation_ids,
-                        "subject, resource and operation must not be NULL")
-    return authorize(
-        verified,
-        now=int(now),
+    return verify(
+        token,
+        config.keys,
+        now=now,
         subject=subject,
         resource=resource,
         operation=operation,
@@ -225,6 +217,7 @@ def _decide(
         chain=chain,
         component=component,
         capability=capability,
+        load=lambda text, at: _load(text, config, at),
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import biscuit_auth
 
@@ -178,7 +178,7 @@ def chain_nodes_required(nodes: Sequence[ChainNode], component: str | None) -> l
 
 # -- signature check -------------------------------------------------------
 
-def load_token(token: str | None, keys: Iterable[RootKey], now: int) -> VerifiedToken:
+def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> VerifiedToken:
     """Decode, bound and signature-check a token against the keys active at
     `now`, choosing by `root_key_id` when the token carries one.
 
@@ -364,7 +364,7 @@ def verify(
     token: str | None,
     keys: Iterable[RootKey],
     *,
-    now: int,
+    now: float,
     subject: str | None,
     resource: str | None,
     operation: str | None,
@@ -373,13 +373,19 @@ def verify(
     chain: Sequence[ChainNode] | None = None,
     component: str | None = None,
     capability: bool = False,
+    load: Callable[[str | None, float], VerifiedToken] | None = None,
 ) -> Decision:
     """Verify a token end to end; a token problem is a Decision, never an
-    exception. Configuration problems raise ConfigurationError."""
+    exception. Configuration problems raise ConfigurationError.
+
+    `now` is the Unix time (a float keeps key windows exact; Datalog gets
+    the integer part). `load` replaces load_token(token, keys, now), e.g.
+    with a cached one (hessra_pg.server).
+    """
     if chain is not None:
         chain_nodes_required(chain, component)  # an unknown component is loud even with no token
     try:
-        verified = load_token(token, keys, now)
+        verified = load(token, now) if load is not None else load_token(token, keys, now)
     except TokenRejected as rejected:
         return Decision(False, rejected.reason, detail=rejected.detail)
     if resource is None or operation is None or (not capability and subject is None):
@@ -389,7 +395,7 @@ def verify(
         )
     return authorize(
         verified,
-        now=now,
+        now=int(now),
         subject=subject,
         resource=resource,
         operation=operation,
