@@ -103,3 +103,57 @@ def load_private_key(text: str) -> biscuit_auth.KeyPair:
         return biscuit_auth.KeyPair.from_private_key(biscuit_auth.PrivateKey.from_pem(text.strip()))
     except Exception:
         raise KeyFormatError("PEM private key could not be parsed: expected PKCS#8 P-256 or Ed25519") from None
+
+
+# -- PEM encoding ----------------------------------------------------------
+# biscuit-python reads PEM but does not write it. The DER structures are
+# fixed for our two curves, so they are spelled out here (RFC 8410 for
+# Ed25519, RFC 5480/5915 for P-256).
+
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+_ED25519_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+_P256_PKCS8_PREFIX = bytes.fromhex("3041020100301306072a8648ce3d020106082a8648ce3d030107042730250201010420")
+# P-256 curve parameters, to decompress a point for SPKI output.
+_P256_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+_P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+
+
+def _pem(label: str, der: bytes) -> str:
+    import base64
+    import textwrap
+
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
+    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+
+
+def _p256_uncompressed(compressed: bytes) -> bytes:
+    x = int.from_bytes(compressed[1:], "big")
+    y = pow((pow(x, 3, _P256_P) - 3 * x + _P256_B) % _P256_P, (_P256_P + 1) // 4, _P256_P)
+    if (y & 1) != (compressed[0] & 1):
+        y = _P256_P - y
+    return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+def public_key_pem(key: biscuit_auth.PublicKey | str) -> str:
+    """SPKI PEM of a public key (uncompressed point for P-256)."""
+    canonical = str(key) if isinstance(key, biscuit_auth.PublicKey) else canonical_public_key(key)
+    algorithm, hex_text = canonical.split("/")
+    raw = bytes.fromhex(hex_text)
+    if algorithm == "ed25519":
+        return _pem("PUBLIC KEY", _ED25519_SPKI_PREFIX + raw)
+    return _pem("PUBLIC KEY", _P256_SPKI_PREFIX + _p256_uncompressed(raw))
+
+
+def private_key_pem(pair: biscuit_auth.KeyPair) -> str:
+    """PKCS#8 PEM of a key pair's private key."""
+    raw = pair.private_key.to_bytes()
+    if str(pair.public_key).startswith("ed25519/"):
+        return _pem("PRIVATE KEY", _ED25519_PKCS8_PREFIX + raw)
+    return _pem("PRIVATE KEY", _P256_PKCS8_PREFIX + raw)
+
+
+def key_algorithm(key: biscuit_auth.PublicKey | biscuit_auth.KeyPair) -> str:
+    """'ed25519' or 'secp256r1'."""
+    public = key.public_key if isinstance(key, biscuit_auth.KeyPair) else key
+    return str(public).split("/", 1)[0]

@@ -40,6 +40,8 @@ REASONS = (
     "expired",
     "revoked",
     "subject_mismatch",
+    "identity_mismatch",
+    "not_identity",
     "denied",
     "domain_mismatch",
     "prefix_mismatch",
@@ -405,3 +407,87 @@ def verify(
         component=component,
         capability=capability,
     )
+
+
+# -- identity tokens (spec §6.4) --------------------------------------------
+
+_IDENTITY_POLICY = "allow if subject($s);"
+_DOMAIN_MEMBER_POLICY = "allow if subject($d, $s), domain($d), subject($s);"
+
+
+def authorize_identity(
+    verified: VerifiedToken,
+    *,
+    now: int,
+    identity: str | None,
+    domain: str | None = None,
+    ensure_subject_in_domain: bool = False,
+) -> Decision:
+    """Identity verification of spec §6.4: `identity=None` is bearer mode
+    (the actor is the token's own root subject, so a delegated token fails).
+
+    Hessra's policy is `allow if true`; ours requires a `subject(...)` fact,
+    which every identity token has, so that an old authorization token (whose
+    only check is its expiry) is not accepted as proof of any identity.
+    """
+    source = ["time({now});"]
+    params: dict[str, Any] = {"now": now}
+    if identity is None:
+        source.append("actor($a) <- subject($a);")
+    else:
+        source.append("actor({identity});")
+        params["identity"] = identity
+    if domain is not None:
+        source.append("domain({domain});")
+        params["domain"] = domain
+    source.append(_DOMAIN_MEMBER_POLICY if ensure_subject_in_domain else _IDENTITY_POLICY)
+    builder = biscuit_auth.AuthorizerBuilder("\n".join(source), params)
+    limits = builder.limits()
+    limits.max_time = RUN_LIMIT_TIME
+    limits.max_facts = RUN_LIMIT_FACTS
+    limits.max_iterations = RUN_LIMIT_ITERATIONS
+    builder.set_limits(limits)
+
+    def decision(valid: bool, reason: str, detail: str | None = None) -> Decision:
+        return Decision(valid, reason, verified.key.kid, verified.expires_at, verified.revocation_ids, detail)
+
+    try:
+        builder.build(verified.biscuit).authorize()
+        return decision(True, "ok")
+    except _BISCUIT_ERRORS as error:
+        message = str(error)
+    if "execution limits" in message or "timeout" in message.lower():
+        return decision(False, "limits", "Datalog evaluation reached the run limits")
+    if verified.expires_at is not None and now >= verified.expires_at:
+        return decision(False, "expired", f"token expired at {verified.expires_at}")
+    failed = _failed_checks(message)
+    for _, _, text in failed:
+        if "actor(" in text:
+            return decision(False, "identity_mismatch", text)
+    for _, _, text in failed:
+        if "domain(" in text:
+            return decision(False, "domain_mismatch", text)
+    if failed:
+        return decision(False, "check_failed", failed[0][2])
+    if "no matching policy" in message and not ensure_subject_in_domain:
+        return decision(False, "not_identity", "the token has no subject: it is not an identity token")
+    return decision(False, "domain_mismatch" if ensure_subject_in_domain else "denied", "no policy matched")
+
+
+def verify_identity(
+    token: str | None,
+    keys: Iterable[RootKey],
+    *,
+    now: float,
+    identity: str | None,
+    domain: str | None = None,
+    ensure_subject_in_domain: bool = False,
+    load: Callable[[str | None, float], VerifiedToken] | None = None,
+) -> Decision:
+    """Verify an identity token for `identity` (None: bearer mode)."""
+    try:
+        verified = load(token, now) if load is not None else load_token(token, keys, now)
+    except TokenRejected as rejected:
+        return Decision(False, rejected.reason, detail=rejected.detail)
+    return authorize_identity(verified, now=int(now), identity=identity, domain=domain,
+                              ensure_subject_in_domain=ensure_subject_in_domain)
