@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Mapping
 
 import biscuit_auth
 
@@ -157,3 +158,69 @@ def key_algorithm(key: biscuit_auth.PublicKey | biscuit_auth.KeyPair) -> str:
     """'ed25519' or 'secp256r1'."""
     public = key.public_key if isinstance(key, biscuit_auth.KeyPair) else key
     return str(public).split("/", 1)[0]
+
+
+# -- files and environment -------------------------------------------------
+
+def _key_text(value: str) -> str:
+    """PEM or alg/hex as given, or a STANDARD-base64-encoded PEM (the form
+    hessra-config's environment variables use, spec §1.4)."""
+    value = value.strip()
+    if value.startswith("-----BEGIN") or _ALG_HEX.fullmatch(value):
+        return value
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise KeyFormatError("key is neither PEM, 'alg/hex', nor base64-encoded PEM") from None
+    if not decoded.lstrip().startswith("-----BEGIN"):
+        raise KeyFormatError("base64 key does not decode to PEM")
+    return decoded
+
+
+def read_key_file(path: str) -> str:
+    """The text of a key file, with a clear error if it can't be read."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a text key file"
+        raise KeyFormatError(f"cannot read key file {path}: {reason}") from None
+
+
+def public_key_from(value: str) -> biscuit_auth.PublicKey:
+    """A public key from PEM, alg/hex or base64-encoded PEM text."""
+    return parse_public_key(_key_text(value))
+
+
+def keypair_from(value: str) -> biscuit_auth.KeyPair:
+    """A key pair from PKCS#8 PEM or base64-encoded PKCS#8 PEM text."""
+    return load_private_key(_key_text(value))
+
+
+def public_key_from_env(prefix: str = "HESSRA", environ: Mapping[str, str] | None = None) -> biscuit_auth.PublicKey | None:
+    """`{prefix}_PUBLIC_KEY` (PEM, alg/hex or base64 PEM) or
+    `{prefix}_PUBLIC_KEY_FILE` (a path), as hessra-config reads them."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if env.get(f"{prefix}_PUBLIC_KEY"):
+        return public_key_from(env[f"{prefix}_PUBLIC_KEY"])
+    if env.get(f"{prefix}_PUBLIC_KEY_FILE"):
+        return public_key_from(read_key_file(env[f"{prefix}_PUBLIC_KEY_FILE"]))
+    return None
+
+
+def keypair_from_env(prefix: str = "HESSRA", environ: Mapping[str, str] | None = None) -> biscuit_auth.KeyPair | None:
+    """`{prefix}_PERSONAL_KEYPAIR` (PEM or base64 PEM) or
+    `{prefix}_PERSONAL_KEYPAIR_FILE` (a path)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if env.get(f"{prefix}_PERSONAL_KEYPAIR"):
+        return keypair_from(env[f"{prefix}_PERSONAL_KEYPAIR"])
+    if env.get(f"{prefix}_PERSONAL_KEYPAIR_FILE"):
+        return keypair_from(read_key_file(env[f"{prefix}_PERSONAL_KEYPAIR_FILE"]))
+    return None
