@@ -162,6 +162,29 @@ from hessra_pg import server
 return server.explain(plpy, now, statement, token, subject, resource, operation, domain, prefix)
 $$;
 
+CREATE FUNCTION hessra_authz._verify_identity(
+    now float8, statement text, token text, identity text, domain text, ensure_subject_in_domain boolean
+) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.verify_identity(plpy, now, statement, token, identity, domain, ensure_subject_in_domain)
+$$;
+
+CREATE FUNCTION hessra_authz._verify_bearer(now float8, statement text, token text, domain text) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.verify_bearer(plpy, now, statement, token, domain)
+$$;
+
+CREATE FUNCTION hessra_authz._token_identity(now float8, statement text, token text, domain text) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.token_identity(plpy, now, statement, token, domain)
+$$;
+
 -- Turn an outcome into a boolean, raising configuration errors.
 CREATE FUNCTION hessra_authz._decision(outcome text) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
@@ -301,6 +324,9 @@ REVOKE EXECUTE ON FUNCTION
     hessra_authz._verify_service_chain(float8, text, text, text, text, text, text, text),
     hessra_authz._verify_service_chain_nodes(float8, text, text, text, text, text, jsonb, text),
     hessra_authz._explain(float8, text, text, text, text, text, text, text),
+    hessra_authz._verify_identity(float8, text, text, text, text, boolean),
+    hessra_authz._verify_bearer(float8, text, text, text),
+    hessra_authz._token_identity(float8, text, text, text),
     hessra_authz._forget_statement(),
     hessra_authz.add_key(text, integer, timestamptz, timestamptz, text),
     hessra_authz.retire_key(integer, timestamptz),
@@ -407,6 +433,58 @@ COMMENT ON FUNCTION hessra_authz.explain(text, text, text, text, text, text) IS
     'Why verify_token accepts or denies: {valid, reason, kid, expires_at, revocation_ids, detail}. Never contains the token.';
 
 -- ---------------------------------------------------------------------------
+-- Identity tokens (spec §6): an identity token proves its root subject and,
+-- if delegatable, every descendant (parent:child); each delegation narrows it.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION hessra_authz.verify_identity(
+    token text, identity text, domain text DEFAULT NULL, ensure_subject_in_domain boolean DEFAULT false
+) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN hessra_authz._decision(hessra_authz._verify_identity(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        verify_identity.token, verify_identity.identity, verify_identity.domain,
+        verify_identity.ensure_subject_in_domain));
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.verify_identity(text, text, text, boolean) IS
+    'True if the identity token is valid now and proves identity (its subject, or a descendant if delegatable; a delegated token proves only its delegated identity and descendants). domain: the verifier domain of domain-restricted tokens; ensure_subject_in_domain requires one.';
+
+CREATE FUNCTION hessra_authz.verify_bearer(token text, domain text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN hessra_authz._decision(hessra_authz._verify_bearer(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        verify_bearer.token, verify_bearer.domain));
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.verify_bearer(text, text) IS
+    'True if the identity token is valid now for its own root subject (an API key check). A delegated token is not a bearer token: false.';
+
+CREATE FUNCTION hessra_authz.token_identity(token text, domain text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result jsonb := hessra_authz._token_identity(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        token_identity.token, token_identity.domain)::jsonb;
+BEGIN
+    IF result ? 'error' THEN
+        PERFORM hessra_authz._raise(result::text);
+    END IF;
+    RETURN result->>'identity';
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.token_identity(text, text) IS
+    'The most specific identity a valid identity token proves (its last delegation, else its subject); NULL if the token is not valid now.';
+
+-- ---------------------------------------------------------------------------
 -- Per-transaction context: the application sets hessra.token and
 -- hessra.subject with set_config(name, value, true). '' and NULL mean none.
 -- ---------------------------------------------------------------------------
@@ -431,3 +509,9 @@ SELECT hessra_authz.verify_token(hessra_authz.current_token(), hessra_authz.curr
 $$;
 COMMENT ON FUNCTION hessra_authz.authorized(text, text) IS
     'verify_token for the current token and subject. In RLS policies write (SELECT hessra_authz.authorized(...)) so it runs once per statement.';
+
+CREATE FUNCTION hessra_authz.current_identity() RETURNS text
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$ SELECT hessra_authz.token_identity(hessra_authz.current_token()) $$;
+COMMENT ON FUNCTION hessra_authz.current_identity() IS
+    'token_identity of the token in hessra.token (NULL if none or invalid).';

@@ -34,8 +34,10 @@ from .verify import (
     VerifiedToken,
     load_token,
     parse_chain,
+    proven_identity,
     verify,
 )
+from .verify import verify_identity as identity_decision
 
 #: Signature-checked tokens kept per backend (least recently used dropped).
 TOKEN_CACHE_SIZE = 1024
@@ -277,3 +279,32 @@ def canonical_chain(plpy: Any, nodes: str | None) -> str:
         raise ConfigurationError("service chain nodes must not be NULL")
     parsed = parse_chain(json.loads(nodes))
     return json.dumps([{"component": node.component, "public_key": node.public_key} for node in parsed])
+
+
+@_sql_errors
+def verify_identity(plpy: Any, now: float, statement: str | None, token: str | None, identity: str | None,
+                    domain: str | None = None, ensure_subject_in_domain: bool | None = False) -> str:
+    """Identity mode of spec §6.4; a NULL identity is false (use verify_bearer)."""
+    if identity is None:
+        return "f"
+    config = _statement_config(plpy, statement)
+    return _outcome(identity_decision(token, config.keys, now=now, identity=identity, domain=domain,
+                                      ensure_subject_in_domain=bool(ensure_subject_in_domain),
+                                      load=lambda text, at: _load(text, config, at)).valid)
+
+
+@_sql_errors
+def verify_bearer(plpy: Any, now: float, statement: str | None, token: str | None, domain: str | None = None) -> str:
+    """Bearer mode of spec §6.4: the token's own root subject is the actor."""
+    config = _statement_config(plpy, statement)
+    return _outcome(identity_decision(token, config.keys, now=now, identity=None, domain=domain,
+                                      load=lambda text, at: _load(text, config, at)).valid)
+
+
+@_sql_errors
+def token_identity(plpy: Any, now: float, statement: str | None, token: str | None, domain: str | None = None) -> str:
+    """JSON {"identity": <the most specific identity proven, or null>}."""
+    config = _statement_config(plpy, statement)
+    identity = proven_identity(token, config.keys, now=now, domain=domain,
+                               load=lambda text, at: _load(text, config, at))
+    return json.dumps({"identity": identity})

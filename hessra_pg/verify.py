@@ -491,3 +491,67 @@ def verify_identity(
         return Decision(False, rejected.reason, detail=rejected.detail)
     return authorize_identity(verified, now=int(now), identity=identity, domain=domain,
                               ensure_subject_in_domain=ensure_subject_in_domain)
+
+
+_DELEGATION_PREFIX = 'check if actor($a), $a == "'
+_DELEGATION_MIDDLE = '" || $a.starts_with("'
+_DELEGATION_SUFFIX = '" + ":");'
+
+
+def _delegated_identity(source: str) -> str | None:
+    """X from a block holding exactly the delegation check of spec §6.2.
+
+    Biscuit prints strings without escaping quotes, so X is recovered from
+    the check's fixed shape (X appears twice, at known offsets) rather than
+    by a regex. A wrong guess is harmless: the caller verifies it.
+    """
+    start = source.find(_DELEGATION_PREFIX)
+    while start != -1:
+        begin = start + len(_DELEGATION_PREFIX)
+        end = source.find(_DELEGATION_SUFFIX, begin)
+        while end != -1:
+            inner = source[begin:end]
+            size, odd = divmod(len(inner) - len(_DELEGATION_MIDDLE), 2)
+            if size >= 0 and not odd and inner[size:size + len(_DELEGATION_MIDDLE)] == _DELEGATION_MIDDLE \
+                    and inner[:size] == inner[size + len(_DELEGATION_MIDDLE):]:
+                return inner[:size]
+            end = source.find(_DELEGATION_SUFFIX, end + 1)
+        start = source.find(_DELEGATION_PREFIX, start + 1)
+    return None
+
+
+def identity_candidates(verified: VerifiedToken) -> list[str]:
+    """The root subject (read with Datalog, exactly), then each delegated
+    identity, in block order."""
+    authorizer = biscuit_auth.AuthorizerBuilder("allow if true;").build(verified.biscuit)
+    try:
+        subjects = [fact.terms[0] for fact in authorizer.query(biscuit_auth.Rule("data($s) <- subject($s)"))]
+    except _BISCUIT_ERRORS:
+        return []
+    found = [subject for subject in subjects if isinstance(subject, str)][:1]
+    for source in verified.block_sources[1:]:
+        delegated = _delegated_identity(source)
+        if delegated is not None:
+            found.append(delegated)
+    return found
+
+
+def proven_identity(
+    token: str | None,
+    keys: Iterable[RootKey],
+    *,
+    now: float,
+    domain: str | None = None,
+    load: Callable[[str | None, float], VerifiedToken] | None = None,
+) -> str | None:
+    """The most specific identity a valid identity token proves (the last
+    delegated one, or the root subject), or None."""
+    try:
+        verified = load(token, now) if load is not None else load_token(token, keys, now)
+    except TokenRejected:
+        return None
+    candidates = identity_candidates(verified)
+    if not candidates:
+        return None
+    decision = authorize_identity(verified, now=int(now), identity=candidates[-1], domain=domain)
+    return candidates[-1] if decision.valid else None

@@ -119,12 +119,13 @@ def test_function_attributes(admin):
     for name, volatile, secdef, config in rows:
         by_name.setdefault(name, []).append((volatile, secdef, config))
     for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "authorized",
-                 "current_token", "current_subject"):
+                 "current_token", "current_subject", "verify_identity", "verify_bearer", "token_identity",
+                 "current_identity"):
         for volatile, secdef, config in by_name[name]:
             assert volatile == "s", name  # STABLE, never IMMUTABLE
             assert "search_path=pg_catalog, pg_temp" in config, name
-    for name in ("verify_token", "verify_capability", "verify_service_chain", "explain",
-                 "add_key", "retire_key", "set_service_chain"):
+    for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "verify_identity",
+                 "verify_bearer", "token_identity", "add_key", "retire_key", "set_service_chain"):
         assert all(secdef for _, secdef, _ in by_name[name]), name
     for name, entries in by_name.items():
         assert all("search_path=" in config for _, _, config in entries), name
