@@ -42,7 +42,19 @@ CREATE TABLE hessra_authz.service_chains (
 COMMENT ON TABLE hessra_authz.service_chains IS
     'Named service chains: JSON arrays of {"component", "public_key"} in chain order. Write through set_service_chain.';
 
--- One row whose generation changes with every change to keys or chains, so
+CREATE TABLE hessra_authz.revocations (
+    revocation_id  text UNIQUE CHECK (revocation_id ~ '^[0-9a-f]+$' AND length(revocation_id) BETWEEN 16 AND 1024),
+    identity       text UNIQUE CHECK (identity <> ''),
+    reason         text,
+    revoked_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    revoked_by     name NOT NULL DEFAULT session_user,
+    CHECK (pg_catalog.num_nonnulls(revocation_id, identity) = 1)
+);
+COMMENT ON TABLE hessra_authz.revocations IS
+    'Revoked block revocation ids (hex; any block) and revoked identities (with every identity below them). Write through revoke, revoke_token, revoke_identity.';
+
+-- One row whose generation changes with every change to keys, chains or
+-- revocations, so
 -- per-backend caches notice changes committed by other backends.
 CREATE TABLE hessra_authz.config_state (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -55,9 +67,11 @@ VALUES ((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000):
 
 SELECT pg_catalog.pg_extension_config_dump('hessra_authz.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('hessra_authz.service_chains', '');
+SELECT pg_catalog.pg_extension_config_dump('hessra_authz.revocations', '');
 
-REVOKE ALL ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.config_state FROM PUBLIC;
-GRANT SELECT ON hessra_authz.keys, hessra_authz.service_chains TO hessra_admin;
+REVOKE ALL ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revocations,
+    hessra_authz.config_state FROM PUBLIC;
+GRANT SELECT ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revocations TO hessra_admin;
 
 -- Tells this backend's verifier that its per-statement memo is stale (the
 -- generation read covers other backends).
@@ -83,6 +97,9 @@ CREATE TRIGGER bump_generation
     FOR EACH STATEMENT EXECUTE FUNCTION hessra_authz._bump_generation();
 CREATE TRIGGER bump_generation
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON hessra_authz.service_chains
+    FOR EACH STATEMENT EXECUTE FUNCTION hessra_authz._bump_generation();
+CREATE TRIGGER bump_generation
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON hessra_authz.revocations
     FOR EACH STATEMENT EXECUTE FUNCTION hessra_authz._bump_generation();
 
 -- ---------------------------------------------------------------------------
@@ -183,6 +200,13 @@ LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_
 AS $$
 from hessra_pg import server
 return server.token_identity(plpy, now, statement, token, domain)
+$$;
+
+CREATE FUNCTION hessra_authz._authority_revocation_id(token text) RETURNS text
+LANGUAGE plpython3u IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.authority_revocation_id(plpy, token)
 $$;
 
 -- Turn an outcome into a boolean, raising configuration errors.
@@ -313,6 +337,56 @@ $$;
 COMMENT ON FUNCTION hessra_authz.drop_service_chain(text) IS
     'Remove a named service chain; returns false if there was none.';
 
+CREATE FUNCTION hessra_authz.revoke(revocation_id text, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    normalized text := lower(btrim(revoke.revocation_id));
+BEGIN
+    IF normalized IS NULL OR normalized !~ '^[0-9a-f]+$' OR length(normalized) NOT BETWEEN 16 AND 1024 THEN
+        RAISE EXCEPTION 'hessra_authz: a revocation id is the hex of a block signature'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'hessra_authz.explain(token, ...)->''revocation_ids'' or `hessra-pg token inspect` lists them; hessra_authz.revoke_token(token) revokes a whole token.';
+    END IF;
+    INSERT INTO hessra_authz.revocations AS r (revocation_id, reason)
+    VALUES (normalized, revoke.reason)
+    ON CONFLICT ON CONSTRAINT revocations_revocation_id_key DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.revoke(text, text) IS
+    'Revoke a block by its revocation id (hex): every token containing that block is denied from the next statement on, in every backend.';
+
+CREATE FUNCTION hessra_authz.revoke_token(token text, reason text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result jsonb := hessra_authz._authority_revocation_id(revoke_token.token)::jsonb;
+BEGIN
+    IF result ? 'error' THEN
+        PERFORM hessra_authz._raise(result::text);
+    END IF;
+    PERFORM hessra_authz.revoke(result->>'revocation_id', revoke_token.reason);
+    RETURN result->>'revocation_id';
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.revoke_token(text, text) IS
+    'Revoke a token''s authority block, so the token and every token derived from it (attenuated, attested, delegated) are denied. Returns the revocation id.';
+
+CREATE FUNCTION hessra_authz.revoke_identity(identity text, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF revoke_identity.identity IS NULL OR revoke_identity.identity = '' THEN
+        RAISE EXCEPTION 'hessra_authz: identity must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO hessra_authz.revocations AS r (identity, reason)
+    VALUES (revoke_identity.identity, revoke_identity.reason)
+    ON CONFLICT ON CONSTRAINT revocations_identity_key DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.revoke_identity(text, text) IS
+    'Revoke an identity and every identity delegated under it (identity:...): tokens proving them, and authorization tokens for them, are denied.';
+
 REVOKE EXECUTE ON FUNCTION
     hessra_authz._bump_generation(),
     hessra_authz._raise(text),
@@ -328,12 +402,19 @@ REVOKE EXECUTE ON FUNCTION
     hessra_authz._verify_bearer(float8, text, text, text),
     hessra_authz._token_identity(float8, text, text, text),
     hessra_authz._forget_statement(),
+    hessra_authz._authority_revocation_id(text),
+    hessra_authz.revoke(text, text),
+    hessra_authz.revoke_token(text, text),
+    hessra_authz.revoke_identity(text, text),
     hessra_authz.add_key(text, integer, timestamptz, timestamptz, text),
     hessra_authz.retire_key(integer, timestamptz),
     hessra_authz.set_service_chain(text, jsonb),
     hessra_authz.drop_service_chain(text)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
+    hessra_authz.revoke(text, text),
+    hessra_authz.revoke_token(text, text),
+    hessra_authz.revoke_identity(text, text),
     hessra_authz.add_key(text, integer, timestamptz, timestamptz, text),
     hessra_authz.retire_key(integer, timestamptz),
     hessra_authz.set_service_chain(text, jsonb),

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from .errors import ConfigurationError, HessraError, KeyFormatError
+from .encoding import encode_token as encode_urlsafe
 from .keys import canonical_public_key
 from .verify import (
     ChainNode,
@@ -33,6 +34,7 @@ from .verify import (
     TokenRejected,
     VerifiedToken,
     load_token,
+    Revocations,
     parse_chain,
     proven_identity,
     verify,
@@ -52,14 +54,17 @@ SELECT kid, public_key,
   FROM hessra_authz.keys
 """
 _CHAINS_SQL = "SELECT name, nodes::text AS nodes FROM hessra_authz.service_chains"
+_REVOCATIONS_SQL = "SELECT revocation_id, identity FROM hessra_authz.revocations"
 
 
 class _Config:
     """Keys and chains of one configuration generation."""
 
-    def __init__(self, generation: int, keys: tuple[RootKey, ...], chains: dict[str, Any]) -> None:
+    def __init__(self, generation: int, keys: tuple[RootKey, ...], chains: dict[str, Any],
+                 revocations: Revocations) -> None:
         self.generation = generation
         self.keys = keys
+        self.revocations = revocations
         #: name -> tuple of ChainNode, or the ConfigurationError of a bad row
         self.chains = chains
 
@@ -134,7 +139,12 @@ def _statement_config(plpy: Any, statement: str | None) -> _Config:
                 chains[r["name"]] = parse_chain(json.loads(r["nodes"]))
             except ConfigurationError as error:
                 chains[r["name"]] = ConfigurationError(f"service chain {r['name']!r} is invalid: {error}")
-        _config = _Config(generation, keys, chains)
+        rows = plpy.execute(_plan(plpy, _REVOCATIONS_SQL))
+        revocations = Revocations(
+            ids=frozenset(r["revocation_id"] for r in rows if r["revocation_id"] is not None),
+            identities=frozenset(r["identity"] for r in rows if r["identity"] is not None),
+        )
+        _config = _Config(generation, keys, chains, revocations)
         _tokens.clear()
     _statement_key = statement
     return _config
@@ -220,6 +230,7 @@ def _decide(
         component=component,
         capability=capability,
         load=lambda text, at: _load(text, config, at),
+        revoked=config.revocations,
     )
 
 
@@ -290,7 +301,8 @@ def verify_identity(plpy: Any, now: float, statement: str | None, token: str | N
     config = _statement_config(plpy, statement)
     return _outcome(identity_decision(token, config.keys, now=now, identity=identity, domain=domain,
                                       ensure_subject_in_domain=bool(ensure_subject_in_domain),
-                                      load=lambda text, at: _load(text, config, at)).valid)
+                                      load=lambda text, at: _load(text, config, at),
+                                      revoked=config.revocations).valid)
 
 
 @_sql_errors
@@ -298,7 +310,8 @@ def verify_bearer(plpy: Any, now: float, statement: str | None, token: str | Non
     """Bearer mode of spec §6.4: the token's own root subject is the actor."""
     config = _statement_config(plpy, statement)
     return _outcome(identity_decision(token, config.keys, now=now, identity=None, domain=domain,
-                                      load=lambda text, at: _load(text, config, at)).valid)
+                                      load=lambda text, at: _load(text, config, at),
+                                      revoked=config.revocations).valid)
 
 
 @_sql_errors
@@ -306,5 +319,25 @@ def token_identity(plpy: Any, now: float, statement: str | None, token: str | No
     """JSON {"identity": <the most specific identity proven, or null>}."""
     config = _statement_config(plpy, statement)
     identity = proven_identity(token, config.keys, now=now, domain=domain,
-                               load=lambda text, at: _load(text, config, at))
+                               load=lambda text, at: _load(text, config, at), revoked=config.revocations)
     return json.dumps({"identity": identity})
+
+
+@_sql_errors
+def authority_revocation_id(plpy: Any, token: str | None) -> str:
+    """JSON {"revocation_id": ...} of a token's authority block (revoking it
+    kills every token derived from it). The token is parsed, not verified:
+    a token signed by a retired key can still be revoked."""
+    import biscuit_auth
+
+    from .encoding import decode_token
+    from .errors import TokenFormatError
+
+    if token is None or not token.strip():
+        raise TokenFormatError("token must not be empty")
+    data = decode_token(token)
+    try:
+        ids = biscuit_auth.UnverifiedBiscuit.from_base64(encode_urlsafe(data)).revocation_ids
+    except Exception:
+        raise TokenFormatError("token is not a valid Biscuit") from None
+    return json.dumps({"revocation_id": ids[0]})

@@ -91,6 +91,34 @@ class ChainNode:
     public_key: str
 
 
+@dataclass(frozen=True)
+class Revocations:
+    """Revoked block revocation ids (lowercase hex) and revoked identities.
+
+    A token is revoked if any of its blocks' ids is listed (revoking the
+    authority block's id kills every token derived from it). An identity is
+    revoked if it, or an ancestor in the `:` hierarchy, is listed.
+    """
+
+    ids: frozenset[str] = frozenset()
+    identities: frozenset[str] = frozenset()
+
+    def covers_identity(self, identity: str) -> bool:
+        if not self.identities:
+            return False
+        parts = identity.split(":")
+        return any(":".join(parts[:end]) in self.identities for end in range(1, len(parts) + 1))
+
+    def revoked_block(self, verified: "VerifiedToken") -> str | None:
+        for index, revocation_id in enumerate(verified.revocation_ids):
+            if revocation_id in self.ids:
+                return f"block {index} of the token is revoked"
+        return None
+
+
+NO_REVOCATIONS = Revocations()
+
+
 @dataclass
 class Decision:
     """The outcome of one verification. `reason` is one of REASONS (for a
@@ -376,6 +404,7 @@ def verify(
     component: str | None = None,
     capability: bool = False,
     load: Callable[[str | None, float], VerifiedToken] | None = None,
+    revoked: Revocations = NO_REVOCATIONS,
 ) -> Decision:
     """Verify a token end to end; a token problem is a Decision, never an
     exception. Configuration problems raise ConfigurationError.
@@ -395,6 +424,11 @@ def verify(
             False, "denied", verified.key.kid, verified.expires_at, verified.revocation_ids,
             "subject, resource and operation are required",
         )
+    detail = revoked.revoked_block(verified)
+    if detail is None and subject is not None and revoked.covers_identity(subject):
+        detail = "the subject is a revoked identity"
+    if detail is not None:
+        return Decision(False, "revoked", verified.key.kid, verified.expires_at, verified.revocation_ids, detail)
     return authorize(
         verified,
         now=int(now),
@@ -483,14 +517,29 @@ def verify_identity(
     domain: str | None = None,
     ensure_subject_in_domain: bool = False,
     load: Callable[[str | None, float], VerifiedToken] | None = None,
+    revoked: Revocations = NO_REVOCATIONS,
 ) -> Decision:
     """Verify an identity token for `identity` (None: bearer mode)."""
     try:
         verified = load(token, now) if load is not None else load_token(token, keys, now)
     except TokenRejected as rejected:
         return Decision(False, rejected.reason, detail=rejected.detail)
+    detail = _revoked_identity_token(verified, revoked, identity)
+    if detail is not None:
+        return Decision(False, "revoked", verified.key.kid, verified.expires_at, verified.revocation_ids, detail)
     return authorize_identity(verified, now=int(now), identity=identity, domain=domain,
                               ensure_subject_in_domain=ensure_subject_in_domain)
+
+
+def _revoked_identity_token(verified: VerifiedToken, revoked: Revocations, identity: str | None) -> str | None:
+    """Why an identity token is revoked for `identity`, or None."""
+    detail = revoked.revoked_block(verified)
+    if detail is None and revoked.identities:
+        if identity is not None and revoked.covers_identity(identity):
+            detail = "the identity is revoked"
+        elif any(revoked.covers_identity(chained) for chained in identity_candidates(verified)):
+            detail = "an identity in the token's delegation chain is revoked"
+    return detail
 
 
 _DELEGATION_PREFIX = 'check if actor($a), $a == "'
@@ -543,6 +592,7 @@ def proven_identity(
     now: float,
     domain: str | None = None,
     load: Callable[[str | None, float], VerifiedToken] | None = None,
+    revoked: Revocations = NO_REVOCATIONS,
 ) -> str | None:
     """The most specific identity a valid identity token proves (the last
     delegated one, or the root subject), or None."""
@@ -551,7 +601,7 @@ def proven_identity(
     except TokenRejected:
         return None
     candidates = identity_candidates(verified)
-    if not candidates:
+    if not candidates or _revoked_identity_token(verified, revoked, None) is not None:
         return None
     decision = authorize_identity(verified, now=int(now), identity=candidates[-1], domain=domain)
     return candidates[-1] if decision.valid else None
