@@ -20,6 +20,9 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 COMMAND_MODULES: list[str] = [
     "hessra_pg.cli.db",
+    "hessra_pg.cli.keys",
+    "hessra_pg.cli.token",
+    "hessra_pg.cli.identity",
 ]
 
 EXIT_USAGE = 2
