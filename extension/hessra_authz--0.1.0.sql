@@ -209,6 +209,13 @@ from hessra_pg import server
 return server.authority_revocation_id(plpy, token)
 $$;
 
+CREATE FUNCTION hessra_authz._identity_scope(now float8, statement text, token text) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.identity_scope(plpy, now, statement, token)
+$$;
+
 -- Turn an outcome into a boolean, raising configuration errors.
 CREATE FUNCTION hessra_authz._decision(outcome text) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
@@ -401,6 +408,7 @@ REVOKE EXECUTE ON FUNCTION
     hessra_authz._verify_identity(float8, text, text, text, text, boolean),
     hessra_authz._verify_bearer(float8, text, text, text),
     hessra_authz._token_identity(float8, text, text, text),
+    hessra_authz._identity_scope(float8, text, text),
     hessra_authz._forget_statement(),
     hessra_authz._authority_revocation_id(text),
     hessra_authz.revoke(text, text),
@@ -591,8 +599,63 @@ $$;
 COMMENT ON FUNCTION hessra_authz.authorized(text, text) IS
     'verify_token for the current token and subject. In RLS policies write (SELECT hessra_authz.authorized(...)) so it runs once per statement.';
 
+
+-- ---------------------------------------------------------------------------
+-- Rows owned by identities. Evaluated once per statement as (SELECT ...) in a
+-- policy, these describe what the current token proves: its identity, the
+-- half-open range [identity || ':', identity || ';') of its descendants in
+-- "C" collation (NULL when it may not act for descendants), and the revoked
+-- identities inside that range. README "Rows owned by identities" has the
+-- policy that combines them; it can use an index on (owner COLLATE "C").
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION hessra_authz.current_identity_scope() RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result jsonb := hessra_authz._identity_scope(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz.current_token())::jsonb;
+BEGIN
+    IF result ? 'error' THEN
+        PERFORM hessra_authz._raise(result::text);
+    END IF;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.current_identity_scope() IS
+    '{identity, descendants, revoked_below} for the token in hessra.token; verified once per statement.';
+
+CREATE FUNCTION hessra_authz.current_identity_subtree_start() RETURNS text
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE WHEN (s->>'descendants')::boolean THEN (s->>'identity') || ':' END
+  FROM hessra_authz.current_identity_scope() AS s
+$$;
+COMMENT ON FUNCTION hessra_authz.current_identity_subtree_start() IS
+    'identity || '':'' if the current token may act for descendants of its identity, else NULL (inclusive lower bound, "C" collation).';
+
+CREATE FUNCTION hessra_authz.current_identity_subtree_end() RETURNS text
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE WHEN (s->>'descendants')::boolean THEN (s->>'identity') || ';' END
+  FROM hessra_authz.current_identity_scope() AS s
+$$;
+COMMENT ON FUNCTION hessra_authz.current_identity_subtree_end() IS
+    'identity || '';'' if the current token may act for descendants of its identity, else NULL (exclusive upper bound, "C" collation).';
+
+CREATE FUNCTION hessra_authz.current_identity_revoked_below() RETURNS text[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT coalesce(array_agg(r ORDER BY r), '{}')
+  FROM hessra_authz.current_identity_scope() AS s, jsonb_array_elements_text(s->'revoked_below') AS r
+$$;
+COMMENT ON FUNCTION hessra_authz.current_identity_revoked_below() IS
+    'Revoked identities below the current token''s identity (their rows must stay hidden).';
+
 CREATE FUNCTION hessra_authz.current_identity() RETURNS text
 LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
-AS $$ SELECT hessra_authz.token_identity(hessra_authz.current_token()) $$;
+AS $$ SELECT hessra_authz.current_identity_scope()->>'identity' $$;
 COMMENT ON FUNCTION hessra_authz.current_identity() IS
     'token_identity of the token in hessra.token (NULL if none or invalid).';

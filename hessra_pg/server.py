@@ -73,6 +73,9 @@ _plans: dict[str, Any] = {}
 _config: _Config | None = None
 #: snapshot/xid of the statement whose configuration _config holds
 _statement_key: str | None = None
+#: Results computed during the current statement (same snapshot, same time),
+#: so the several per-statement helpers of one RLS policy verify once.
+_statement_results: dict[tuple[Any, ...], Any] = {}
 _tokens: "OrderedDict[tuple[str, int], VerifiedToken | TokenRejected]" = OrderedDict()
 
 def _plan(plpy: Any, sql: str) -> Any:
@@ -120,6 +123,7 @@ def forget_statement() -> None:
     """Called by the config trigger: this backend changed keys or chains."""
     global _statement_key
     _statement_key = None
+    _statement_results.clear()
 
 
 def _statement_config(plpy: Any, statement: str | None) -> _Config:
@@ -146,6 +150,8 @@ def _statement_config(plpy: Any, statement: str | None) -> _Config:
         )
         _config = _Config(generation, keys, chains, revocations)
         _tokens.clear()
+    if statement != _statement_key:
+        _statement_results.clear()
     _statement_key = statement
     return _config
 
@@ -341,3 +347,28 @@ def authority_revocation_id(plpy: Any, token: str | None) -> str:
     except Exception:
         raise TokenFormatError("token is not a valid Biscuit") from None
     return json.dumps({"revocation_id": ids[0]})
+
+
+@_sql_errors
+def identity_scope(plpy: Any, now: float, statement: str | None, token: str | None) -> str:
+    """JSON {"identity", "descendants", "revoked_below"} for the owner-column
+    policy: the identity the token proves, whether it also proves every
+    descendant (identity:...), and the revoked identities inside that scope.
+    Computed once per statement however many policy helpers ask."""
+    config = _statement_config(plpy, statement)
+    key = ("identity_scope", token, now)
+    if key not in _statement_results:
+        _statement_results[key] = json.dumps(_identity_scope(token, config, now))
+    return _statement_results[key]
+
+
+def _identity_scope(token: str | None, config: _Config, now: float) -> dict[str, Any]:
+    load = lambda text, at: _load(text, config, at)  # noqa: E731
+    identity = proven_identity(token, config.keys, now=now, load=load, revoked=config.revocations)
+    if identity is None:
+        return {"identity": None, "descendants": False, "revoked_below": []}
+    # The token proves descendants iff it proves "identity:" (every check is
+    # then a starts_with(... + ":") one); revocations are applied separately.
+    descendants = identity_decision(token, config.keys, now=now, identity=identity + ":", load=load).valid
+    below = sorted(r for r in config.revocations.identities if r.startswith(identity + ":"))
+    return {"identity": identity, "descendants": descendants, "revoked_below": below}

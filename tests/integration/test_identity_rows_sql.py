@@ -1,0 +1,136 @@
+"""Rows owned by identities: the documented policy shows a row exactly when
+verify_identity(current token, owner) is true, once per statement, through
+an index on (owner COLLATE "C")."""
+
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from hessra_pg.identity import delegate_identity, mint_identity
+from tests.integration.conftest import scalar
+
+POLICY = """
+CREATE POLICY documents_owner ON public.documents FOR ALL
+USING (
+    (owner COLLATE "C" = (SELECT hessra_authz.current_identity())
+     OR (owner COLLATE "C" >= (SELECT hessra_authz.current_identity_subtree_start())
+         AND owner COLLATE "C" < (SELECT hessra_authz.current_identity_subtree_end())))
+    AND ((SELECT hessra_authz.current_identity_revoked_below()) = '{}'
+         OR NOT EXISTS (SELECT 1 FROM unnest((SELECT hessra_authz.current_identity_revoked_below())) AS r(id)
+                        WHERE owner = r.id OR starts_with(owner, r.id || ':')))
+)
+"""
+
+SETUP = """
+CREATE TABLE public.documents (id serial PRIMARY KEY, owner text NOT NULL, body text);
+CREATE INDEX documents_owner_c ON public.documents (owner COLLATE "C");
+ALTER TABLE public.documents ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.documents FORCE ROW LEVEL SECURITY;
+""" + POLICY
+
+IDENTITIES = [
+    "alice", "alice:agent", "alice:agent:worker", "alice:agent:worker:x", "alice:phone", "alice2", "alice;x",
+    "alice:", "bob", "bob:agent", "ali", "", "alice:agent2", "alice:agent:", "ALICE",
+]
+
+
+@pytest.fixture
+def documents(admin, app_role):
+    admin.execute(SETUP)
+    admin.execute(sql.SQL("GRANT SELECT, INSERT ON public.documents TO {}").format(sql.Identifier(app_role)))
+    admin.execute(sql.SQL("GRANT USAGE ON SEQUENCE public.documents_id_seq TO {}").format(sql.Identifier(app_role)))
+    return admin
+
+
+def visible_owners(conn, token) -> list[str]:
+    with conn.transaction():
+        conn.execute("SELECT set_config('hessra.token', %s, true)", (token or "",))
+        return sorted(row[0] for row in conn.execute("SELECT owner FROM public.documents"))
+
+
+def expected_owners(admin, token, owners) -> list[str]:
+    return sorted(o for o in owners if scalar(admin, "SELECT hessra_authz.verify_identity(%s, %s)", (token, o)))
+
+
+def test_policy_matches_verify_identity(hessra_db, documents, root, app_role):
+    admin = documents
+    admin.cursor().executemany("INSERT INTO public.documents (owner) VALUES (%s)", [(o,) for o in IDENTITIES])
+    pk = str(root.public_key)
+    alice = mint_identity(root, "alice")
+    agent = delegate_identity(alice, pk, "alice:agent")
+    tokens = {
+        "root": alice,
+        "non-delegatable": mint_identity(root, "alice", delegatable=False),
+        "delegated": agent,
+        "twice delegated": delegate_identity(agent, pk, "alice:agent:worker"),
+        "none": None,
+    }
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        seen = {name: visible_owners(app, token) for name, token in tokens.items()}
+        for name, token in tokens.items():
+            assert seen[name] == (expected_owners(admin, token, IDENTITIES) if token else []), name
+        assert seen["root"] == sorted(["alice", "alice:agent", "alice:agent:worker", "alice:agent:worker:x",
+                                       "alice:phone", "alice:", "alice:agent2", "alice:agent:"])
+        assert seen["delegated"] == sorted(["alice:agent", "alice:agent:worker", "alice:agent:worker:x", "alice:agent:"])
+        assert seen["non-delegatable"] == ["alice"]
+        admin.execute("SELECT hessra_authz.revoke_identity('alice:agent:worker')")
+        assert visible_owners(app, tokens["root"]) == expected_owners(admin, tokens["root"], IDENTITIES)
+        assert "alice:agent:worker:x" not in visible_owners(app, tokens["root"])
+        assert visible_owners(app, tokens["twice delegated"]) == []
+
+
+def test_policy_runs_once_per_statement_and_uses_the_index(hessra_db, documents, root, app_role):
+    admin = documents
+    admin.execute("INSERT INTO public.documents (owner) SELECT 'user' || g || ':doc' FROM generate_series(1, 20000) g")
+    admin.execute("INSERT INTO public.documents (owner) VALUES ('alice'), ('alice:agent')")
+    admin.execute("ANALYZE public.documents")
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        with app.transaction():
+            app.execute("SELECT set_config('hessra.token', %s, true)", (mint_identity(root, "alice"),))
+            plan = "\n".join(row[0] for row in app.execute("EXPLAIN (ANALYZE, COSTS OFF) SELECT * FROM public.documents"))
+    assert "documents_owner_c" in plan, plan
+    assert "InitPlan" in plan and "SubPlan" not in plan.split("Filter")[0], plan
+    assert "rows=2 " in plan or "rows=2)" in plan, plan
+
+
+def test_with_check_on_insert(hessra_db, documents, root, app_role):
+    token = delegate_identity(mint_identity(root, "alice"), str(root.public_key), "alice:agent")
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        with app.transaction():
+            app.execute("SELECT set_config('hessra.token', %s, true)", (token,))
+            app.execute("INSERT INTO public.documents (owner) VALUES ('alice:agent:job')")
+        with pytest.raises(Exception, match="row-level security"):
+            with app.transaction():
+                app.execute("SELECT set_config('hessra.token', %s, true)", (token,))
+                app.execute("INSERT INTO public.documents (owner) VALUES ('alice')")
+
+
+
+
+@st.composite
+def identity_trees(draw):
+    roots = draw(st.lists(st.sampled_from(["a", "b", "ab"]), min_size=1, max_size=2, unique=True))
+    owners = set()
+    for _ in range(draw(st.integers(4, 14))):
+        parts = [draw(st.sampled_from(roots))] + draw(st.lists(st.sampled_from(["x", "y", "xy", ""]), max_size=3))
+        owners.add(":".join(parts))
+    path = [draw(st.sampled_from(roots))] + draw(st.lists(st.sampled_from(["x", "y", "xy"]), max_size=2))
+    delegatable = draw(st.booleans())
+    return sorted(owners), path, delegatable
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=identity_trees())
+def test_property_policy_equals_per_row_verify_identity(hessra_db, documents, root, app_role, tree):
+    owners, path, delegatable = tree
+    admin = documents
+    admin.execute("TRUNCATE public.documents")
+    admin.cursor().executemany("INSERT INTO public.documents (owner) VALUES (%s)", [(o,) for o in owners])
+    pk = str(root.public_key)
+    token = mint_identity(root, path[0], delegatable=delegatable or len(path) > 1)
+    for depth in range(2, len(path) + 1):
+        token = delegate_identity(token, pk, ":".join(path[:depth]))
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        assert visible_owners(app, token) == expected_owners(admin, token, owners)
