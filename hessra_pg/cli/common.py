@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -60,8 +61,20 @@ class CliInputError(HessraError):
 
 # -- argparse helpers ------------------------------------------------------
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the line breaks of descriptions and example epilogs."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Fills description paragraphs (separated by blank lines) to the
+    terminal width, and keeps paragraphs with indented lines (the examples)
+    as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if any(line.startswith("  ") for line in paragraph.splitlines()):
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(textwrap.fill(" ".join(paragraph.split()), width,
+                                                initial_indent=indent, subsequent_indent=indent))
+        return "\n\n".join(paragraphs)
 
 
 def command_parser(subparsers: Any, name: str, *, help: str, description: str,
@@ -106,12 +119,11 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_root_key_arguments(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
     group = parser.add_argument_group("root public key")
-    fallback = "checks signatures only when one of these is set" if optional else "required from one of these"
+    fallback = "without any, signatures are not checked" if optional else "one is required"
     group.add_argument(
         "--root-key", metavar="FILE_OR_KEY",
-        help="the authority's public key: a PEM file, or the key itself as PEM or 'ed25519/<hex>' / "
-             "'secp256r1/<hex>' (default: $HESSRA_PUBLIC_KEY, base64 PEM or alg/hex, or the file named "
-             f"by $HESSRA_PUBLIC_KEY_FILE; {fallback})",
+        help="the authority's public key: a PEM file, or the key as PEM or alg/hex text "
+             f"(default: $HESSRA_PUBLIC_KEY or the file $HESSRA_PUBLIC_KEY_FILE; {fallback})",
     )
     group.add_argument("--root-key-env", metavar="PREFIX", default=DEFAULT_ENV_PREFIX,
                        help="read $PREFIX_PUBLIC_KEY / $PREFIX_PUBLIC_KEY_FILE instead (default: %(default)s)")
@@ -139,13 +151,13 @@ def add_now_argument(parser: argparse.ArgumentParser) -> None:
                         help="verify as of this Unix time (default: the current time)")
 
 
-def add_chain_arguments(parser: argparse.ArgumentParser, *, verb: str) -> None:
-    group = parser.add_argument_group("service chain").add_mutually_exclusive_group()
+def add_chain_arguments(parser: argparse.ArgumentParser, *, purpose: str) -> None:
+    group = parser.add_argument_group(f"service chain ({purpose})").add_mutually_exclusive_group()
     group.add_argument("--chain-json", metavar="FILE",
-                       help=f"{verb} the service chain in FILE, a JSON array "
-                            '[{"component": ..., "public_key": "ed25519/<hex>"}, ...] in chain order')
+                       help='the chain as a JSON array [{"component": ..., "public_key": "ed25519/<hex>"}, ...] '
+                            "in chain order")
     group.add_argument("--chain-node", action="append", metavar="COMPONENT=KEY",
-                       help=f"{verb} one chain node (repeat, in chain order); KEY is alg/hex or a public key file")
+                       help="one node of the chain (repeat, in chain order); KEY is alg/hex or a public key file")
 
 
 # -- inputs ----------------------------------------------------------------

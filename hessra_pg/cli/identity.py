@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
             "it is delegatable: it proves SUBJECT and every descendant (SUBJECT:...), which the holder\n"
             "can hand out with 'identity delegate'. Prints the token."
         ),
-        examples="  hessra-pg identity create --key root.pem --subject urn:hessra:alice --ttl 3600",
+        examples="  hessra-pg identity create --key root.pem --subject urn:hessra:alice \\\n      --ttl 3600",
     )
     create.add_argument("--subject", required=True, metavar="S", help="the identity, e.g. urn:hessra:alice")
     add_time_arguments(create)
@@ -78,7 +78,8 @@ def register(subparsers: Any) -> None:
             "could use (lateral, to a non-descendant, from a non-delegatable token) is refused with\n"
             "exit status 1. Prints the new token."
         ),
-        examples="  hessra-pg identity delegate \"$ID_TOKEN\" --identity urn:hessra:alice:laptop --root-key root.pub.pem",
+        examples="  hessra-pg identity delegate \"$ID_TOKEN\" --identity urn:hessra:alice:laptop \\\n"
+                 "      --root-key root.pub.pem",
     )
     add_token_argument(delegate)
     delegate.add_argument("--identity", required=True, metavar="ID", help="the identity to delegate to")
@@ -112,7 +113,8 @@ def register(subparsers: Any) -> None:
             "Prints 'valid' (exit 0) or 'denied: <reason> (<detail>)' (exit 1)."
         ),
         examples=(
-            "  hessra-pg identity verify \"$ID_TOKEN\" --identity urn:hessra:alice:laptop --root-key root.pub.pem\n"
+            "  hessra-pg identity verify \"$ID_TOKEN\" --identity urn:hessra:alice:laptop \\\n"
+            "      --root-key root.pub.pem\n"
             "  hessra-pg identity verify - --bearer --json < id_token.txt"
         ),
     )

@@ -56,7 +56,8 @@ def register(subparsers: Any) -> None:
             "Existing files are never overwritten without --force."
         ),
         examples=(
-            "  hessra-pg keys generate --algorithm secp256r1 --out root.pem --public-out root.pub.pem\n"
+            "  hessra-pg keys generate --algorithm secp256r1 \\\n"
+            "      --out root.pem --public-out root.pub.pem\n"
             "  hessra-pg keys generate --out auth_service.pem"
         ),
     )
@@ -80,7 +81,7 @@ def register(subparsers: Any) -> None:
         ),
         examples=(
             "  hessra-pg keys show root.pem\n"
-            "  hessra-pg keys show secp256r1/031805334536362d5451f32ccefb8e57c9b61be2c4257d6ce96a705a24af3a7397\n"
+            "  hessra-pg keys show \"$PUB\"          # alg/hex -> PEM\n"
             "  hessra-pg keys show --env HESSRA --json"
         ),
     )
@@ -207,14 +208,10 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(shown)
         return EXIT_OK
-    first = True
-    for entry in shown.values():
-        if entry is None:
-            continue
-        if not first:
+    for position, entry in enumerate(value for value in shown.values() if value is not None):
+        if position:
             print()
         _print_entry(entry)
-        first = False
     return EXIT_OK
 
 

@@ -63,11 +63,15 @@ def register(subparsers: Any) -> None:
             "to SUBJECT, signed with the authority's private key. Prints the token (URL-safe base64)."
         ),
         examples=(
-            "  hessra-pg token mint --key root.pem --subject alice --resource orders --operation read\n"
-            "  hessra-pg token mint --key root.pem --subject alice --resource orders --operation read \\\n"
-            "      --chain-node auth_service=auth_service.pub.pem --chain-node payment_service=ed25519/78ef...\n"
-            "  HESSRA_PERSONAL_KEYPAIR_FILE=root.pem hessra-pg token mint --subject alice --resource orders \\\n"
-            "      --operation read --ttl 3600"
+            "  hessra-pg token mint --key root.pem \\\n"
+            "      --subject alice --resource orders --operation read\n"
+            "  hessra-pg token mint --key root.pem \\\n"
+            "      --subject alice --resource orders --operation read \\\n"
+            "      --chain-node auth_service=auth_service.pub.pem \\\n"
+            "      --chain-node payment_service=ed25519/78ef4255...\n"
+            "  export HESSRA_PERSONAL_KEYPAIR_FILE=root.pem\n"
+            "  hessra-pg token mint --subject alice --resource orders --operation read \\\n"
+            "      --ttl 3600"
         ),
     )
     _add_request_arguments(mint, subject_required=True)
@@ -76,7 +80,7 @@ def register(subparsers: Any) -> None:
     mint.add_argument("--prefix-key", metavar="KEY",
                       help="require a prefix restriction signed by this key (alg/hex or public key file) "
                            "before the token is usable; see 'token restrict'")
-    add_chain_arguments(mint, verb="require attestations from")
+    add_chain_arguments(mint, purpose="nodes that must attest the token")
     mint.add_argument("--multi-party", action="append", metavar="COMPONENT=KEY",
                       help="require a sign-off from this party (repeat); KEY is alg/hex or a public key file; "
                            "see 'token sign'")
@@ -96,7 +100,7 @@ def register(subparsers: Any) -> None:
             "key. Verifiers count it only if SERVICE equals the resource they check, which is why it\n"
             "defaults to the token's resource. Prints the new token."
         ),
-        examples="  hessra-pg token attest \"$TOKEN\" --node-key auth_service.pem --root-key root.pub.pem",
+        examples="  hessra-pg token attest \"$TOKEN\" --node-key auth_service.pem \\\n      --root-key root.pub.pem",
     )
     add_token_argument(attest)
     attest.add_argument("--node-key", required=True, metavar="FILE", help="the node's private key file (PKCS#8 PEM)")
@@ -111,7 +115,7 @@ def register(subparsers: Any) -> None:
             "Append a multi-party sign-off, namespace(NAMESPACE), signed with a party's private key.\n"
             "NAMESPACE defaults to the component the token names for that key. Prints the new token."
         ),
-        examples="  hessra-pg token sign \"$TOKEN\" --party-key approval.pem --root-key root.pub.pem",
+        examples="  hessra-pg token sign \"$TOKEN\" --party-key approval.pem \\\n      --root-key root.pub.pem",
     )
     add_token_argument(sign)
     sign.add_argument("--party-key", required=True, metavar="FILE", help="the party's private key file (PKCS#8 PEM)")
@@ -129,7 +133,8 @@ def register(subparsers: Any) -> None:
             "(exact match; the application checks that the path it serves starts with P).\n"
             "Prints the new token."
         ),
-        examples="  hessra-pg token restrict \"$TOKEN\" --prefix tenant/1/ --prefix-key prefix.pem --root-key root.pub.pem",
+        examples="  hessra-pg token restrict \"$TOKEN\" --prefix tenant/1/ \\\n"
+                 "      --prefix-key prefix.pem --root-key root.pub.pem",
     )
     add_token_argument(restrict)
     restrict.add_argument("--prefix", required=True, metavar="P", help="the prefix")
@@ -161,11 +166,15 @@ def register(subparsers: Any) -> None:
             "Verify a token for SUBJECT, RESOURCE and OPERATION with the same verifier the database\n"
             "uses. Prints 'valid' (exit 0) or 'denied: <reason> (<detail>)' (exit 1); reasons are\n"
             "those of hessra_authz.explain. With a service chain, every node before --component\n"
-            "must have attested (all nodes without --component)."
+            "must have attested (all nodes without --component).\n\n"
+            "A token that cannot be read or whose signature does not verify is a denial too\n"
+            "(bad_token, bad_signature, ...); unusable keys, chains or options exit 2."
         ),
         examples=(
-            "  hessra-pg token verify \"$TOKEN\" --root-key root.pub.pem --subject alice --resource orders --operation read\n"
-            "  hessra-pg token verify - --chain-json chain.json --component payment_service \\\n"
+            "  hessra-pg token verify \"$TOKEN\" --root-key root.pub.pem \\\n"
+            "      --subject alice --resource orders --operation read\n"
+            "  hessra-pg token verify - --chain-json chain.json \\\n"
+            "      --component payment_service \\\n"
             "      --subject alice --resource orders --operation read --json < token.txt"
         ),
     )
@@ -173,7 +182,7 @@ def register(subparsers: Any) -> None:
     _add_request_arguments(check, subject_required=False)
     check.add_argument("--domain", metavar="D", help="the verifier's domain (for domain-restricted tokens)")
     check.add_argument("--prefix", metavar="P", help="the verifier's prefix (for prefix-restricted tokens)")
-    add_chain_arguments(check, verb="check attestations along")
+    add_chain_arguments(check, purpose="whose attestations to check")
     check.add_argument("--component", metavar="C",
                        help="'I am this chain node': require attestations only from the nodes before C")
     check.add_argument("--capability", action="store_true",
