@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -57,6 +58,42 @@ _BISCUIT_ERRORS: tuple[type[BaseException], ...] = tuple(
 
 class CliInputError(HessraError):
     """A command-line argument or input is unusable (exit status 2)."""
+
+
+# -- handler guard ---------------------------------------------------------
+
+EXIT_BROKEN_PIPE = 141  # as a shell reports SIGPIPE
+DEBUG_ENV = "HESSRA_PG_DEBUG"
+Handler = Callable[[argparse.Namespace], int]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Keep the one-line error promise even when a library fails in a way
+    it should not (an unexpected exception while parsing a hostile token):
+    report the exception type, never its text (it might quote the input).
+    Set HESSRA_PG_DEBUG=1 to get the traceback. A closed stdout (`| head`)
+    ends the command quietly."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (HessraError, KeyboardInterrupt):
+            raise
+        except BrokenPipeError:
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+            return EXIT_BROKEN_PIPE
+        except Exception as error:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise HessraError(
+                f"unexpected {type(error).__name__} while processing the input "
+                f"(a hessra-pg bug; set {DEBUG_ENV}=1 for the traceback)"
+            ) from None
+
+    return run
 
 
 # -- argparse helpers ------------------------------------------------------

@@ -11,6 +11,7 @@ from hessra_pg.identity import JIT_SECONDS, DelegationError, delegate_identity, 
 from hessra_pg.verify import verify_identity
 
 from .common import (
+    guarded,
     EXIT_DENIED,
     EXIT_OK,
     add_json_argument,
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
     create.add_argument("--root-key-id", type=key_id, metavar="N",
                         help="record root key id N in the token (the kid of hessra_authz.add_key)")
     add_signer_arguments(create)
-    create.set_defaults(func=_create)
+    create.set_defaults(func=guarded(_create))
 
     delegate = command_parser(
         actions, "delegate",
@@ -86,7 +87,7 @@ def register(subparsers: Any) -> None:
     add_time_arguments(delegate, what="the delegation")
     delegate.add_argument("--domain", metavar="D", help="the domain of a domain-restricted token")
     add_root_key_arguments(delegate)
-    delegate.set_defaults(func=_delegate)
+    delegate.set_defaults(func=guarded(_delegate))
 
     jit = command_parser(
         actions, "jit",
@@ -102,7 +103,7 @@ def register(subparsers: Any) -> None:
                      help="lifetime of the copy (default: %(default)s)")
     jit.add_argument("--start", type=unix_time, metavar="UNIX", help="count from this Unix time (default: now)")
     add_root_key_arguments(jit)
-    jit.set_defaults(func=_jit)
+    jit.set_defaults(func=guarded(_jit))
 
     check = command_parser(
         actions, "verify",
@@ -128,7 +129,7 @@ def register(subparsers: Any) -> None:
     add_now_argument(check)
     add_root_key_arguments(check)
     add_json_argument(check)
-    check.set_defaults(func=_verify)
+    check.set_defaults(func=guarded(_verify))
 
     inspect = command_parser(
         actions, "inspect",
@@ -143,7 +144,7 @@ def register(subparsers: Any) -> None:
     add_token_argument(inspect)
     add_root_key_arguments(inspect, optional=True)
     add_json_argument(inspect)
-    inspect.set_defaults(func=inspect_command)
+    inspect.set_defaults(func=guarded(inspect_command))
 
 
 def _create(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from hessra_pg.keys import (
 )
 
 from .common import (
+    guarded,
     DEFAULT_ENV_PREFIX,
     EXIT_OK,
     CliInputError,
@@ -68,7 +69,7 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
     gen.add_argument("--print-private", action="store_true",
                      help="print the private key PEM to standard output (and the public key to stderr)")
-    gen.set_defaults(func=_generate)
+    gen.set_defaults(func=guarded(_generate))
 
     show = command_parser(
         actions, "show",
@@ -90,7 +91,7 @@ def register(subparsers: Any) -> None:
     source.add_argument("--env", metavar="PREFIX",
                         help=f"show the keys of $PREFIX_PUBLIC_KEY... (the default, with {DEFAULT_ENV_PREFIX})")
     add_json_argument(show)
-    show.set_defaults(func=_show)
+    show.set_defaults(func=guarded(_show))
 
 
 # -- generate --------------------------------------------------------------

@@ -12,6 +12,7 @@ from hessra_pg.mint import attest_service, mint_authorization, restrict_prefix, 
 from hessra_pg.verify import verify
 
 from .common import (
+    guarded,
     EXIT_OK,
     CliInputError,
     add_chain_arguments,
@@ -90,7 +91,7 @@ def register(subparsers: Any) -> None:
                       help="print in the standard base64 alphabet (+/), only for the legacy hessra-postgres "
                            "C extension")
     add_signer_arguments(mint)
-    mint.set_defaults(func=_mint)
+    mint.set_defaults(func=guarded(_mint))
 
     attest = command_parser(
         actions, "attest",
@@ -106,7 +107,7 @@ def register(subparsers: Any) -> None:
     attest.add_argument("--node-key", required=True, metavar="FILE", help="the node's private key file (PKCS#8 PEM)")
     attest.add_argument("--service", metavar="SERVICE", help="the attested service (default: the token's resource)")
     add_root_key_arguments(attest)
-    attest.set_defaults(func=_attest)
+    attest.set_defaults(func=guarded(_attest))
 
     sign = command_parser(
         actions, "sign",
@@ -122,7 +123,7 @@ def register(subparsers: Any) -> None:
     sign.add_argument("--namespace", metavar="N",
                       help="the party's component (default: the one the token requires for this key)")
     add_root_key_arguments(sign)
-    sign.set_defaults(func=_sign)
+    sign.set_defaults(func=guarded(_sign))
 
     restrict = command_parser(
         actions, "restrict",
@@ -141,7 +142,7 @@ def register(subparsers: Any) -> None:
     restrict.add_argument("--prefix-key", required=True, metavar="FILE",
                           help="the prefix attenuator's private key file (PKCS#8 PEM)")
     add_root_key_arguments(restrict)
-    restrict.set_defaults(func=_restrict)
+    restrict.set_defaults(func=guarded(_restrict))
 
     inspect = command_parser(
         actions, "inspect",
@@ -157,7 +158,7 @@ def register(subparsers: Any) -> None:
     add_token_argument(inspect)
     add_root_key_arguments(inspect, optional=True)
     add_json_argument(inspect)
-    inspect.set_defaults(func=_inspect)
+    inspect.set_defaults(func=guarded(_inspect))
 
     check = command_parser(
         actions, "verify",
@@ -190,7 +191,7 @@ def register(subparsers: Any) -> None:
     add_now_argument(check)
     add_root_key_arguments(check)
     add_json_argument(check)
-    check.set_defaults(func=_verify)
+    check.set_defaults(func=guarded(_verify))
 
 
 def _add_request_arguments(parser: argparse.ArgumentParser, *, subject_required: bool) -> None:

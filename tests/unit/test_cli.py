@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hessra_pg.cli import main
+from hessra_pg.encoding import decode_token, encode_token
 from hessra_pg.keys import keypair_from, public_key_from
 from tests import vectors
 
@@ -486,6 +487,24 @@ def test_bad_tokens_are_denials_in_verify(run: Run, keys: dict) -> None:
         code, out, err = verify(run, keys, bad)
         assert code == 1 and out.startswith(f"denied: {reason}") and err == ""
         assert bad[:40] not in out
+
+
+def test_unexpected_library_errors_stay_one_line(run: Run, keys: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile token that makes a library raise something unexpected (here a
+    length-delimited field re-tagged as a varint, a known shape.py defect)
+    still gives one line and never the token or a traceback."""
+    monkeypatch.delenv("HESSRA_PG_DEBUG", raising=False)
+    raw = bytearray(decode_token(mint(run, keys)))
+    raw[0] ^= 2
+    hostile = encode_token(bytes(raw))
+    for args in (["token", "verify", hostile, "--root-key", str(keys["root"]["public"]), *REQUEST],
+                 ["token", "inspect", hostile]):
+        code, out, err = run(*args)
+        assert "Traceback" not in out + err and hostile[:40] not in out + err
+        if code == 1:  # once the shape reader refuses it cleanly: a denial
+            assert out.startswith("denied: bad_token")
+        else:
+            assert_one_line_error(code, out, err)
 
 
 def test_usage_errors_exit_2(run: Run, keys: dict) -> None:
