@@ -17,6 +17,7 @@ from .encoding import decode_token, encode_token
 from .errors import HessraError
 from .keys import generate_keypair, parse_public_key
 from .mint import TokenTime
+from .shape import read_shape
 from .verify import RootKey, verify_identity
 
 #: Lifetime of a JIT block (spec §6.3).
@@ -78,7 +79,9 @@ def delegate_identity(
         {"identity": identity, "expiration": time_config.expiration()},
     )
     now = time.time() if time_config.start is None else time_config.start
-    decision = verify_identity(delegated, [RootKey(0, str(parse_public_key(root_key)))], now=now,
+    # Check with the key under the token's own root_key_id, if it has one.
+    kid = read_shape(decode_token(delegated)).root_key_id or 0
+    decision = verify_identity(delegated, [RootKey(kid, str(parse_public_key(root_key)))], now=now,
                                identity=identity, domain=domain)
     if not decision.valid:
         raise DelegationError(

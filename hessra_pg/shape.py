@@ -87,6 +87,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def _fields(data: bytes):
     """Yield (field number, wire type, value) of one protobuf message."""
+    if not isinstance(data, bytes):
+        # A field we descend into arrived as a varint or fixed-size value.
+        raise TokenFormatError("token is not a Biscuit (unexpected protobuf field type)")
     pos = 0
     while pos < len(data):
         key, pos = _varint(data, pos)
@@ -149,7 +152,7 @@ def _block_shape(block: bytes, third_party: bool) -> BlockShape:
     shape = BlockShape(third_party=third_party)
     for number, _, value in _fields(block):
         if number == _BLOCK_SYMBOLS:
-            shape.longest_symbol = max(shape.longest_symbol, len(value))
+            shape.longest_symbol = max(shape.longest_symbol, len(value) if isinstance(value, bytes) else 0)
         elif number == _BLOCK_FACTS:
             shape.facts += 1
         elif number == _BLOCK_RULES:

@@ -177,3 +177,19 @@ def test_domain_and_prefix(root):
 def test_chain_validation(nodes, message):
     with pytest.raises(ConfigurationError, match=message):
         parse_chain(nodes)
+
+
+def test_protobuf_fields_of_the_wrong_wire_type_are_bad_tokens(root):
+    # field 2 (authority, a message) sent as a varint: a well-formed protobuf
+    # that is not a Biscuit
+    assert check(encode_token(bytes([0x10, 0x05])), [key_of(root)]).reason == "bad_token"
+    # authority whose block payload (field 1) is a varint
+    assert check(encode_token(bytes([0x12, 0x02, 0x08, 0x01])), [key_of(root)]).reason == "bad_token"
+
+
+def test_delegation_keeps_working_with_a_root_key_id(root):
+    from hessra_pg.identity import delegate_identity, mint_identity
+    from hessra_pg.verify import verify_identity
+
+    token = delegate_identity(mint_identity(root, "alice", root_key_id=3), str(root.public_key), "alice:x")
+    assert verify_identity(token, [key_of(root, 3)], now=time.time(), identity="alice:x").valid
