@@ -216,6 +216,15 @@ from hessra_pg import server
 return server.identity_scope(plpy, now, statement, token)
 $$;
 
+CREATE FUNCTION hessra_authz._authorized_resources(
+    now float8, statement text, token text, subject text, operation text
+) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.authorized_resources(plpy, now, statement, token, subject, operation)
+$$;
+
 -- Turn an outcome into a boolean, raising configuration errors.
 CREATE FUNCTION hessra_authz._decision(outcome text) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
@@ -409,6 +418,7 @@ REVOKE EXECUTE ON FUNCTION
     hessra_authz._verify_bearer(float8, text, text, text),
     hessra_authz._token_identity(float8, text, text, text),
     hessra_authz._identity_scope(float8, text, text),
+    hessra_authz._authorized_resources(float8, text, text, text, text),
     hessra_authz._forget_statement(),
     hessra_authz._authority_revocation_id(text),
     hessra_authz.revoke(text, text),
@@ -659,3 +669,36 @@ LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$ SELECT hessra_authz.current_identity_scope()->>'identity' $$;
 COMMENT ON FUNCTION hessra_authz.current_identity() IS
     'token_identity of the token in hessra.token (NULL if none or invalid).';
+
+-- ---------------------------------------------------------------------------
+-- Row-dependent resources: the set of resources the token grants, computed
+-- once per statement, so a policy compares an indexed column with it:
+--   USING ('orders/' || id = ANY ((SELECT hessra_authz.authorized_resources('read'))::text[]))
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION hessra_authz.token_resources(token text, subject text, operation text) RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result jsonb := hessra_authz._authorized_resources(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        token_resources.token, token_resources.subject, token_resources.operation)::jsonb;
+BEGIN
+    IF result ? 'error' THEN
+        PERFORM hessra_authz._raise(result::text);
+    END IF;
+    RETURN ARRAY(SELECT jsonb_array_elements_text(result->'resources'));
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.token_resources(text, text, text) IS
+    'Every resource r for which verify_token(token, subject, r, operation) is true (empty if none).';
+
+CREATE FUNCTION hessra_authz.authorized_resources(operation text) RETURNS text[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT hessra_authz.token_resources(hessra_authz.current_token(), hessra_authz.current_subject(),
+                                    authorized_resources.operation)
+$$;
+COMMENT ON FUNCTION hessra_authz.authorized_resources(text) IS
+    'token_resources for the current token and subject. In policies: col = ANY ((SELECT hessra_authz.authorized_resources(''read''))::text[]).';

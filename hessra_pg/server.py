@@ -35,6 +35,7 @@ from .verify import (
     VerifiedToken,
     load_token,
     Revocations,
+    authorized_resources as resources_decision,
     parse_chain,
     proven_identity,
     verify,
@@ -372,3 +373,17 @@ def _identity_scope(token: str | None, config: _Config, now: float) -> dict[str,
     descendants = identity_decision(token, config.keys, now=now, identity=identity + ":", load=load).valid
     below = sorted(r for r in config.revocations.identities if r.startswith(identity + ":"))
     return {"identity": identity, "descendants": descendants, "revoked_below": below}
+
+
+@_sql_errors
+def authorized_resources(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+                         operation: str | None) -> str:
+    """JSON {"resources": [...]}: every resource verify_token accepts for this
+    token, subject and operation (once per statement)."""
+    config = _statement_config(plpy, statement)
+    key = ("authorized_resources", token, subject, operation, now)
+    if key not in _statement_results:
+        resources = resources_decision(token, config.keys, now=now, subject=subject, operation=operation,
+                                       load=lambda text, at: _load(text, config, at), revoked=config.revocations)
+        _statement_results[key] = json.dumps({"resources": resources})
+    return _statement_results[key]

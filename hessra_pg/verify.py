@@ -605,3 +605,40 @@ def proven_identity(
         return None
     decision = authorize_identity(verified, now=int(now), identity=candidates[-1], domain=domain)
     return candidates[-1] if decision.valid else None
+
+
+def authorized_resources(
+    token: str | None,
+    keys: Iterable[RootKey],
+    *,
+    now: float,
+    subject: str | None,
+    operation: str | None,
+    load: Callable[[str | None, float], VerifiedToken] | None = None,
+    revoked: Revocations = NO_REVOCATIONS,
+) -> list[str]:
+    """Every resource for which verify(token, subject, resource, operation)
+    is valid, sorted. The compat policy needs a `right(subject, resource,
+    operation)` fact of the authority block, so those facts are the complete
+    candidate list; each candidate then goes through the full verification.
+    """
+    if subject is None or operation is None:
+        return []
+    try:
+        verified = load(token, now) if load is not None else load_token(token, keys, now)
+    except TokenRejected:
+        return []
+    authorizer = biscuit_auth.AuthorizerBuilder("allow if true;").build(verified.biscuit)
+    try:
+        rights = authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))
+    except _BISCUIT_ERRORS:
+        return []
+    candidates = sorted({
+        fact.terms[1] for fact in rights
+        if fact.terms[0] == subject and fact.terms[2] == operation and isinstance(fact.terms[1], str)
+    })
+    return [
+        resource for resource in candidates
+        if verify(token, keys, now=now, subject=subject, resource=resource, operation=operation,
+                  load=lambda text, at: verified, revoked=revoked).valid
+    ]
