@@ -21,7 +21,7 @@ import pytest
 
 from hessra_pg.errors import ConfigurationError
 from hessra_pg.identity import DelegationError, delegate_identity, jit_identity, mint_identity
-from hessra_pg.keys import canonical_public_key, generate_keypair, load_private_key
+from hessra_pg.keys import generate_keypair, load_private_key
 from hessra_pg.mint import TokenTime, attest_service, mint_authorization, restrict_prefix, sign_off
 from hessra_pg.verify import ChainNode, Decision, RootKey, verify, verify_identity
 from tests import vectors
