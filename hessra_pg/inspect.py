@@ -18,11 +18,11 @@ from .encoding import decode_token
 from .errors import TokenFormatError
 from .keys import parse_public_key
 from .shape import read_shape
+from .verify import TIME_CHECK
 
 _STRING = r'"((?:[^"\\]|\\.)*)"'
 _RIGHT = re.compile(rf"^right\({_STRING}, {_STRING}, {_STRING}\);$", re.M)
 _SUBJECT = re.compile(rf"^subject\({_STRING}\);$", re.M)
-_TIME = re.compile(r"check if time\(\$(\w+)\), \$\1 < (-?\d+)")
 _DOMAIN = re.compile(rf"^check if domain\({_STRING}\);$", re.M)
 _ACTOR = re.compile(rf"^check if actor\(\$a\), \$a == {_STRING}( \|\| .*)?;$", re.M)
 _NODE = re.compile(rf"^node\(\$s, {_STRING}\) <- service\(\$s\) trusting (\S+);$", re.M)
@@ -93,7 +93,7 @@ def inspect_token(token: str, root_key: str | None = None) -> TokenInfo:
     external = [_external_key(parsed, i) for i in range(count)]
     blocks = [BlockInfo(i, external[i], revocation_ids[i] if i < len(revocation_ids) else "", sources[i])
               for i in range(count)]
-    times = [int(m.group(2)) for source in sources for m in _TIME.finditer(source)]
+    times = [int(m.group(2)) for source in sources for m in TIME_CHECK.finditer(source)]
     authority = sources[0]
     info = TokenInfo(
         kind="unknown",

@@ -51,7 +51,9 @@ REASONS = (
     "limits",
 )
 
-_TIME_CHECK = re.compile(r"check if time\(\$(\w+)\), \$\1 < (-?\d+)")
+# A whole printed line, so a string term that merely contains this text
+# (say an operation name) can't pose as a time check.
+TIME_CHECK = re.compile(r"^check if time\(\$(\w+)\), \$\1 < (-?\d+);$", re.M)
 _FAILED_CHECK = re.compile(r"Check n°(\d+) in (?:block n°(\d+)|authorizer): ")
 _POLICY = "allow if subject($sub), resource($res), operation($op), right($sub, $res, $op);"
 _RIGHTS_QUERY = "data($s, $r, $o) <- right($s, $r, $o)"
@@ -263,7 +265,7 @@ def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> Verifi
 
 def _expiry(sources: Iterable[str]) -> int | None:
     """The minimum of every `check if time($t), $t < N` in the token."""
-    values = [int(match.group(2)) for source in sources for match in _TIME_CHECK.finditer(source)]
+    values = [int(match.group(2)) for source in sources for match in TIME_CHECK.finditer(source)]
     return min(values) if values else None
 
 
