@@ -3,8 +3,10 @@
 #
 # Idempotent and fast when already done (a few file checks):
 #   1. PL/Python for the local PostgreSQL (postgresql-plpython3-NN, pinned to
-#      the installed server version so apt never upgrades or starts a cluster)
-#      and pip for the server's /usr/bin/python3 (hessra-pg install uses it).
+#      the installed server version so apt never upgrades or starts a cluster),
+#      pip for the server's /usr/bin/python3 (hessra-pg install uses it) and
+#      pgbouncer (the tests start their own on loopback; the system service is
+#      never started and is disabled at boot).
 #   2. .venv with this project installed editable, re-installed only when
 #      pyproject.toml changed since the last install.
 #
@@ -50,6 +52,13 @@ if [ -x "$SERVER_PYTHON" ] \
     apt_packages+=(python3-pip)
 fi
 
+# The binary only: tests run their own pgbouncer with a generated ini.
+installing_pgbouncer=0
+if [ ! -x /usr/sbin/pgbouncer ]; then
+    apt_packages+=(pgbouncer)
+    installing_pgbouncer=1
+fi
+
 if [ ${#apt_packages[@]} -gt 0 ]; then
     need_root "${apt_packages[*]}"
     say "installing ${apt_packages[*]}"
@@ -66,8 +75,25 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
         apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
     [ -e "/usr/lib/postgresql/$PG_MAJOR/lib/plpython3.so" ] \
         || die "plpython3.so still missing after installing postgresql-plpython3-$PG_MAJOR"
+    if [ "$installing_pgbouncer" = 1 ]; then
+        [ -x /usr/sbin/pgbouncer ] || die "pgbouncer still missing after installing it"
+        # The package enables its service for the next boot: we want only the
+        # binary, so disable it (best effort: tools differ between init systems).
+        "${SUDO[@]}" sh -c 'deb-systemd-helper disable pgbouncer.service; update-rc.d pgbouncer disable' \
+            >/dev/null 2>&1 || true
+        # An existing policy-rc.d of someone else's may have let it start: the
+        # service we just installed must not be left running.
+        pidfile=/run/postgresql/pgbouncer.pid
+        if [ -s "$pidfile" ]; then
+            pid="$(cat "$pidfile")"
+            if [ -n "$pid" ] && "${SUDO[@]}" kill -0 "$pid" 2>/dev/null; then
+                say "stopping the system pgbouncer service (pid $pid) started by its package"
+                "${SUDO[@]}" kill "$pid" || true
+            fi
+        fi
+    fi
 else
-    say "system packages: ok (plpython3 for PostgreSQL $PG_MAJOR, pip for $SERVER_PYTHON)"
+    say "system packages: ok (plpython3 for PostgreSQL $PG_MAJOR, pip for $SERVER_PYTHON, pgbouncer)"
 fi
 
 # --- 2. Project virtualenv -------------------------------------------------------
