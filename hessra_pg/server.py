@@ -20,6 +20,7 @@ one anything they couldn't do already.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from typing import Any, Callable
@@ -42,8 +43,13 @@ from .verify import (
 )
 from .verify import verify_identity as identity_decision
 
-#: Signature-checked tokens kept per backend (least recently used dropped).
+#: Signature-checked tokens kept per backend (least recently used dropped);
+#: with tokens of at most 32 KiB this bounds the cache's memory.
 TOKEN_CACHE_SIZE = 1024
+#: Positive decisions kept per backend, each until the token's expiry or its
+#: key's not_after, whichever is first, and only within one configuration
+#: generation (a key, chain or revocation change drops them all).
+DECISION_CACHE_SIZE = 4096
 
 _STATE_SQL = "SELECT generation FROM hessra_authz.config_state"
 _KEYS_SQL = """
@@ -78,6 +84,7 @@ _statement_key: str | None = None
 #: so the several per-statement helpers of one RLS policy verify once.
 _statement_results: dict[tuple[Any, ...], Any] = {}
 _tokens: "OrderedDict[tuple[str, int], VerifiedToken | TokenRejected]" = OrderedDict()
+_decisions: "OrderedDict[tuple[Any, ...], tuple[Decision, float]]" = OrderedDict()
 
 def _plan(plpy: Any, sql: str) -> Any:
     plan = _plans.get(sql)
@@ -151,6 +158,7 @@ def _statement_config(plpy: Any, statement: str | None) -> _Config:
         )
         _config = _Config(generation, keys, chains, revocations)
         _tokens.clear()
+        _decisions.clear()
     if statement != _statement_key:
         _statement_results.clear()
     _statement_key = statement
@@ -189,6 +197,27 @@ def _remember(cache_key: tuple[str, int], value: VerifiedToken | TokenRejected) 
         _tokens.popitem(last=False)
 
 
+def _remembered(config: _Config, token: str | None, now: float, args: tuple[Any, ...],
+                compute: Callable[[], Decision]) -> Decision:
+    """A positive decision from the cache, or compute (and maybe keep) one."""
+    if token is None:
+        return compute()
+    key = (config.generation, hashlib.blake2b(token.encode(), digest_size=16).digest(), args)
+    hit = _decisions.get(key)
+    if hit is not None and now < hit[1]:
+        _decisions.move_to_end(key)
+        return hit[0]
+    decision = compute()
+    verified = _tokens.get((token, config.generation))
+    if decision.valid and isinstance(verified, VerifiedToken) and verified.expiry_known:
+        limits = [limit for limit in (verified.expires_at, verified.key.not_after) if limit is not None]
+        _decisions[key] = (decision, min(limits) if limits else float("inf"))
+        _decisions.move_to_end(key)
+        while len(_decisions) > DECISION_CACHE_SIZE:
+            _decisions.popitem(last=False)
+    return decision
+
+
 def _chain(config: _Config, name: str | None) -> tuple[ChainNode, ...]:
     if name is None:
         raise ConfigurationError("service chain name must not be NULL")
@@ -224,20 +253,23 @@ def _decide(
             chain = parse_chain(json.loads(nodes_json))
         else:
             chain = _chain(config, chain_name)
-    return verify(
-        token,
-        config.keys,
-        now=now,
-        subject=subject,
-        resource=resource,
-        operation=operation,
-        domain=domain,
-        prefix=prefix,
-        chain=chain,
-        component=component,
-        capability=capability,
-        load=lambda text, at: _load(text, config, at),
-        revoked=config.revocations,
+    return _remembered(
+        config, token, now, ("authorization", subject, resource, operation, domain, prefix, chain, component, capability),
+        lambda: verify(
+            token,
+            config.keys,
+            now=now,
+            subject=subject,
+            resource=resource,
+            operation=operation,
+            domain=domain,
+            prefix=prefix,
+            chain=chain,
+            component=component,
+            capability=capability,
+            load=lambda text, at: _load(text, config, at),
+            revoked=config.revocations,
+        ),
     )
 
 
@@ -306,19 +338,24 @@ def verify_identity(plpy: Any, now: float, statement: str | None, token: str | N
     if identity is None:
         return "f"
     config = _statement_config(plpy, statement)
-    return _outcome(identity_decision(token, config.keys, now=now, identity=identity, domain=domain,
-                                      ensure_subject_in_domain=bool(ensure_subject_in_domain),
-                                      load=lambda text, at: _load(text, config, at),
-                                      revoked=config.revocations).valid)
+    ensure = bool(ensure_subject_in_domain)
+    return _outcome(_remembered(
+        config, token, now, ("identity", identity, domain, ensure),
+        lambda: identity_decision(token, config.keys, now=now, identity=identity, domain=domain,
+                                  ensure_subject_in_domain=ensure, load=lambda text, at: _load(text, config, at),
+                                  revoked=config.revocations),
+    ).valid)
 
 
 @_sql_errors
 def verify_bearer(plpy: Any, now: float, statement: str | None, token: str | None, domain: str | None = None) -> str:
     """Bearer mode of spec §6.4: the token's own root subject is the actor."""
     config = _statement_config(plpy, statement)
-    return _outcome(identity_decision(token, config.keys, now=now, identity=None, domain=domain,
-                                      load=lambda text, at: _load(text, config, at),
-                                      revoked=config.revocations).valid)
+    return _outcome(_remembered(
+        config, token, now, ("bearer", domain),
+        lambda: identity_decision(token, config.keys, now=now, identity=None, domain=domain,
+                                  load=lambda text, at: _load(text, config, at), revoked=config.revocations),
+    ).valid)
 
 
 @_sql_errors

@@ -163,6 +163,9 @@ class VerifiedToken:
     expires_at: int | None
     revocation_ids: tuple[str, ...]
     block_sources: tuple[str, ...] = field(repr=False, default=())
+    #: Every time check is a `check if time($t), $t < N` line, so the token
+    #: can't turn invalid before expires_at (decisions may be cached).
+    expiry_known: bool = True
 
 
 # -- configuration ---------------------------------------------------------
@@ -257,10 +260,20 @@ def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> Verifi
             expires_at=_expiry(sources),
             revocation_ids=tuple(biscuit.revocation_ids),
             block_sources=sources,
+            expiry_known=_expiry_known(sources),
         )
     if shape.root_key_id is not None:
         raise TokenRejected("bad_signature", f"signature does not verify with root key {shape.root_key_id}")
     raise TokenRejected("bad_signature", "signature does not verify with any active root key")
+
+
+def _expiry_known(sources: Iterable[str]) -> bool:
+    """True if `time` appears only in recognised expiry checks."""
+    for source in sources:
+        mentions = source.count("time(")
+        if mentions and mentions != len(TIME_CHECK.findall(source)):
+            return False
+    return True
 
 
 def _expiry(sources: Iterable[str]) -> int | None:
