@@ -1,0 +1,169 @@
+"""``hessra-pg policy generate``: RLS policy SQL from flags or a TOML file.
+
+``register()`` adds the ``policy`` command with one subparser per verb; a
+verb is added by an ``add_<verb>(verbs)`` function (``add_generate`` here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from hessra_pg.policies import COMMANDS, MODES, PolicySpec, PolicySpecError, drop_sql, generate_sql, load_specs
+
+from .common import EXIT_OK, CliInputError, command_parser, guarded
+
+
+def register(subparsers: Any) -> None:
+    """Add ``policy`` and its verbs."""
+    policy = subparsers.add_parser(
+        "policy",
+        help="generate (and check) Row-Level Security policies for hessra tokens",
+        description="Row-Level Security policies that check hessra tokens, once per statement.",
+    )
+    verbs = policy.add_subparsers(dest="policy_command", metavar="VERB", required=True)
+    add_generate(verbs)
+
+
+def add_generate(verbs: Any) -> argparse.ArgumentParser:
+    """Add ``policy generate``."""
+    p = command_parser(
+        verbs, "generate",
+        help="print the SQL that guards a table with hessra policies",
+        description=(
+            "Print SQL for one table (from flags) or for every table of a TOML file (--from): "
+            "ENABLE and FORCE ROW LEVEL SECURITY, one policy per command (USING for SELECT, UPDATE, "
+            "DELETE; WITH CHECK for INSERT, UPDATE), and the suggested index, in one transaction. "
+            "Every verifier call is a scalar subquery, evaluated once per statement.\n\n"
+            "Modes: table (every row needs --resource), row (each row's resource is the SQL "
+            "--expression, checked against authorized_resources()), identity (the --owner-column holds "
+            "the identity that owns the row), service_chain (--resource along the named --chain, as "
+            "this database's --component).\n\n"
+            "Commands map to operations: SELECT -> read, INSERT/UPDATE/DELETE -> write unless "
+            "--operation, --select-op, --write-op or --insert-op/--update-op/--delete-op say otherwise.\n\n"
+            "The --expression is SQL inserted as written: it comes from the DBA, never from users. "
+            "Names and literals are quoted."
+        ),
+        examples=(
+            "  hessra-pg policy generate --table orders --resource orders | psql\n"
+            "  hessra-pg policy generate --schema shop --table orders --mode row \\\n"
+            "      --expression \"'orders/' || id\"\n"
+            "  hessra-pg policy generate --table documents --mode identity --owner-column owner\n"
+            "  hessra-pg policy generate --table payments --mode service_chain --resource payments \\\n"
+            "      --chain payments --component ledger_db\n"
+            "  hessra-pg policy generate --from policies.toml\n"
+            "  hessra-pg policy generate --from policies.toml --drop"
+        ),
+    )
+    source = p.add_argument_group("what to guard (flags, or --from)")
+    source.add_argument("--from", dest="from_file", metavar="FILE.toml",
+                        help="read the specs from a TOML file (one spec at the top level, or [[policies]] tables); "
+                             "the spec flags below are then not allowed")
+    source.add_argument("--table", help="the table to guard")
+    source.add_argument("--schema", help="its schema (default: unqualified, i.e. the search_path)")
+    source.add_argument("--mode", choices=MODES, default=None, help="how rows are checked (default: table)")
+    source.add_argument("--resource", help="the resource checked (modes table and service_chain)")
+    source.add_argument("--expression", metavar="SQL",
+                        help="mode row: SQL giving each row's resource as text, e.g. \"'orders/' || id\" (trusted)")
+    source.add_argument("--owner-column", metavar="COLUMN", help="mode identity: the column holding the owner identity")
+    source.add_argument("--chain", help="mode service_chain: the name of a chain set with set_service_chain()")
+    source.add_argument("--component", help="mode service_chain: this database's component in the chain "
+                                            "(default: none, every node must have attested)")
+    ops = p.add_argument_group("operations per command")
+    ops.add_argument("--operation", metavar="OP", help="one operation for every command")
+    ops.add_argument("--select-op", metavar="OP", help="operation for SELECT (default: read)")
+    ops.add_argument("--write-op", metavar="OP", help="operation for INSERT, UPDATE and DELETE (default: write)")
+    ops.add_argument("--insert-op", metavar="OP", help="operation for INSERT")
+    ops.add_argument("--update-op", metavar="OP", help="operation for UPDATE")
+    ops.add_argument("--delete-op", metavar="OP", help="operation for DELETE")
+    ops.add_argument("--commands", metavar="LIST",
+                     help=f"comma-separated commands that get a policy (default: {','.join(COMMANDS)}); "
+                          "the others are denied")
+    shape = p.add_argument_group("policy shape")
+    shape.add_argument("--role", action="append", dest="roles", metavar="ROLE",
+                       help="apply the policies to this role only (repeat; default: PUBLIC)")
+    shape.add_argument("--name-prefix", metavar="PREFIX",
+                       help="policy names are PREFIX_<table>_<command> (default: hessra)")
+    shape.add_argument("--restrictive", action="store_true",
+                       help="AS RESTRICTIVE: ANDed with the table's other policies instead of ORed")
+    shape.add_argument("--no-force", action="store_true",
+                       help="leave out FORCE ROW LEVEL SECURITY (the table owner then bypasses the policies)")
+    out = p.add_argument_group("output")
+    out.add_argument("--no-index", action="store_true", help="leave out the suggested index")
+    out.add_argument("--no-transaction", action="store_true", help="no BEGIN/COMMIT around the statements")
+    out.add_argument("--drop", action="store_true",
+                     help="print the SQL that drops the policies instead (RLS stays enabled: fail closed)")
+    out.add_argument("--disable", action="store_true",
+                     help="with --drop: also NO FORCE and DISABLE ROW LEVEL SECURITY")
+    p.set_defaults(func=guarded(_generate))
+    return p
+
+
+_SPEC_FLAGS = ("table", "schema", "mode", "resource", "expression", "owner_column", "chain", "component",
+               "operation", "select_op", "write_op", "insert_op", "update_op", "delete_op", "commands", "roles",
+               "name_prefix")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _spec_from_args(args: argparse.Namespace) -> PolicySpec:
+    if not args.table:
+        raise CliInputError("policy generate needs --table (or --from FILE.toml)")
+    operations: dict[str, str] = {}
+    if args.operation:
+        clash = [n for n in ("select_op", "write_op", "insert_op", "update_op", "delete_op") if getattr(args, n)]
+        if clash:
+            raise CliInputError(f"--operation sets every command: don't combine it with {_flag(clash[0])}")
+        operations = {command: args.operation for command in COMMANDS}
+    if args.select_op:
+        operations["SELECT"] = args.select_op
+    if args.write_op:
+        operations.update({"INSERT": args.write_op, "UPDATE": args.write_op, "DELETE": args.write_op})
+    for command in ("insert", "update", "delete"):
+        value = getattr(args, f"{command}_op")
+        if value:
+            operations[command.upper()] = value
+    kwargs: dict[str, Any] = {
+        "table": args.table,
+        "mode": args.mode or "table",
+        "schema": args.schema,
+        "resource": args.resource,
+        "expression": args.expression,
+        "owner_column": args.owner_column,
+        "chain": args.chain,
+        "component": args.component,
+        "operations": operations or None,
+        "roles": tuple(args.roles or ()),
+        "force": not args.no_force,
+        "restrictive": args.restrictive,
+    }
+    if args.commands:
+        kwargs["commands"] = tuple(c for c in (part.strip() for part in args.commands.split(",")) if c)
+    if args.name_prefix:
+        kwargs["name_prefix"] = args.name_prefix
+    return PolicySpec(**kwargs)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.disable and not args.drop:
+        raise CliInputError("--disable only applies with --drop")
+    try:
+        if args.from_file:
+            given = [n for n in _SPEC_FLAGS if getattr(args, n)]
+            if given or args.no_force or args.restrictive:
+                flag = _flag(given[0]) if given else ("--no-force" if args.no_force else "--restrictive")
+                raise CliInputError(f"{flag} can't be combined with --from: put it in the TOML file")
+            specs = load_specs(args.from_file)
+        else:
+            specs = [_spec_from_args(args)]
+        if args.drop:
+            text = drop_sql(specs, disable=args.disable, indexes=False, transaction=not args.no_transaction)
+        else:
+            text = generate_sql(specs, indexes=not args.no_index, transaction=not args.no_transaction)
+    except PolicySpecError as error:
+        raise CliInputError(str(error)) from None
+    sys.stdout.write(text)
+    return EXIT_OK
