@@ -177,23 +177,29 @@ def _signed_block(signed: bytes) -> BlockShape:
 
 
 def read_shape(data: bytes) -> TokenShape:
-    """Parse the structure of a serialized Biscuit (no signature check)."""
+    """Parse the structure of a serialized Biscuit (no signature check).
+
+    The authority block is only read when blocks were appended (its facts
+    count towards their join budget): a plain token costs one pass over the
+    top-level fields.
+    """
     root_key_id = None
-    blocks: list[BlockShape] = []
-    authority_seen = False
+    authority: bytes | None = None
+    appended: list[bytes] = []
     for number, wire, value in _fields(data):
         if number == _BISCUIT_ROOT_KEY_ID and wire == 0:
             root_key_id = value
         elif number == _BISCUIT_AUTHORITY and wire == 2:
-            blocks.insert(0, _signed_block(value))
-            authority_seen = True
+            authority = value
         elif number == _BISCUIT_BLOCKS and wire == 2:
-            if len(blocks) > MAX_BLOCKS:
+            if len(appended) >= MAX_BLOCKS:
                 raise TokenShapeError(f"token has more than {MAX_BLOCKS} blocks")
-            blocks.append(_signed_block(value))
-    if not authority_seen:
+            appended.append(value)
+    if authority is None:
         raise TokenFormatError("token is not a Biscuit (no authority block)")
-    return TokenShape(root_key_id=root_key_id, blocks=blocks)
+    if not appended:
+        return TokenShape(root_key_id=root_key_id, blocks=[BlockShape()])
+    return TokenShape(root_key_id=root_key_id, blocks=[_signed_block(b) for b in [authority, *appended]])
 
 
 def check_shape(shape: TokenShape) -> None:
