@@ -198,6 +198,8 @@ def read_shape(data: bytes) -> TokenShape:
     if authority is None:
         raise TokenFormatError("token is not a Biscuit (no authority block)")
     if not appended:
+        if not any(number == _SIGNED_BLOCK_BLOCK and wire == 2 for number, wire, _ in _fields(authority)):
+            raise TokenFormatError("token is not a Biscuit (authority block without payload)")
         return TokenShape(root_key_id=root_key_id, blocks=[BlockShape()])
     return TokenShape(root_key_id=root_key_id, blocks=[_signed_block(b) for b in [authority, *appended]])
 
