@@ -1,0 +1,455 @@
+"""Generated policies (hessra_pg.policies) against real Postgres, as an
+ordinary role: the rows it sees are exactly the rows the verifier allows
+(computed per row as superuser), WITH CHECK rejects the writes it should,
+and every verifier call runs once per statement (an InitPlan)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from hessra_pg.cli import main as cli_main
+from hessra_pg.identity import delegate_identity, mint_identity
+from hessra_pg.keys import generate_keypair
+from hessra_pg.mint import attest_service, mint_authorization
+from hessra_pg.policies import PolicySpec, PolicySpecError, drop_sql, generate_sql, load_specs, quote_literal
+from hessra_pg.verify import ChainNode
+from tests.integration.conftest import scalar
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _apply(admin: psycopg.Connection, spec: PolicySpec, app_role: str) -> None:
+    admin.execute(generate_sql(spec))
+    target = sql.SQL(spec.target)
+    if spec.schema:
+        admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(spec.schema),
+                                                                         sql.Identifier(app_role)))
+    admin.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(target, sql.Identifier(app_role)))
+
+
+@contextlib.contextmanager
+def _as_app(hessra_db, app_role: str, token: str | None, subject: str | None = None) -> Iterator[psycopg.Connection]:
+    """A transaction as the application role with the token set (rolled back)."""
+    with hessra_db.connect(app_role) as app:
+        app.execute("SELECT set_config('hessra.token', coalesce(%s, ''), true), "
+                    "set_config('hessra.subject', coalesce(%s, ''), true)", (token, subject))
+        yield app
+        app.rollback()
+
+
+def _ids(conn: psycopg.Connection, query: str, params: Sequence[Any] = ()) -> list[Any]:
+    return sorted(r[0] for r in conn.execute(query, params).fetchall())
+
+
+def _rejected(conn: psycopg.Connection, query: str, params: Sequence[Any] = ()) -> bool:
+    """True if RLS's WITH CHECK refused the statement (the transaction goes on)."""
+    try:
+        with conn.transaction():  # a savepoint, rolled back on error
+            conn.execute(query, params)
+    except errors.InsufficientPrivilege as error:
+        assert "row-level security" in str(error), error
+        return True
+    return False
+
+
+def _verifier_outside_initplans(node: dict[str, Any], in_init: bool = False) -> list[str]:
+    """Plan nodes that mention a hessra_authz function outside an InitPlan
+    subtree, i.e. a verifier call that could run once per row."""
+    in_init = in_init or node.get("Parent Relationship") == "InitPlan"
+    bad = []
+    for key, value in node.items():
+        if key != "Plans" and "hessra_authz." in json.dumps(value) and not in_init:
+            bad.append(f"{node['Node Type']} / {key}: {value}")
+    for child in node.get("Plans", []):
+        bad += _verifier_outside_initplans(child, in_init)
+    return bad
+
+
+def assert_once_per_statement(conn: psycopg.Connection, query: str) -> str:
+    """EXPLAIN VERBOSE shows the verifier only inside InitPlans (evaluated once)."""
+    plan = conn.execute(f"EXPLAIN (VERBOSE, COSTS OFF, FORMAT JSON) {query}").fetchone()[0][0]["Plan"]
+    text = json.dumps(plan)
+    assert '"InitPlan"' in text, text
+    assert _verifier_outside_initplans(plan) == [], text
+    return text
+
+
+# -- mode table ----------------------------------------------------------------
+
+
+def test_table_mode(hessra_db, admin, root, app_role):
+    admin.execute("CREATE TABLE public.docs (id int PRIMARY KEY, body text)")
+    admin.execute("INSERT INTO public.docs SELECT g, 'b' FROM generate_series(1, 30) g")
+    spec = PolicySpec("docs", schema="public", resource="docs")
+    _apply(admin, spec, app_role)
+
+    read = mint_authorization(root, "alice", "docs", "read")
+    write = mint_authorization(root, "alice", "docs", "write")
+    other = mint_authorization(root, "alice", "other", "read")
+    cases = [(read, "alice"), (write, "alice"), (read, "bob"), (other, "alice"), ("garbage", "alice"),
+             (None, None), (mint_authorization(generate_keypair(), "alice", "docs", "read"), "alice")]
+    everything = list(range(1, 31))
+    for token, subject in cases:
+        expected = everything if scalar(admin, "SELECT hessra_authz.verify_token(%s, %s, 'docs', 'read')",
+                                        (token, subject)) else []
+        with _as_app(hessra_db, app_role, token, subject) as app:
+            assert _ids(app, "SELECT id FROM public.docs") == expected
+    assert scalar(admin, "SELECT hessra_authz.verify_token(%s, 'alice', 'docs', 'read')", (read,))
+
+    with _as_app(hessra_db, app_role, read, "alice") as app:
+        assert _rejected(app, "INSERT INTO public.docs VALUES (100, 'x')")
+        assert app.execute("UPDATE public.docs SET body = 'x'").rowcount == 0  # USING: write needed
+        assert app.execute("DELETE FROM public.docs").rowcount == 0
+        assert_once_per_statement(app, "SELECT * FROM public.docs")
+    with _as_app(hessra_db, app_role, write, "alice") as app:
+        assert not _rejected(app, "INSERT INTO public.docs VALUES (100, 'x')")
+        assert app.execute("UPDATE public.docs SET body = 'y'").rowcount == 31
+        assert app.execute("SELECT count(*) FROM public.docs").fetchone()[0] == 0  # write token can't read
+        assert_once_per_statement(app, "UPDATE public.docs SET body = 'z'")
+        assert_once_per_statement(app, "DELETE FROM public.docs WHERE id < 5")
+        assert app.execute("DELETE FROM public.docs").rowcount == 31
+
+
+# -- mode row ------------------------------------------------------------------
+
+
+def test_row_mode(hessra_db, admin, root, app_role):
+    admin.execute("CREATE TABLE public.orders (id int PRIMARY KEY, item text)")
+    admin.execute("INSERT INTO public.orders SELECT g, 'item' FROM generate_series(1, 5000) g")
+    spec = PolicySpec("orders", mode="row", schema="public", expression="'orders/' || id")
+    _apply(admin, spec, app_role)
+    admin.execute("ANALYZE public.orders")
+    assert scalar(admin, "SELECT count(*) FROM pg_indexes WHERE indexname = 'hessra_orders_resource'") == 1
+
+    tokens = [
+        (mint_authorization(root, "alice", "orders/42", "read"), "alice"),
+        (mint_authorization(root, "alice", "orders/42", "read"), "bob"),
+        (mint_authorization(root, "alice", "orders/7", "write"), "alice"),
+        (mint_authorization(root, "alice", "orders", "read"), "alice"),
+        ("garbage", "alice"),
+        (None, None),
+    ]
+    for token, subject in tokens:
+        expected = _ids(admin, "SELECT id FROM public.orders WHERE hessra_authz.verify_token(%s, %s, 'orders/' || id, 'read')",
+                        (token, subject))
+        with _as_app(hessra_db, app_role, token, subject) as app:
+            assert _ids(app, "SELECT id FROM public.orders") == expected
+    assert expected == [] and _ids(admin, "SELECT id FROM public.orders WHERE hessra_authz.verify_token("
+                                   "%s, 'alice', 'orders/' || id, 'read')", (tokens[0][0],)) == [42]
+
+    with _as_app(hessra_db, app_role, tokens[0][0], "alice") as app:
+        plan = assert_once_per_statement(app, "SELECT * FROM public.orders")
+        assert "hessra_orders_resource" in plan, plan  # the suggested index serves the policy
+        assert _rejected(app, "INSERT INTO public.orders VALUES (42, 'dup?')")  # read token: no write
+    write = mint_authorization(root, "alice", "orders/9001", "write")
+    with _as_app(hessra_db, app_role, write, "alice") as app:
+        assert not _rejected(app, "INSERT INTO public.orders VALUES (9001, 'mine')")
+        assert _rejected(app, "INSERT INTO public.orders VALUES (9002, 'not mine')")
+        assert app.execute("UPDATE public.orders SET item = 'changed'").rowcount == 1
+        assert _rejected(app, "UPDATE public.orders SET id = 9003")  # WITH CHECK on the new row
+        # A WHERE clause reads columns, so Postgres applies the SELECT policy too: a write-only token
+        # changes rows only through statements that don't read them.
+        assert app.execute("DELETE FROM public.orders WHERE id = 9001").rowcount == 0
+        assert app.execute("DELETE FROM public.orders").rowcount == 1
+        assert_once_per_statement(app, "UPDATE public.orders SET item = 'x' WHERE id > 10")
+
+
+# -- mode identity ---------------------------------------------------------------
+
+
+OWNERS = ["alice", "alice:laptop", "alice:laptop:agent", "alice:phone", "alice2", "alicex", "bob", "bob:alice"]
+
+
+def test_identity_mode(hessra_db, admin, root, app_role):
+    admin.execute("CREATE TABLE public.documents (id int PRIMARY KEY, owner text NOT NULL, body text)")
+    admin.cursor().executemany("INSERT INTO public.documents VALUES (%s, %s, 'b')", list(enumerate(OWNERS, 1)))
+    spec = PolicySpec("documents", mode="identity", schema="public", owner_column="owner")
+    _apply(admin, spec, app_role)
+    public = str(root.public_key)
+    alice = mint_identity(root, "alice")
+    laptop = delegate_identity(alice, public, "alice:laptop")
+    fixed = mint_identity(root, "alice", delegatable=False)
+    tokens = [alice, laptop, fixed, mint_identity(root, "bob"), "garbage", None,
+              mint_authorization(root, "alice", "documents", "read")]
+
+    def check_all() -> None:
+        for token in tokens:
+            expected = _ids(admin, "SELECT id FROM public.documents WHERE hessra_authz.verify_identity(%s, owner)",
+                            (token,))
+            with _as_app(hessra_db, app_role, token) as app:
+                assert _ids(app, "SELECT id FROM public.documents") == expected, token
+
+    check_all()
+    with _as_app(hessra_db, app_role, alice) as app:
+        assert _ids(app, "SELECT owner FROM public.documents") == ["alice", "alice:laptop", "alice:laptop:agent",
+                                                                   "alice:phone"]
+    admin.execute("SELECT hessra_authz.revoke_identity('alice:laptop:agent')")
+    check_all()
+    with _as_app(hessra_db, app_role, laptop) as app:
+        assert _ids(app, "SELECT owner FROM public.documents") == ["alice:laptop"]
+        assert not _rejected(app, "INSERT INTO public.documents VALUES (100, 'alice:laptop:new', 'x')")
+        assert _rejected(app, "INSERT INTO public.documents VALUES (101, 'alice', 'x')")
+        assert _rejected(app, "INSERT INTO public.documents VALUES (102, 'alice:phone', 'x')")
+        assert _rejected(app, "UPDATE public.documents SET owner = 'bob' WHERE owner = 'alice:laptop'")
+        assert app.execute("UPDATE public.documents SET body = 'y'").rowcount == 2
+        assert app.execute("DELETE FROM public.documents WHERE owner = 'alice'").rowcount == 0
+        assert_once_per_statement(app, "SELECT * FROM public.documents")
+        assert_once_per_statement(app, "DELETE FROM public.documents WHERE id > 3")
+
+
+# -- mode service_chain ------------------------------------------------------------
+
+
+def test_service_chain_mode(hessra_db, admin, root, app_role):
+    nodes = {name: generate_keypair() for name in ("auth_service", "payment_service", "order_service")}
+    chain = [ChainNode(name, str(pair.public_key)) for name, pair in nodes.items()]
+    admin.execute("SELECT hessra_authz.set_service_chain('orders', %s::jsonb)",
+                  (json.dumps([{"component": n.component, "public_key": n.public_key} for n in chain]),))
+    admin.execute("CREATE TABLE public.payments (id int PRIMARY KEY, amount int)")
+    admin.execute("INSERT INTO public.payments SELECT g, g FROM generate_series(1, 20) g")
+    spec = PolicySpec("payments", mode="service_chain", schema="public", resource="orders", chain="orders",
+                      component="order_service")
+    _apply(admin, spec, app_role)
+    public = str(root.public_key)
+
+    def token(operation: str, attest: Sequence[str], subject: str = "alice") -> str:
+        t = mint_authorization(root, subject, "orders", operation, service_chain=chain)
+        for name in attest:
+            t = attest_service(t, public, "orders", nodes[name])
+        return t
+
+    full = token("read", ["auth_service", "payment_service"])
+    cases = [(full, "alice"), (full, "bob"), (token("read", ["auth_service"]), "alice"),
+             (token("read", []), "alice"), (token("write", ["auth_service", "payment_service"]), "alice"),
+             (None, None)]
+    for t, subject in cases:
+        allowed = scalar(admin, "SELECT hessra_authz.verify_service_chain(%s, %s, 'orders', 'read', 'orders', "
+                                "'order_service')", (t, subject))
+        with _as_app(hessra_db, app_role, t, subject) as app:
+            assert _ids(app, "SELECT id FROM public.payments") == (list(range(1, 21)) if allowed else [])
+    with _as_app(hessra_db, app_role, full, "alice") as app:
+        assert len(_ids(app, "SELECT id FROM public.payments")) == 20
+        assert _rejected(app, "INSERT INTO public.payments VALUES (100, 1)")
+        assert_once_per_statement(app, "SELECT * FROM public.payments WHERE amount > 3")
+    with _as_app(hessra_db, app_role, token("write", ["auth_service", "payment_service"]), "alice") as app:
+        assert not _rejected(app, "INSERT INTO public.payments VALUES (100, 1)")
+    with _as_app(hessra_db, app_role, token("write", ["auth_service"]), "alice") as app:
+        assert _rejected(app, "INSERT INTO public.payments VALUES (101, 1)")
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+def test_operations_and_commands_are_configurable(hessra_db, admin, root, app_role):
+    admin.execute("CREATE TABLE public.notes (id int PRIMARY KEY)")
+    admin.execute("INSERT INTO public.notes VALUES (1), (2)")
+    spec = PolicySpec("notes", schema="public", resource="notes", operations={"select": "view", "INSERT": "create"},
+                      commands=("SELECT", "INSERT"), names={"SELECT": "notes viewers"})
+    _apply(admin, spec, app_role)
+    names = _ids(admin, "SELECT policyname FROM pg_policies WHERE tablename = 'notes'")
+    assert names == ["hessra_notes_insert", "notes viewers"]
+    with _as_app(hessra_db, app_role, mint_authorization(root, "a", "notes", "view"), "a") as app:
+        assert _ids(app, "SELECT id FROM public.notes") == [1, 2]
+    with _as_app(hessra_db, app_role, mint_authorization(root, "a", "notes", "read"), "a") as app:
+        assert _ids(app, "SELECT id FROM public.notes") == []
+    create = mint_authorization(root, "a", "notes", "create")
+    with _as_app(hessra_db, app_role, create, "a") as app:
+        assert not _rejected(app, "INSERT INTO public.notes VALUES (3)")
+    everything = mint_authorization(root, "a", "notes", "write")
+    with _as_app(hessra_db, app_role, everything, "a") as app:
+        assert app.execute("DELETE FROM public.notes").rowcount == 0  # no DELETE policy: denied
+    # drop: policies gone, RLS still on and forced (fail closed) unless disable=True
+    admin.execute(drop_sql(spec))
+    assert scalar(admin, "SELECT count(*) FROM pg_policies WHERE tablename = 'notes'") == 0
+    assert admin.execute("SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
+                         "WHERE oid = 'public.notes'::regclass").fetchone() == (True, True)
+    with _as_app(hessra_db, app_role, mint_authorization(root, "a", "notes", "view"), "a") as app:
+        assert _ids(app, "SELECT id FROM public.notes") == []
+    admin.execute(drop_sql(spec, disable=True))
+    assert admin.execute("SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
+                         "WHERE oid = 'public.notes'::regclass").fetchone() == (False, False)
+
+
+def test_generated_sql_is_idempotent(admin, app_role):
+    admin.execute("CREATE TABLE public.t (id int PRIMARY KEY, owner text)")
+    spec = PolicySpec("t", mode="identity", schema="public", owner_column="owner")
+    for _ in range(2):
+        admin.execute(generate_sql(spec))
+    assert scalar(admin, "SELECT count(*) FROM pg_policies WHERE tablename = 't'") == 4
+    assert scalar(admin, "SELECT count(*) FROM pg_indexes WHERE tablename = 't'") == 2  # pkey + owner "C"
+
+
+# -- quoting ---------------------------------------------------------------------------
+
+
+WEIRD_SCHEMA = 'Sch "ema'
+WEIRD_TABLE = "My 'Odd' \"Table\""
+
+
+@pytest.mark.parametrize("mode", ["table", "row", "identity"])
+def test_names_with_spaces_quotes_and_case(hessra_db, admin, root, app_role, mode):
+    schema, table = sql.Identifier(WEIRD_SCHEMA), sql.Identifier(WEIRD_SCHEMA, WEIRD_TABLE)
+    admin.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+    # "identity" as the owner column: the name the policy's subquery uses internally.
+    admin.execute(sql.SQL('CREATE TABLE {} ("Id X" int PRIMARY KEY, "identity" text, "Owner; Col" text)').format(table))
+    admin.execute(sql.SQL("INSERT INTO {} VALUES (1, 'alice', 'alice'), (2, 'bob', 'bob'), (3, 'alice:x', 'carol')")
+                  .format(table))
+    resource = "it's \\ \"quoted\""
+    spec = {
+        "table": PolicySpec(WEIRD_TABLE, schema=WEIRD_SCHEMA, resource=resource, name_prefix='P "x'),
+        "row": PolicySpec(WEIRD_TABLE, mode="row", schema=WEIRD_SCHEMA,
+                          expression=f"{quote_literal(resource)} || '/' || \"Id X\""),
+        "identity": PolicySpec(WEIRD_TABLE, mode="identity", schema=WEIRD_SCHEMA, owner_column="identity"),
+    }[mode]
+    _apply(admin, spec, app_role)
+    if mode == "table":
+        token, expected = mint_authorization(root, "s", resource, "read"), [1, 2, 3]
+    elif mode == "row":
+        token, expected = mint_authorization(root, "s", resource + "/2", "read"), [2]
+    else:
+        token, expected = mint_identity(root, "alice"), [1, 3]
+    query = sql.SQL('SELECT "Id X" FROM {}').format(table).as_string(None)
+    with _as_app(hessra_db, app_role, token, "s") as app:
+        assert _ids(app, query) == expected
+        assert_once_per_statement(app, query)
+    with _as_app(hessra_db, app_role, mint_authorization(root, "s", "x", "read"), "s") as app:
+        assert _ids(app, query) == []
+
+
+def test_owner_column_with_unusual_name(hessra_db, admin, root, app_role):
+    admin.execute('CREATE TABLE public."Docs" (id int PRIMARY KEY, "Owner; Col" text)')
+    admin.execute("""INSERT INTO public."Docs" VALUES (1, 'alice'), (2, 'bob')""")
+    _apply(admin, PolicySpec("Docs", mode="identity", schema="public", owner_column="Owner; Col"), app_role)
+    with _as_app(hessra_db, app_role, mint_identity(root, "bob")) as app:
+        assert _ids(app, 'SELECT id FROM public."Docs"') == [2]
+
+
+# -- spec validation, TOML and the CLI ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"table": "t"}, "needs resource"),
+    ({"table": "t", "mode": "row"}, "needs expression"),
+    ({"table": "t", "mode": "identity"}, "needs owner_column"),
+    ({"table": "t", "mode": "service_chain", "resource": "r"}, "needs chain"),
+    ({"table": "t", "mode": "nope", "resource": "r"}, "mode must be one of"),
+    ({"table": "t", "resource": "r", "expression": "id"}, "does not apply"),
+    ({"table": "t", "resource": "r", "commands": ["TRUNCATE"]}, "unknown command"),
+    ({"table": "t", "resource": "r", "commands": []}, "at least one"),
+    ({"table": "t", "mode": "identity", "owner_column": "o", "operations": {"SELECT": "r"}}, "no operations"),
+    ({"table": "t\x00", "resource": "r"}, "NUL"),
+    ({"table": "", "resource": "r"}, "must not be empty"),
+    ({"table": "t", "resource": "r", "names": {"SELECT": "x", "INSERT": "x"}}, "same policy name"),
+])
+def test_bad_specs_are_refused(kwargs, message):
+    with pytest.raises(PolicySpecError, match=message):
+        spec = PolicySpec(**kwargs)
+        spec.policies()
+
+
+def test_long_names_stay_distinct_and_bounded():
+    spec = PolicySpec("t" * 70, resource="r")
+    names = [spec.policy_name(c) for c in spec.commands]
+    assert len(set(names)) == 4 and all(len(n.encode()) <= 63 for n in names)
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_from_flags_and_toml(tmp_path, hessra_db, admin, root, app_role):
+    code, text, _ = _run_cli(["policy", "generate", "--schema", "public", "--table", "orders", "--mode", "row",
+                              "--expression", "'orders/' || id", "--select-op", "view", "--write-op", "edit"])
+    assert code == 0
+    assert text == generate_sql(PolicySpec("orders", mode="row", schema="public", expression="'orders/' || id",
+                                           operations={"SELECT": "view", "INSERT": "edit", "UPDATE": "edit",
+                                                       "DELETE": "edit"}))
+    toml = tmp_path / "policies.toml"
+    toml.write_text("""
+[[policies]]
+schema = "public"
+table = "orders"
+mode = "row"
+expression = "'orders/' || id"
+operations = { SELECT = "view", INSERT = "edit", UPDATE = "edit", DELETE = "edit" }
+
+[[policies]]
+schema = "public"
+table = "docs"
+mode = "identity"
+owner_column = "owner"
+commands = ["SELECT"]
+""")
+    specs = load_specs(toml)
+    assert [s.table for s in specs] == ["orders", "docs"]
+    code, from_file, _ = _run_cli(["policy", "generate", "--from", str(toml)])
+    assert code == 0 and from_file == generate_sql(specs)
+    admin.execute("CREATE TABLE public.orders (id int PRIMARY KEY); INSERT INTO public.orders VALUES (1), (2);"
+                  "CREATE TABLE public.docs (id int PRIMARY KEY, owner text)")
+    admin.execute(from_file)
+    admin.execute(sql.SQL("GRANT SELECT ON public.orders TO {}").format(sql.Identifier(app_role)))
+    with _as_app(hessra_db, app_role, mint_authorization(root, "a", "orders/2", "view"), "a") as app:
+        assert _ids(app, "SELECT id FROM public.orders") == [2]
+    code, dropped, _ = _run_cli(["policy", "generate", "--from", str(toml), "--drop", "--disable"])
+    assert code == 0
+    admin.execute(dropped)
+    assert scalar(admin, "SELECT count(*) FROM pg_policies WHERE schemaname = 'public'") == 0
+
+    single = tmp_path / "one.toml"
+    single.write_text('table = "orders"\nresource = "orders"\nforce = false\n')
+    code, text, _ = _run_cli(["policy", "generate", "--from", str(single), "--no-transaction"])
+    assert code == 0 and "FORCE" not in text and not text.startswith("BEGIN")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "row"], "needs --table"),
+    (["--table", "t"], "needs resource"),
+    (["--table", "t", "--resource", "r", "--operation", "x", "--select-op", "y"], "--select-op"),
+    (["--from", "/nonexistent.toml"], "cannot read"),
+    (["--from", "/dev/null", "--table", "t"], "--table can't be combined"),
+    (["--table", "t", "--resource", "r", "--disable"], "--disable only applies"),
+    (["--table", "t", "--resource", "r", "--commands", "SELECT,MERGE"], "unknown command"),
+])
+def test_cli_errors(argv, message):
+    code, out, err = _run_cli(["policy", "generate", *argv])
+    assert code == 2 and out == "" and message in err, err
+
+
+def test_toml_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[policies]]\ntable = "t"\nresorce = "r"\n')
+    with pytest.raises(PolicySpecError, match=r"policies\[0\]: unknown key 'resorce'"):
+        load_specs(bad)
+    bad.write_text('table = "t"\nresource = \n')
+    with pytest.raises(PolicySpecError, match="invalid TOML"):
+        load_specs(bad)
+    bad.write_text('table = "t"\nresource = "r"\nforce = "yes"\n')
+    with pytest.raises(PolicySpecError, match="force must be true or false"):
+        load_specs(bad)
+
+
+def test_plan_check_catches_a_per_row_policy(hessra_db, admin, root, app_role):
+    """The EXPLAIN check above is not vacuous: a bare call (no scalar subquery) fails it."""
+    admin.execute("""
+        CREATE TABLE public.bare (id int PRIMARY KEY);
+        ALTER TABLE public.bare ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE public.bare FORCE ROW LEVEL SECURITY;
+        CREATE POLICY bare ON public.bare FOR SELECT USING (hessra_authz.authorized('bare/' || id, 'read'));
+    """)
+    admin.execute(sql.SQL("GRANT SELECT ON public.bare TO {}").format(sql.Identifier(app_role)))
+    with _as_app(hessra_db, app_role, None) as app:
+        plan = app.execute("EXPLAIN (VERBOSE, COSTS OFF, FORMAT JSON) SELECT * FROM public.bare").fetchone()[0][0]
+        assert _verifier_outside_initplans(plan["Plan"]) != []
+        with pytest.raises(AssertionError):
+            assert_once_per_statement(app, "SELECT * FROM public.bare")
