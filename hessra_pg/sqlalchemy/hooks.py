@@ -1,0 +1,209 @@
+"""SQLAlchemy event hooks that set the token at the start of every transaction.
+
+``install_hessra(target)`` listens for the start of each transaction:
+
+- on a ``sessionmaker`` / ``Session`` (sub)class or instance /
+  ``async_sessionmaker`` / ``AsyncSession``: the ORM ``after_begin`` event,
+  fired when a session transaction first uses a connection;
+- on an ``Engine`` / ``AsyncEngine`` (Core): the ``begin`` event of every
+  connection of that engine, whoever uses it (Core, ORM, migrations).
+
+Each time it runs ``SELECT pg_catalog.set_config('hessra.token', <token>,
+true), pg_catalog.set_config('hessra.subject', <subject>, true)`` with the
+values bound, always both, ``''`` when absent. The values are, first found:
+
+1. an explicit per-session / per-connection setting,
+   :func:`set_hessra_context` (``Session.info`` or the connection's execution
+   options; both live exactly as long as that Session / Connection object);
+2. the innermost ``with hessra_context(token=..., subject=...)``;
+3. none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
+
+from hessra_pg.context import (
+    SET_CONTEXT_SQL,
+    HessraContext,
+    HessraContextError,
+    current_context,
+)
+
+__all__ = ["clear_hessra_context", "install_hessra", "set_hessra_context"]
+
+SESSION_INFO_KEY = "hessra_pg.context"
+"""``Session.info`` key of the explicit per-session context."""
+_APPLIED_KEY = "hessra_pg.applied"
+EXECUTION_OPTION = "hessra_context"
+"""Connection execution option holding the explicit per-connection context."""
+
+# The set_config statement in each DB-API parameter style: values are always
+# bound, never formatted into the text.
+_STATEMENTS: dict[str, tuple[str, bool]] = {
+    "format": (SET_CONTEXT_SQL, False),
+    "pyformat": (SET_CONTEXT_SQL, False),
+    "numeric_dollar": (SET_CONTEXT_SQL % ("$1", "$2"), False),
+    "qmark": (SET_CONTEXT_SQL % ("?", "?"), False),
+    "numeric": (SET_CONTEXT_SQL % (":1", ":2"), False),
+    "named": (SET_CONTEXT_SQL % (":token", ":subject"), True),
+}
+
+
+def install_hessra(target: Any) -> Any:
+    """Set the token at the start of every transaction of ``target``; returns ``target``.
+
+    ``target``: a ``sessionmaker``, a ``Session`` subclass or instance, a
+    ``scoped_session``, an ``async_sessionmaker``, an ``AsyncSession``, an
+    ``Engine`` or an ``AsyncEngine``. Installing twice is harmless. Install on
+    the session factory *or* on the engine: on both, each transaction sets
+    the values twice (the session's win).
+    """
+    if isinstance(target, AsyncEngine):
+        _install_engine(target.sync_engine)
+    elif isinstance(target, Engine):
+        _install_engine(target)
+    elif isinstance(target, async_sessionmaker):
+        _install_async_sessionmaker(target)
+    elif isinstance(target, AsyncSession):
+        _install_session(target.sync_session)
+    elif isinstance(target, (sessionmaker, scoped_session, Session)) or (
+        isinstance(target, type) and issubclass(target, Session)
+    ):
+        _install_session(target)
+    else:
+        raise TypeError(
+            "install_hessra() takes a sessionmaker, Session class or instance, scoped_session, "
+            f"async_sessionmaker, AsyncSession, Engine or AsyncEngine, not {type(target).__name__}"
+        )
+    return target
+
+
+def set_hessra_context(
+    target: Session | AsyncSession | Connection | AsyncConnection,
+    token: str | None = None,
+    subject: str | None = None,
+) -> HessraContext:
+    """Run the next transactions of this session or connection under ``token``/``subject``.
+
+    Overrides :func:`~hessra_pg.context.hessra_context` for this object;
+    ``token=None`` means "no token" (not "fall back"). Read when a transaction
+    begins on a connection, so calling it after ``session.begin()`` but
+    before the first query is fine. Changing it once the current transaction
+    has run a statement raises :class:`~hessra_pg.context.HessraContextError`:
+    commit or roll back first.
+    """
+    context = HessraContext(token, subject)
+    if isinstance(target, AsyncSession):
+        target = target.sync_session
+    elif isinstance(target, AsyncConnection):
+        target = target.sync_connection  # type: ignore[assignment]
+        if target is None:
+            raise HessraContextError("this AsyncConnection is not connected yet: await it first")
+    if isinstance(target, Session):
+        applied = target.info.get(_APPLIED_KEY)
+        if applied is not None and applied != context:
+            raise HessraContextError(_CHANGED)
+        target.info[SESSION_INFO_KEY] = context
+    elif isinstance(target, Connection):
+        if target.in_transaction() and target.get_execution_options().get(EXECUTION_OPTION) != context:
+            raise HessraContextError(_CHANGED)
+        # Execution options belong to this Connection object, which is gone at
+        # close(): unlike Connection.info, they never follow the DB-API
+        # connection back into the pool.
+        target.execution_options(**{EXECUTION_OPTION: context})
+    else:
+        raise TypeError(f"set_hessra_context() takes a Session or a Connection, not {type(target).__name__}")
+    return context
+
+
+def clear_hessra_context(target: Session | AsyncSession | Connection | AsyncConnection) -> None:
+    """Drop the explicit setting of :func:`set_hessra_context`: ``hessra_context`` applies again."""
+    if isinstance(target, AsyncSession):
+        target = target.sync_session
+    elif isinstance(target, AsyncConnection):
+        target = target.sync_connection  # type: ignore[assignment]
+        if target is None:
+            return
+    if isinstance(target, Session):
+        target.info.pop(SESSION_INFO_KEY, None)
+    elif isinstance(target, Connection):
+        target.execution_options(**{EXECUTION_OPTION: None})
+    else:
+        raise TypeError(f"clear_hessra_context() takes a Session or a Connection, not {type(target).__name__}")
+
+
+_CHANGED = ("the current transaction already set another hessra token: commit or roll back before "
+            "changing it (the token is set once, when a transaction begins)")
+
+
+# --- engines -----------------------------------------------------------------------------
+
+
+def _install_engine(engine: Engine) -> None:
+    if not event.contains(engine, "begin", _on_engine_begin):
+        event.listen(engine, "begin", _on_engine_begin)
+
+
+def _on_engine_begin(connection: Connection) -> None:
+    # SQLAlchemy runs this inside Connection.begin() with autobegin disabled,
+    # before the DB-API transaction starts: our statement opens it.
+    context = connection.get_execution_options().get(EXECUTION_OPTION) or current_context()
+    _apply(connection, context)
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+
+def _install_session(target: Any) -> None:
+    if not event.contains(target, "after_begin", _after_begin):
+        event.listen(target, "after_begin", _after_begin)
+        event.listen(target, "after_transaction_end", _after_transaction_end)
+
+
+def _install_async_sessionmaker(maker: async_sessionmaker[Any]) -> None:
+    # AsyncSessions run a plain Session (sync_session_class, by default the
+    # global Session class). Events go on a subclass private to this factory,
+    # so other factories and sessions are not affected.
+    base = maker.kw.get("sync_session_class") or getattr(maker.class_, "sync_session_class", Session)
+    if getattr(base, "_hessra_pg_factory", None) is maker:
+        return
+    private = type(base.__name__, (base,), {"_hessra_pg_factory": maker})
+    _install_session(private)
+    maker.configure(sync_session_class=private)
+
+
+def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    context = session.info.get(SESSION_INFO_KEY) or current_context()
+    _apply(connection, context)
+    session.info[_APPLIED_KEY] = context
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost transaction, not a savepoint
+        session.info.pop(_APPLIED_KEY, None)
+
+
+# --- the statement -----------------------------------------------------------------------
+
+
+def _apply(connection: Connection, context: HessraContext) -> None:
+    # Straight to the DB-API cursor rather than Connection.execute(): with
+    # echo=True SQLAlchemy logs bound parameters, which would put the token in
+    # the application's log. (Under asyncio this is the adapted cursor, which
+    # awaits inside SQLAlchemy's greenlet.)
+    statement, named = _STATEMENTS.get(connection.dialect.paramstyle, (None, False))
+    if statement is None:
+        raise HessraContextError(f"unsupported DB-API paramstyle {connection.dialect.paramstyle!r}")
+    token, subject = context.params
+    params: Any = {"token": token, "subject": subject} if named else (token, subject)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(statement, params)
+    finally:
+        cursor.close()
