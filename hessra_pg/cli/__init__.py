@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "hessra_pg.cli.token",
     "hessra_pg.cli.identity",
     "hessra_pg.cli.policy",
+    "hessra_pg.cli.doctor",
 ]
 
 EXIT_USAGE = 2
