@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "hessra_pg.cli.identity",
     "hessra_pg.cli.policy",
     "hessra_pg.cli.doctor",
+    "hessra_pg.cli.chains",
 ]
 
 EXIT_USAGE = 2
