@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .errors import ConfigurationError, HessraError, KeyFormatError
 from .encoding import encode_token as encode_urlsafe
@@ -197,9 +197,18 @@ def _remember(cache_key: tuple[str, int], value: VerifiedToken | TokenRejected) 
         _tokens.popitem(last=False)
 
 
+R = TypeVar("R")
+
+
 def _remembered(config: _Config, token: str | None, now: float, args: tuple[Any, ...],
-                compute: Callable[[], Decision]) -> Decision:
-    """A positive decision from the cache, or compute (and maybe keep) one."""
+                compute: Callable[[], R], keep: Callable[[R], bool] = lambda decision: decision.valid) -> R:
+    """A result from the cache, or compute one and keep it if `keep` says so
+    and the token verified: until the token's expiry or its key's end.
+
+    Only results that can't turn from "no" to "yes" as time passes are kept:
+    positive decisions, and the resources or identity a verified token grants
+    (they can only shrink, at expiry).
+    """
     if token is None:
         return compute()
     key = (config.generation, hashlib.blake2b(token.encode(), digest_size=16).digest(), args)
@@ -207,15 +216,15 @@ def _remembered(config: _Config, token: str | None, now: float, args: tuple[Any,
     if hit is not None and now < hit[1]:
         _decisions.move_to_end(key)
         return hit[0]
-    decision = compute()
+    result = compute()
     verified = _tokens.get((token, config.generation))
-    if decision.valid and isinstance(verified, VerifiedToken) and verified.expiry_known:
+    if keep(result) and isinstance(verified, VerifiedToken) and verified.expiry_known:
         limits = [limit for limit in (verified.expires_at, verified.key.not_after) if limit is not None]
-        _decisions[key] = (decision, min(limits) if limits else float("inf"))
+        _decisions[key] = (result, min(limits) if limits else float("inf"))
         _decisions.move_to_end(key)
         while len(_decisions) > DECISION_CACHE_SIZE:
             _decisions.popitem(last=False)
-    return decision
+    return result
 
 
 def _chain(config: _Config, name: str | None) -> tuple[ChainNode, ...]:
@@ -396,7 +405,9 @@ def identity_scope(plpy: Any, now: float, statement: str | None, token: str | No
     config = _statement_config(plpy, statement)
     key = ("identity_scope", token, now)
     if key not in _statement_results:
-        _statement_results[key] = json.dumps(_identity_scope(token, config, now))
+        _statement_results[key] = _remembered(
+            config, token, now, ("identity_scope",),
+            lambda: json.dumps(_identity_scope(token, config, now)), keep=lambda result: True)
     return _statement_results[key]
 
 
@@ -420,7 +431,10 @@ def authorized_resources(plpy: Any, now: float, statement: str | None, token: st
     config = _statement_config(plpy, statement)
     key = ("authorized_resources", token, subject, operation, now)
     if key not in _statement_results:
-        resources = resources_decision(token, config.keys, now=now, subject=subject, operation=operation,
-                                       load=lambda text, at: _load(text, config, at), revoked=config.revocations)
-        _statement_results[key] = json.dumps({"resources": resources})
+        _statement_results[key] = _remembered(
+            config, token, now, ("authorized_resources", subject, operation),
+            lambda: json.dumps({"resources": resources_decision(
+                token, config.keys, now=now, subject=subject, operation=operation,
+                load=lambda text, at: _load(text, config, at), revoked=config.revocations)}),
+            keep=lambda result: True)
     return _statement_results[key]

@@ -17,7 +17,7 @@ USING (
     (owner COLLATE "C" = (SELECT hessra_authz.current_identity())
      OR (owner COLLATE "C" >= (SELECT hessra_authz.current_identity_subtree_start())
          AND owner COLLATE "C" < (SELECT hessra_authz.current_identity_subtree_end())))
-    AND ((SELECT hessra_authz.current_identity_revoked_below()) = '{}'
+    AND ((SELECT cardinality(hessra_authz.current_identity_revoked_below()) = 0)
          OR NOT EXISTS (SELECT 1 FROM unnest((SELECT hessra_authz.current_identity_revoked_below())) AS r(id)
                         WHERE owner = r.id OR starts_with(owner, r.id || ':')))
 )
