@@ -1,0 +1,509 @@
+"""Alembic operations for hessra_authz, registered on :class:`alembic.operations.Operations`.
+
+Each operation is a small class that knows its SQL and its reverse (used by
+autogenerate to write the downgrade):
+
+=====================================  ============================================
+``op.create_hessra_extension()``        ``op.drop_hessra_extension()``
+``op.create_hessra_policies(t, ...)``   ``op.drop_hessra_policies(t, ...)``
+``op.add_hessra_key(key, kid)``         ``op.delete_hessra_key(key=key, kid=kid)``
+``op.retire_hessra_key(kid, at)``       ``op.unretire_hessra_key(kid)``
+``op.set_hessra_service_chain(n, nodes, previous_nodes=None)``
+                                        ``op.set_hessra_service_chain(n, previous_nodes)``
+                                        when ``previous_nodes`` is given, else
+                                        ``op.drop_hessra_service_chain(n, nodes=nodes)``
+=====================================  ============================================
+
+Statements are complete SQL with quoted identifiers and literals (no bind
+parameters), executed as written online and printed as written in offline
+(``--sql``) mode. Key, chain and policy inputs are validated when the
+operation is built, before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from alembic.operations import MigrateOperation, Operations
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import ExecutableDDLElement
+
+from hessra_pg.keys import canonical_public_key
+from hessra_pg.policies import PolicySpec, quote_literal
+from hessra_pg.verify import ChainNode, parse_chain
+
+__all__ = [
+    "AddHessraKeyOp",
+    "CreateHessraExtensionOp",
+    "CreateHessraPoliciesOp",
+    "DeleteHessraKeyOp",
+    "DropHessraExtensionOp",
+    "DropHessraPoliciesOp",
+    "DropHessraServiceChainOp",
+    "HessraOperation",
+    "RetireHessraKeyOp",
+    "SetHessraServiceChainOp",
+    "UnretireHessraKeyOp",
+]
+
+EXTENSION = "hessra_authz"
+
+
+# -- running plain SQL -----------------------------------------------------------
+
+class _Statement(ExecutableDDLElement):
+    """One complete SQL statement, compiled as written (no ``:name`` binds)."""
+
+    inherit_cache = False
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+@compiles(_Statement)
+def _compile_statement(element: _Statement, compiler: Any, **kw: Any) -> str:
+    # format/pyformat drivers (psycopg, psycopg2) read % as a placeholder.
+    if getattr(compiler.dialect, "paramstyle", None) in ("format", "pyformat"):
+        return element.text.replace("%", "%%")
+    return element.text
+
+
+def _run(operations: Operations, statements: Sequence[str]) -> None:
+    context = operations.migration_context
+    for statement in statements:
+        statement = statement.rstrip().removesuffix(";")
+        if context.as_sql:
+            context.impl.static_output(statement + context.impl.command_terminator)
+        else:
+            operations.execute(_Statement(statement))
+
+
+def _timestamp(value: datetime | str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{what}: give a timezone-aware datetime (or an ISO string with an offset)")
+        return value.isoformat()
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"{what} must be a datetime or a timestamp string")
+
+
+def _ts_sql(value: str) -> str:
+    return f"{quote_literal(value)}::timestamptz"
+
+
+def _kid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"kid must be a positive integer, got {value!r}")
+    return value
+
+
+def _nodes(nodes: Sequence[Mapping[str, str] | ChainNode]) -> list[dict[str, str]]:
+    """Validated chain nodes as plain dicts (canonical keys)."""
+    raw = [{"component": n.component, "public_key": n.public_key} if isinstance(n, ChainNode) else dict(n)
+           for n in nodes]
+    return [{"component": n.component, "public_key": n.public_key} for n in parse_chain(raw)]
+
+
+# -- the base class ----------------------------------------------------------------
+
+class HessraOperation(MigrateOperation):
+    """Base of the hessra operations: :meth:`statements` gives the SQL,
+    :meth:`arguments` the call that recreates the operation (for rendering
+    and equality)."""
+
+    op_name: ClassVar[str]
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        """Positional and keyword arguments of ``op.<op_name>(...)`` (defaults left out)."""
+        raise NotImplementedError
+
+    def statements(self) -> list[str]:
+        """The SQL statements this operation runs."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.arguments() == other.arguments()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.op_name, repr(self.arguments())))
+
+    def __repr__(self) -> str:
+        args, kwargs = self.arguments()
+        parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _implementation(operations: Operations, operation: HessraOperation) -> None:
+    _run(operations, operation.statements())
+
+
+# -- extension -----------------------------------------------------------------------
+
+@Operations.register_operation("create_hessra_extension")
+class CreateHessraExtensionOp(HessraOperation):
+    """``CREATE EXTENSION IF NOT EXISTS hessra_authz [VERSION v] CASCADE``
+    (CASCADE creates plpython3u; needs a superuser)."""
+
+    op_name = "create_hessra_extension"
+
+    def __init__(self, *, version: str | None = None, cascade: bool = True) -> None:
+        self.version = version
+        self.cascade = cascade
+
+    @classmethod
+    def create_hessra_extension(cls, operations: Operations, *, version: str | None = None,
+                                cascade: bool = True) -> None:
+        """Create the hessra_authz extension (if it does not exist)."""
+        operations.invoke(cls(version=version, cascade=cascade))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {}
+        if self.version is not None:
+            kwargs["version"] = self.version
+        if not self.cascade:
+            kwargs["cascade"] = False
+        return [], kwargs
+
+    def statements(self) -> list[str]:
+        sql = f"CREATE EXTENSION IF NOT EXISTS {EXTENSION}"
+        if self.version is not None:
+            sql += f" VERSION {quote_literal(self.version)}"
+        if self.cascade:
+            sql += " CASCADE"
+        return [sql]
+
+    def reverse(self) -> DropHessraExtensionOp:
+        return DropHessraExtensionOp()
+
+
+@Operations.register_operation("drop_hessra_extension")
+class DropHessraExtensionOp(HessraOperation):
+    """``DROP EXTENSION IF EXISTS hessra_authz`` (its keys, chains and
+    revocations go with it). Without ``cascade`` it fails while policies
+    still use its functions: drop them first."""
+
+    op_name = "drop_hessra_extension"
+
+    def __init__(self, *, cascade: bool = False) -> None:
+        self.cascade = cascade
+
+    @classmethod
+    def drop_hessra_extension(cls, operations: Operations, *, cascade: bool = False) -> None:
+        """Drop the hessra_authz extension (if it exists)."""
+        operations.invoke(cls(cascade=cascade))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return [], ({"cascade": True} if self.cascade else {})
+
+    def statements(self) -> list[str]:
+        return [f"DROP EXTENSION IF EXISTS {EXTENSION}" + (" CASCADE" if self.cascade else "")]
+
+    def reverse(self) -> CreateHessraExtensionOp:
+        return CreateHessraExtensionOp()
+
+
+# -- policies --------------------------------------------------------------------------
+
+def _spec(table: str | PolicySpec, spec: Mapping[str, Any]) -> PolicySpec:
+    if isinstance(table, PolicySpec):
+        if spec:
+            raise TypeError("pass either a PolicySpec or a table name with spec keywords, not both")
+        return table
+    return PolicySpec(table, **spec)
+
+
+@Operations.register_operation("create_hessra_policies")
+class CreateHessraPoliciesOp(HessraOperation):
+    """The policies of :class:`hessra_pg.policies.PolicySpec`: ENABLE/FORCE
+    RLS, DROP POLICY IF EXISTS + CREATE POLICY per command, and with
+    ``create_index`` the suggested index."""
+
+    op_name = "create_hessra_policies"
+
+    def __init__(self, table: str | PolicySpec, *, create_index: bool = False, **spec: Any) -> None:
+        self.spec = _spec(table, spec)
+        self.create_index = create_index
+        self.spec.policies()  # validate now
+
+    @classmethod
+    def create_hessra_policies(cls, operations: Operations, table: str | PolicySpec, *,
+                               create_index: bool = False, **spec: Any) -> None:
+        """Guard ``table`` with hessra policies; ``spec`` takes the
+        :class:`~hessra_pg.policies.PolicySpec` fields (mode, schema,
+        resource, expression, owner_column, chain, component, operations,
+        commands, roles, names, name_prefix, force, restrictive)."""
+        operations.invoke(cls(table, create_index=create_index, **spec))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        kwargs = self.spec.to_mapping()
+        table = kwargs.pop("table")
+        if self.create_index:
+            kwargs["create_index"] = True
+        return [table], kwargs
+
+    def statements(self) -> list[str]:
+        return self.spec.create_statements(indexes=self.create_index)
+
+    def reverse(self) -> DropHessraPoliciesOp:
+        return DropHessraPoliciesOp(self.spec, drop_index=self.create_index)
+
+
+@Operations.register_operation("drop_hessra_policies")
+class DropHessraPoliciesOp(HessraOperation):
+    """DROP POLICY IF EXISTS for each command of the spec. RLS stays enabled
+    (fail closed) unless ``disable_rls``; ``drop_index`` drops the suggested
+    index too."""
+
+    op_name = "drop_hessra_policies"
+
+    def __init__(self, table: str | PolicySpec, *, disable_rls: bool = False, drop_index: bool = False,
+                 **spec: Any) -> None:
+        self.spec = _spec(table, spec)
+        self.disable_rls = disable_rls
+        self.drop_index = drop_index
+        self.spec.policies()
+
+    @classmethod
+    def drop_hessra_policies(cls, operations: Operations, table: str | PolicySpec, *, disable_rls: bool = False,
+                             drop_index: bool = False, **spec: Any) -> None:
+        """Drop the policies ``create_hessra_policies`` made (same spec)."""
+        operations.invoke(cls(table, disable_rls=disable_rls, drop_index=drop_index, **spec))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        kwargs = self.spec.to_mapping()
+        table = kwargs.pop("table")
+        if self.disable_rls:
+            kwargs["disable_rls"] = True
+        if self.drop_index:
+            kwargs["drop_index"] = True
+        return [table], kwargs
+
+    def statements(self) -> list[str]:
+        return self.spec.drop_statements(disable=self.disable_rls, indexes=self.drop_index)
+
+    def reverse(self) -> CreateHessraPoliciesOp:
+        return CreateHessraPoliciesOp(self.spec, create_index=self.drop_index)
+
+
+# -- keys --------------------------------------------------------------------------------
+
+@Operations.register_operation("add_hessra_key")
+class AddHessraKeyOp(HessraOperation):
+    """``hessra_authz.add_key(key, kid, not_before, not_after, comment)``.
+    Reverse: delete the key's row (tokens it signed stop verifying)."""
+
+    op_name = "add_hessra_key"
+
+    def __init__(self, key: str, kid: int | None = None, *, not_before: datetime | str | None = None,
+                 not_after: datetime | str | None = None, comment: str | None = None) -> None:
+        self.public_key = canonical_public_key(key)  # raises KeyFormatError early
+        self.key = key
+        self.kid = None if kid is None else _kid(kid)
+        self.not_before = _timestamp(not_before, "not_before")
+        self.not_after = _timestamp(not_after, "not_after")
+        self.comment = comment
+
+    @classmethod
+    def add_hessra_key(cls, operations: Operations, key: str, kid: int | None = None, *,
+                       not_before: datetime | str | None = None, not_after: datetime | str | None = None,
+                       comment: str | None = None) -> None:
+        """Register a root public key (PEM or alg/hex); ``kid`` None takes the next free one."""
+        operations.invoke(cls(key, kid, not_before=not_before, not_after=not_after, comment=comment))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        args: list[Any] = [self.key] + ([self.kid] if self.kid is not None else [])
+        kwargs = {k: v for k, v in (("not_before", self.not_before), ("not_after", self.not_after),
+                                    ("comment", self.comment)) if v is not None}
+        return args, kwargs
+
+    def statements(self) -> list[str]:
+        args = [f"key => {quote_literal(self.key)}"]
+        if self.kid is not None:
+            args.append(f"kid => {self.kid}")
+        if self.not_before is not None:
+            args.append(f"not_before => {_ts_sql(self.not_before)}")
+        if self.not_after is not None:
+            args.append(f"not_after => {_ts_sql(self.not_after)}")
+        if self.comment is not None:
+            args.append(f"comment => {quote_literal(self.comment)}")
+        return [f"SELECT {EXTENSION}.add_key({', '.join(args)})"]
+
+    def reverse(self) -> DeleteHessraKeyOp:
+        return DeleteHessraKeyOp(key=self.key, kid=self.kid)
+
+
+@Operations.register_operation("delete_hessra_key")
+class DeleteHessraKeyOp(HessraOperation):
+    """Delete a key row by public key and/or kid (the reverse of
+    ``add_hessra_key``). Writes ``hessra_authz.keys`` directly, so it needs
+    the table owner (the superuser that created the extension)."""
+
+    op_name = "delete_hessra_key"
+
+    def __init__(self, *, key: str | None = None, kid: int | None = None) -> None:
+        if key is None and kid is None:
+            raise ValueError("delete_hessra_key needs key or kid")
+        self.key = key
+        self.public_key = canonical_public_key(key) if key is not None else None
+        self.kid = None if kid is None else _kid(kid)
+
+    @classmethod
+    def delete_hessra_key(cls, operations: Operations, *, key: str | None = None, kid: int | None = None) -> None:
+        """Remove a registered key (by public key, kid or both)."""
+        operations.invoke(cls(key=key, kid=kid))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return [], {k: v for k, v in (("key", self.key), ("kid", self.kid)) if v is not None}
+
+    def statements(self) -> list[str]:
+        where = []
+        if self.public_key is not None:
+            where.append(f"public_key = {quote_literal(self.public_key)}")
+        if self.kid is not None:
+            where.append(f"kid = {self.kid}")
+        return [f"DELETE FROM {EXTENSION}.keys WHERE {' AND '.join(where)}"]
+
+    def reverse(self) -> AddHessraKeyOp:
+        if self.key is None:
+            raise ValueError("delete_hessra_key(kid=...) can't be reversed without the key: pass key= too")
+        return AddHessraKeyOp(self.key, self.kid)
+
+
+@Operations.register_operation("retire_hessra_key")
+class RetireHessraKeyOp(HessraOperation):
+    """``hessra_authz.retire_key(kid, at)`` (default: now). Reverse: clear not_after."""
+
+    op_name = "retire_hessra_key"
+
+    def __init__(self, kid: int, at: datetime | str | None = None) -> None:
+        self.kid = _kid(kid)
+        self.at = _timestamp(at, "at")
+
+    @classmethod
+    def retire_hessra_key(cls, operations: Operations, kid: int, at: datetime | str | None = None) -> None:
+        """End a key's validity at ``at`` (default: the migration's time)."""
+        operations.invoke(cls(kid, at))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return [self.kid] + ([self.at] if self.at is not None else []), {}
+
+    def statements(self) -> list[str]:
+        at = f", at => {_ts_sql(self.at)}" if self.at is not None else ""
+        return [f"SELECT {EXTENSION}.retire_key(kid => {self.kid}{at})"]
+
+    def reverse(self) -> UnretireHessraKeyOp:
+        return UnretireHessraKeyOp(self.kid)
+
+
+@Operations.register_operation("unretire_hessra_key")
+class UnretireHessraKeyOp(HessraOperation):
+    """Set a key's not_after back (default NULL: valid with no end), the
+    reverse of ``retire_hessra_key``. Writes ``hessra_authz.keys`` directly
+    (needs the table owner)."""
+
+    op_name = "unretire_hessra_key"
+
+    def __init__(self, kid: int, not_after: datetime | str | None = None) -> None:
+        self.kid = _kid(kid)
+        self.not_after = _timestamp(not_after, "not_after")
+
+    @classmethod
+    def unretire_hessra_key(cls, operations: Operations, kid: int, not_after: datetime | str | None = None) -> None:
+        """Make a retired key valid again (until ``not_after``, default forever)."""
+        operations.invoke(cls(kid, not_after))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return [self.kid] + ([self.not_after] if self.not_after is not None else []), {}
+
+    def statements(self) -> list[str]:
+        value = _ts_sql(self.not_after) if self.not_after is not None else "NULL"
+        return [f"UPDATE {EXTENSION}.keys SET not_after = {value} WHERE kid = {self.kid}"]
+
+    def reverse(self) -> RetireHessraKeyOp:
+        return RetireHessraKeyOp(self.kid, self.not_after)
+
+
+# -- service chains ------------------------------------------------------------------------
+
+@Operations.register_operation("set_hessra_service_chain")
+class SetHessraServiceChainOp(HessraOperation):
+    """``hessra_authz.set_service_chain(name, nodes)``. Reverse: set
+    ``previous_nodes`` back when given (replacing a chain), else drop the chain."""
+
+    op_name = "set_hessra_service_chain"
+
+    def __init__(self, name: str, nodes: Sequence[Mapping[str, str] | ChainNode], *,
+                 previous_nodes: Sequence[Mapping[str, str] | ChainNode] | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("service chain name must be a non-empty string")
+        self.name = name
+        self.nodes = _nodes(nodes)
+        self.previous_nodes = None if previous_nodes is None else _nodes(previous_nodes)
+
+    @classmethod
+    def set_hessra_service_chain(cls, operations: Operations, name: str,
+                                 nodes: Sequence[Mapping[str, str] | ChainNode], *,
+                                 previous_nodes: Sequence[Mapping[str, str] | ChainNode] | None = None) -> None:
+        """Create or replace a named chain ``[{"component", "public_key"}, ...]``."""
+        operations.invoke(cls(name, nodes, previous_nodes=previous_nodes))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        kwargs = {"previous_nodes": self.previous_nodes} if self.previous_nodes is not None else {}
+        return [self.name, self.nodes], kwargs
+
+    def statements(self) -> list[str]:
+        nodes = quote_literal(json.dumps(self.nodes))
+        return [f"SELECT {EXTENSION}.set_service_chain({quote_literal(self.name)}, {nodes}::jsonb)"]
+
+    def reverse(self) -> HessraOperation:
+        if self.previous_nodes is not None:
+            return SetHessraServiceChainOp(self.name, self.previous_nodes, previous_nodes=self.nodes)
+        return DropHessraServiceChainOp(self.name, nodes=self.nodes)
+
+
+@Operations.register_operation("drop_hessra_service_chain")
+class DropHessraServiceChainOp(HessraOperation):
+    """``hessra_authz.drop_service_chain(name)``. Reversible when ``nodes``
+    (the chain being dropped) is given."""
+
+    op_name = "drop_hessra_service_chain"
+
+    def __init__(self, name: str, *, nodes: Sequence[Mapping[str, str] | ChainNode] | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("service chain name must be a non-empty string")
+        self.name = name
+        self.nodes = None if nodes is None else _nodes(nodes)
+
+    @classmethod
+    def drop_hessra_service_chain(cls, operations: Operations, name: str, *,
+                                  nodes: Sequence[Mapping[str, str] | ChainNode] | None = None) -> None:
+        """Remove a named chain (``nodes``: what it was, for the downgrade)."""
+        operations.invoke(cls(name, nodes=nodes))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return [self.name], ({"nodes": self.nodes} if self.nodes is not None else {})
+
+    def statements(self) -> list[str]:
+        return [f"SELECT {EXTENSION}.drop_service_chain({quote_literal(self.name)})"]
+
+    def reverse(self) -> SetHessraServiceChainOp:
+        if self.nodes is None:
+            raise ValueError(f"drop_hessra_service_chain({self.name!r}) can't be reversed: pass nodes= "
+                             "(the chain being dropped)")
+        return SetHessraServiceChainOp(self.name, self.nodes)
+
+
+OPERATIONS: tuple[type[HessraOperation], ...] = (
+    CreateHessraExtensionOp, DropHessraExtensionOp, CreateHessraPoliciesOp, DropHessraPoliciesOp,
+    AddHessraKeyOp, DeleteHessraKeyOp, RetireHessraKeyOp, UnretireHessraKeyOp,
+    SetHessraServiceChainOp, DropHessraServiceChainOp,
+)
+
+for _op in OPERATIONS:
+    Operations.implementation_for(_op)(_implementation)
