@@ -56,8 +56,10 @@ __all__ = [
     "RESOURCES_FILE",
     "LineIndex",
     "Problem",
+    "RepositoryCheck",
     "RepositoryProblemsError",
     "RepositoryReadError",
+    "check_repository",
     "load_resources",
     "repository_files",
     "validate_repository",
@@ -649,6 +651,31 @@ def _check(files: list[Path]) -> _Repository:
         _check_secrets(repo, document)
     repo.problems = _sorted(repo.problems, [str(path) for path in files])
     return repo
+
+
+@dataclass(frozen=True)
+class RepositoryCheck:
+    """The outcome of checking a policy repository."""
+
+    files: list[str]
+    problems: list[Problem]
+    resources: list[str]
+    #: chain name -> nodes, for the resources whose chain is valid
+    chains: dict[str, list[dict[str, str]]]
+    clients: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_repository(path: str | Path) -> RepositoryCheck:
+    """Check the policy repository at `path` (see :func:`validate_repository`)
+    and say what it defines."""
+    files = repository_files(path)
+    repo = _check(files)
+    return RepositoryCheck(files=[str(file) for file in files], problems=repo.problems,
+                           resources=list(repo.resources), chains=repo.chains, clients=list(repo.clients))
 
 
 def validate_repository(path: str | Path) -> list[Problem]:

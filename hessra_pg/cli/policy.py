@@ -14,6 +14,8 @@ from hessra_pg.policies import COMMANDS, MODES, PolicySpec, PolicySpecError, dro
 
 from .common import EXIT_OK, CliInputError, command_parser, guarded
 
+EXIT_PROBLEMS = 1
+
 
 def register(subparsers: Any) -> None:
     """Add ``policy`` and its verbs."""
@@ -24,6 +26,7 @@ def register(subparsers: Any) -> None:
     )
     verbs = policy.add_subparsers(dest="policy_command", metavar="VERB", required=True)
     add_generate(verbs)
+    add_validate(verbs)
 
 
 def add_generate(verbs: Any) -> argparse.ArgumentParser:
@@ -167,3 +170,54 @@ def _generate(args: argparse.Namespace) -> int:
         raise CliInputError(str(error)) from None
     sys.stdout.write(text)
     return EXIT_OK
+
+
+def add_validate(verbs: Any) -> argparse.ArgumentParser:
+    """Add ``policy validate``."""
+    p = command_parser(
+        verbs, "validate",
+        help="check a Hessra policy repository (resources.toml, clients.toml)",
+        description=(
+            "Check a Hessra policy repository: PATH is a directory holding resources.toml and "
+            "optionally clients.toml, or a single .toml file. Reports TOML syntax errors, public keys "
+            "that don't parse, service chains declared without nodes (or nodes without a declaration), "
+            "duplicate components in a chain, duplicate resource or client names (also across the "
+            "two files), clients naming a resource that is not defined or an operation the resource "
+            "does not list, and private keys, each as FILE:LINE: message.\n\n"
+            "Exit status: 0 when clean, 1 when there are problems, 2 when PATH can't be read."
+        ),
+        examples=(
+            "  hessra-pg policy validate policy/\n"
+            "  hessra-pg policy validate policy/resources.toml --json"
+        ),
+    )
+    p.add_argument("path", metavar="PATH", help="a policy repository directory, or one .toml file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=guarded(_validate))
+    return p
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import json
+
+    from hessra_pg.config import check_repository
+
+    result = check_repository(args.path)
+    if args.json:
+        print(json.dumps({
+            "ok": result.ok,
+            "files": result.files,
+            "problems": [{"file": p.file, "line": p.line, "message": p.message} for p in result.problems],
+        }, indent=2))
+    elif result.ok:
+        print(f"{args.path}: ok ({_count(len(result.files), 'file')}, {_count(len(result.resources), 'resource')}, "
+              f"{_count(len(result.chains), 'service chain')}, {_count(len(result.clients), 'client')})")
+    else:
+        for problem in result.problems:
+            print(problem)
+        print(f"hessra-pg: {_count(len(result.problems), 'problem')}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_PROBLEMS

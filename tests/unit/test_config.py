@@ -3,16 +3,20 @@ validation with line numbers, the line index, and `hessra-pg policy validate`.""
 
 from __future__ import annotations
 
+import json
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from hessra_pg.cli import main
 from hessra_pg.config import (
     LineIndex,
     Problem,
     RepositoryProblemsError,
     RepositoryReadError,
+    check_repository,
     load_resources,
     validate_repository,
 )
@@ -431,21 +435,7 @@ def test_line_index_paths() -> None:
 
 # -- hessra-pg policy validate --------------------------------------------
 
-def _policy_cli_available() -> bool:
-    try:
-        import hessra_pg.cli.policy as policy  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(policy, "_validate")
-
-
-needs_policy_cli = pytest.mark.skipif(not _policy_cli_available(), reason="hessra_pg.cli.policy has no validate verb yet")
-
-
-@needs_policy_cli
 def test_policy_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hessra_pg.cli import main
-
     write(tmp_path, "resources.toml", layout_type("orders", chain()))
     clients = write(tmp_path, "clients.toml", '[clients.web]\nresources = ["orders"]\n')
     assert main(["policy", "validate", str(tmp_path)]) == 0
@@ -466,12 +456,7 @@ def test_policy_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert out == "" and err.strip() == f"hessra-pg: error: {tmp_path / 'nope'}: no such file or directory"
 
 
-@needs_policy_cli
 def test_policy_validate_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from hessra_pg.cli import main
-
     path = write(tmp_path, "resources.toml", '[resources.a]\ntype = "service_chain"\n')
     assert main(["policy", "validate", "--json", str(path)]) == 1
     report = json.loads(capsys.readouterr().out)
@@ -479,3 +464,32 @@ def test_policy_validate_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[
         {"file": str(path), "line": 2,
          "message": "resource 'a' declares a service chain but has no nodes: add nodes = [...]"},
     ]}
+
+
+def test_check_repository_summary(tmp_path: Path) -> None:
+    write(tmp_path, "resources.toml", layout_type("orders", chain()) + '\n[resources.reports]\n')
+    write(tmp_path, "clients.toml", '[[clients]]\nname = "web"\n[[clients]]\nname = "batch"\n')
+    result = check_repository(tmp_path)
+    assert result.ok
+    assert result.files == [str(tmp_path / "resources.toml"), str(tmp_path / "clients.toml")]
+    assert (result.resources, list(result.chains), result.clients) == (["orders", "reports"], ["orders"],
+                                                                       ["web", "batch"])
+
+
+def test_policy_validate_cli_unreadable_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "resources.toml"
+    os.mkfifo(fifo)
+    assert main(["policy", "validate", str(fifo)]) == 2
+    assert capsys.readouterr().err == f"hessra-pg: error: {fifo}: not a regular file or directory\n"
+    fifo.unlink()
+    assert main(["policy", "validate", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"hessra-pg: error: {tmp_path}: not a policy repository (no resources.toml in it)\n"
+    path = write(tmp_path, "resources.toml", "")
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            return  # root reads any file
+        assert main(["policy", "validate", str(path)]) == 2
+        assert capsys.readouterr().err == f"hessra-pg: error: cannot read {path}: Permission denied\n"
+    finally:
+        path.chmod(0o644)
