@@ -209,7 +209,7 @@ from hessra_pg import server
 return server.authority_revocation_id(plpy, token)
 $$;
 
-CREATE FUNCTION hessra_authz._identity_scope(now float8, statement text, token text) RETURNS text
+CREATE FUNCTION hessra_authz._identity_scope(now float8, statement text, token text) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
@@ -218,7 +218,7 @@ $$;
 
 CREATE FUNCTION hessra_authz._authorized_resources(
     now float8, statement text, token text, subject text, operation text
-) RETURNS text
+) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
@@ -589,22 +589,24 @@ COMMENT ON FUNCTION hessra_authz.token_identity(text, text) IS
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION hessra_authz.current_token() RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-AS $$ SELECT NULLIF(pg_catalog.current_setting('hessra.token', true), '') $$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN NULLIF(pg_catalog.current_setting('hessra.token', true), ''); END $$;
 COMMENT ON FUNCTION hessra_authz.current_token() IS
     'The token in the hessra.token setting, or NULL if unset or empty.';
 
 CREATE FUNCTION hessra_authz.current_subject() RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-AS $$ SELECT NULLIF(pg_catalog.current_setting('hessra.subject', true), '') $$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN NULLIF(pg_catalog.current_setting('hessra.subject', true), ''); END $$;
 COMMENT ON FUNCTION hessra_authz.current_subject() IS
     'The subject in the hessra.subject setting, or NULL if unset or empty.';
 
 CREATE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT hessra_authz.verify_token(hessra_authz.current_token(), hessra_authz.current_subject(),
-                                 authorized.resource, authorized.operation)
+BEGIN
+    RETURN hessra_authz.verify_token(hessra_authz.current_token(), hessra_authz.current_subject(),
+                                     authorized.resource, authorized.operation);
+END
 $$;
 COMMENT ON FUNCTION hessra_authz.authorized(text, text) IS
     'verify_token for the current token and subject. In RLS policies write (SELECT hessra_authz.authorized(...)) so it runs once per statement.';
@@ -619,54 +621,75 @@ COMMENT ON FUNCTION hessra_authz.authorized(text, text) IS
 -- policy that combines them; it can use an index on (owner COLLATE "C").
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION hessra_authz.current_identity_scope() RETURNS jsonb
+-- ["ok", identity, 't'/'f' (descendants), revoked below...] for the current
+-- token; the helpers below slice it (one verification per statement). It only
+-- describes the caller's own token, so PUBLIC may call it like those helpers.
+CREATE FUNCTION hessra_authz._current_scope() RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    result jsonb := hessra_authz._identity_scope(
+    result text[] := hessra_authz._identity_scope(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
         pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
-        hessra_authz.current_token())::jsonb;
+        hessra_authz.current_token());
 BEGIN
-    IF result ? 'error' THEN
-        PERFORM hessra_authz._raise(result::text);
+    IF result[1] <> 'ok' THEN
+        PERFORM hessra_authz._raise(result[2]);
     END IF;
     RETURN result;
+END
+$$;
+
+CREATE FUNCTION hessra_authz.current_identity_scope() RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s text[] := hessra_authz._current_scope();
+BEGIN
+    RETURN pg_catalog.jsonb_build_object('identity', s[2], 'descendants', s[3] = 't',
+                                         'revoked_below', pg_catalog.to_jsonb(coalesce(s[4:], '{}')));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.current_identity_scope() IS
     '{identity, descendants, revoked_below} for the token in hessra.token; verified once per statement.';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_start() RETURNS text
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT CASE WHEN (s->>'descendants')::boolean THEN (s->>'identity') || ':' END
-  FROM hessra_authz.current_identity_scope() AS s
+DECLARE
+    s text[] := hessra_authz._current_scope();
+BEGIN
+    RETURN CASE WHEN s[3] = 't' THEN s[2] || ':' END;
+END
 $$;
 COMMENT ON FUNCTION hessra_authz.current_identity_subtree_start() IS
     'identity || '':'' if the current token may act for descendants of its identity, else NULL (inclusive lower bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_end() RETURNS text
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT CASE WHEN (s->>'descendants')::boolean THEN (s->>'identity') || ';' END
-  FROM hessra_authz.current_identity_scope() AS s
+DECLARE
+    s text[] := hessra_authz._current_scope();
+BEGIN
+    RETURN CASE WHEN s[3] = 't' THEN s[2] || ';' END;
+END
 $$;
 COMMENT ON FUNCTION hessra_authz.current_identity_subtree_end() IS
     'identity || '';'' if the current token may act for descendants of its identity, else NULL (exclusive upper bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_revoked_below() RETURNS text[]
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT coalesce(array_agg(r ORDER BY r), '{}')
-  FROM hessra_authz.current_identity_scope() AS s, jsonb_array_elements_text(s->'revoked_below') AS r
+BEGIN
+    RETURN coalesce((hessra_authz._current_scope())[4:], '{}');
+END
 $$;
 COMMENT ON FUNCTION hessra_authz.current_identity_revoked_below() IS
     'Revoked identities below the current token''s identity (their rows must stay hidden).';
 
 CREATE FUNCTION hessra_authz.current_identity() RETURNS text
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
-AS $$ SELECT hessra_authz.current_identity_scope()->>'identity' $$;
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN (hessra_authz._current_scope())[2]; END $$;
 COMMENT ON FUNCTION hessra_authz.current_identity() IS
     'token_identity of the token in hessra.token (NULL if none or invalid).';
 
@@ -680,25 +703,27 @@ CREATE FUNCTION hessra_authz.token_resources(token text, subject text, operation
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    result jsonb := hessra_authz._authorized_resources(
+    result text[] := hessra_authz._authorized_resources(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
         pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
-        token_resources.token, token_resources.subject, token_resources.operation)::jsonb;
+        token_resources.token, token_resources.subject, token_resources.operation);
 BEGIN
-    IF result ? 'error' THEN
-        PERFORM hessra_authz._raise(result::text);
+    IF result[1] <> 'ok' THEN
+        PERFORM hessra_authz._raise(result[2]);
     END IF;
-    RETURN ARRAY(SELECT jsonb_array_elements_text(result->'resources'));
+    RETURN result[2:];
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.token_resources(text, text, text) IS
     'Every resource r for which verify_token(token, subject, r, operation) is true (empty if none).';
 
 CREATE FUNCTION hessra_authz.authorized_resources(operation text) RETURNS text[]
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT hessra_authz.token_resources(hessra_authz.current_token(), hessra_authz.current_subject(),
-                                    authorized_resources.operation)
+BEGIN
+    RETURN hessra_authz.token_resources(hessra_authz.current_token(), hessra_authz.current_subject(),
+                                        authorized_resources.operation);
+END
 $$;
 COMMENT ON FUNCTION hessra_authz.authorized_resources(text) IS
     'token_resources for the current token and subject. In policies: col = ANY ((SELECT hessra_authz.authorized_resources(''read''))::text[]).';

@@ -123,6 +123,20 @@ def _sql_errors(function: Callable[..., str]) -> Callable[..., str]:
     return wrapper
 
 
+def _sql_errors_array(function: Callable[..., list[str | None]]) -> Callable[..., list[str | None]]:
+    """_sql_errors for text[] results: ["ok", ...] or ["error", <JSON error
+    object>], which the plpgsql wrapper slices or raises."""
+    guarded = _sql_errors(function)
+
+    def wrapper(plpy: Any, *args: Any, **kwargs: Any) -> list[str | None]:
+        outcome = guarded(plpy, *args, **kwargs)
+        return outcome if isinstance(outcome, list) else ["error", outcome]
+
+    wrapper.__name__ = function.__name__
+    wrapper.__doc__ = function.__doc__
+    return wrapper
+
+
 def _outcome(valid: bool) -> str:
     return "t" if valid else "f"
 
@@ -396,45 +410,45 @@ def authority_revocation_id(plpy: Any, token: str | None) -> str:
     return json.dumps({"revocation_id": ids[0]})
 
 
-@_sql_errors
-def identity_scope(plpy: Any, now: float, statement: str | None, token: str | None) -> str:
-    """JSON {"identity", "descendants", "revoked_below"} for the owner-column
-    policy: the identity the token proves, whether it also proves every
-    descendant (identity:...), and the revoked identities inside that scope.
-    Computed once per statement however many policy helpers ask."""
+@_sql_errors_array
+def identity_scope(plpy: Any, now: float, statement: str | None, token: str | None) -> list[str | None]:
+    """["ok", identity or NULL, "t"/"f" (it also proves every descendant
+    identity:...), revoked identities below it...] for the owner-column
+    policy helpers. Computed once per statement however many helpers ask,
+    and kept until the token expires."""
     config = _statement_config(plpy, statement)
     key = ("identity_scope", token, now)
     if key not in _statement_results:
         _statement_results[key] = _remembered(
-            config, token, now, ("identity_scope",),
-            lambda: json.dumps(_identity_scope(token, config, now)), keep=lambda result: True)
+            config, token, now, ("identity_scope",), lambda: _identity_scope(token, config, now),
+            keep=lambda result: True)
     return _statement_results[key]
 
 
-def _identity_scope(token: str | None, config: _Config, now: float) -> dict[str, Any]:
+def _identity_scope(token: str | None, config: _Config, now: float) -> list[str | None]:
     load = lambda text, at: _load(text, config, at)  # noqa: E731
     identity = proven_identity(token, config.keys, now=now, load=load, revoked=config.revocations)
     if identity is None:
-        return {"identity": None, "descendants": False, "revoked_below": []}
+        return ["ok", None, "f"]
     # The token proves descendants iff it proves "identity:" (every check is
     # then a starts_with(... + ":") one); revocations are applied separately.
     descendants = identity_decision(token, config.keys, now=now, identity=identity + ":", load=load).valid
     below = sorted(r for r in config.revocations.identities if r.startswith(identity + ":"))
-    return {"identity": identity, "descendants": descendants, "revoked_below": below}
+    return ["ok", identity, "t" if descendants else "f", *below]
 
 
-@_sql_errors
+@_sql_errors_array
 def authorized_resources(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
-                         operation: str | None) -> str:
-    """JSON {"resources": [...]}: every resource verify_token accepts for this
-    token, subject and operation (once per statement)."""
+                         operation: str | None) -> list[str | None]:
+    """["ok", resource...]: every resource verify_token accepts for this
+    token, subject and operation (once per statement, kept until expiry)."""
     config = _statement_config(plpy, statement)
     key = ("authorized_resources", token, subject, operation, now)
     if key not in _statement_results:
         _statement_results[key] = _remembered(
             config, token, now, ("authorized_resources", subject, operation),
-            lambda: json.dumps({"resources": resources_decision(
+            lambda: ["ok", *resources_decision(
                 token, config.keys, now=now, subject=subject, operation=operation,
-                load=lambda text, at: _load(text, config, at), revoked=config.revocations)}),
+                load=lambda text, at: _load(text, config, at), revoked=config.revocations)],
             keep=lambda result: True)
     return _statement_results[key]
