@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
+from psycopg import sql
 from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from hessra_pg.context import HessraContextError
+from hessra_pg.identity import mint_identity
+from hessra_pg.keys import generate_keypair
+from hessra_pg.mint import mint_authorization
 from hessra_pg.sqlalchemy import clear_hessra_context, hessra_context, hooks, install_hessra, set_hessra_context
-from tests.app_helpers import PROBE, AppEnv, Seen, app_env, probe_row  # noqa: F401 (fixture)
+from tests.app_helpers import PROBE, AppEnv, Seen, app_env, probe_row, sqlalchemy_url  # noqa: F401 (fixture)
 
 
 class Base(DeclarativeBase):
@@ -323,3 +331,55 @@ async def _asyncio_tasks(app_env: AppEnv) -> None:
     finally:
         await eng.dispose()
     assert len(served) <= POOL_SIZE and any(len(w) > 1 for w in served.values())
+
+
+# --- the example web app (examples/wsgi_app.py), driven in-process --------------------------------------
+
+
+def _load_example() -> Any:
+    path = Path(__file__).resolve().parents[2] / "examples" / "wsgi_app.py"
+    spec = importlib.util.spec_from_file_location("hessra_example_wsgi_app", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_wsgi_app(hessra_db, admin, app_role: str) -> None:
+    example = _load_example()
+    admin.execute(example.SCHEMA)
+    admin.execute(sql.SQL("GRANT SELECT ON public.orders, public.documents TO {}").format(sql.Identifier(app_role)))
+    root = generate_keypair()
+    admin.execute("SELECT hessra_authz.add_key(%s)", (str(root.public_key),))
+    orders_token = mint_authorization(root, "alice", "orders", "read")
+    identity = mint_identity(root, "urn:hessra:alice")
+
+    eng = create_engine(sqlalchemy_url(hessra_db.dsn_for(app_role)), pool_size=1, max_overflow=0)
+    app = example.make_app(sessionmaker(eng))
+
+    def get(path: str, token: str | None = None, subject: str | None = None) -> tuple[str, Any]:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+        if token is not None:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+        if subject is not None:
+            environ["HTTP_X_HESSRA_SUBJECT"] = subject
+        status: list[str] = []
+        body = b"".join(app(environ, lambda s, headers: status.append(s)))
+        return status[0], json.loads(body)
+
+    try:
+        status, orders = get("/orders", orders_token, "alice")
+        assert status == "200 OK" and [o["customer"] for o in orders] == ["acme", "globex", "initech"]
+        assert get("/orders", orders_token, "bob") == ("200 OK", [])  # someone else's token
+        assert get("/orders", "garbage", "alice") == ("200 OK", [])
+        assert get("/orders")[0] == "401 Unauthorized"
+        status, docs = get("/documents", identity)
+        assert status == "200 OK" and {d["owner"] for d in docs} == {"urn:hessra:alice"} and len(docs) == 2
+        assert get("/documents", orders_token, "alice") == ("200 OK", [])
+        assert get("/nope", orders_token)[0] == "404 Not Found"
+        # Alternating callers on the one pooled connection: nothing carries over.
+        for _ in range(5):
+            assert len(get("/orders", orders_token, "alice")[1]) == 3
+            assert get("/orders", "garbage")[1] == []
+    finally:
+        eng.dispose()
