@@ -15,6 +15,7 @@ from .operations import (
     RetireHessraKeyOp,
     SetHessraServiceChainOp,
     UnretireHessraKeyOp,
+    run_sql,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "RetireHessraKeyOp",
     "SetHessraServiceChainOp",
     "UnretireHessraKeyOp",
+    "run_sql",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "RetireHessraKeyOp",
     "SetHessraServiceChainOp",
     "UnretireHessraKeyOp",
+    "run_sql",
 ]
 
 EXTENSION = "hessra_authz"
@@ -71,8 +72,17 @@ def _compile_statement(element: _Statement, compiler: Any, **kw: Any) -> str:
     return element.text
 
 
-def _run(operations: Operations, statements: Sequence[str]) -> None:
-    context = operations.migration_context
+def run_sql(statements: str | Sequence[str], operations: Operations | None = None) -> None:
+    """Run complete SQL statements as written: no ``:name`` bind parameters,
+    ``%`` kept, printed unchanged in offline (``--sql``) mode, where
+    ``op.execute("...")`` would treat ``:word`` as a bind and double ``%``.
+    ``operations`` defaults to ``alembic.op`` (inside a revision)."""
+    if operations is None:
+        from alembic import op as operations  # type: ignore[no-redef]
+    assert operations is not None
+    if isinstance(statements, str):
+        statements = [statements]
+    context = operations.get_context()
     for statement in statements:
         statement = statement.rstrip().removesuffix(";")
         if context.as_sql:
@@ -140,7 +150,7 @@ class HessraOperation(MigrateOperation):
 
 
 def _implementation(operations: Operations, operation: HessraOperation) -> None:
-    _run(operations, operation.statements())
+    run_sql(operation.statements(), operations)
 
 
 # -- extension -----------------------------------------------------------------------
