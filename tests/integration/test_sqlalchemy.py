@@ -205,6 +205,15 @@ def test_engine_hook(app_env: AppEnv, engine: Engine) -> None:
         assert probe(conn).no_token and probe(conn).pid == inside.pid
 
 
+def test_autocommit_connections_fail_closed(app_env: AppEnv, engine: Engine) -> None:
+    # No transaction to hold the settings: they end with the hook's own
+    # statement, so queries see no token rather than a stale one.
+    install_hessra(engine)
+    with hessra_context(token=app_env.orders_token, subject="alice"):
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            assert probe(conn).no_token
+
+
 def test_engine_hook_also_serves_orm_sessions(app_env: AppEnv, engine: Engine) -> None:
     install_hessra(engine)
     with Session(engine) as session:
