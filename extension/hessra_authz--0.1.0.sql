@@ -107,6 +107,9 @@ CREATE TRIGGER bump_generation
 -- JSON result, or a JSON object with "error") instead of raising, because an
 -- exception escaping PL/Python shows the user a Python traceback; the public
 -- plpgsql wrappers below turn errors into a clean ERROR with _raise().
+-- They stay revoked from PUBLIC: their `now` and `statement` arguments feed
+-- the per-backend caches, so only the wrappers (which compute them from the
+-- statement itself) may call them.
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION hessra_authz._raise(outcome text) RETURNS void
