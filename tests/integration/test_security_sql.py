@@ -70,6 +70,9 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz.drop_service_chain('x')", ()),
             ("SELECT hessra_authz._verify_token(0, '', 't', 's', 'r', 'o', NULL, NULL)", ()),
             ("SELECT hessra_authz._forget_statement()", ()),
+            ("SELECT hessra_authz._identity_scope(0, 'forged', 't')", ()),
+            ("SELECT hessra_authz._authorized_resources(0, 'forged', 't', 's', 'o')", ()),
+            ("SELECT hessra_authz._verify_identity(0, 'forged', 't', 'i', NULL, false)", ()),
             ("SELECT hessra_authz._canonical_key(%s)", (attacker_key,)),
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
