@@ -320,6 +320,7 @@ def section_lookup(cluster: LocalCluster, results: Results, quick: bool, root) -
     print("index lookup", flush=True)
     rows = 100_000
     with psycopg.connect(cluster.dsn("bench"), autocommit=True) as admin:
+        setup_app(admin)
         admin.execute(LOOKUP_SETUP.format(rows=rows) + policies("look"))
         for table in ("look_plain", "look_table", "look_row", "look_identity"):
             admin.execute(f"VACUUM ANALYZE {table}")
