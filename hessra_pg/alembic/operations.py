@@ -242,12 +242,14 @@ class CreateHessraPoliciesOp(HessraOperation):
         self.spec.policies()  # validate now
 
     @classmethod
-    def create_hessra_policies(cls, operations: Operations, table: str | PolicySpec, *,
+    def create_hessra_policies(cls, operations: Operations, /, table: str | PolicySpec, *,
                                create_index: bool = False, **spec: Any) -> None:
         """Guard ``table`` with hessra policies; ``spec`` takes the
         :class:`~hessra_pg.policies.PolicySpec` fields (mode, schema,
         resource, expression, owner_column, chain, component, operations,
-        commands, roles, names, name_prefix, force, restrictive)."""
+        commands, roles, names, name_prefix, force, restrictive). (``operations``
+        is positional-only above so that the spec's ``operations=`` keyword
+        reaches ``**spec``.)"""
         operations.invoke(cls(table, create_index=create_index, **spec))
 
     def arguments(self) -> tuple[list[Any], dict[str, Any]]:
@@ -280,7 +282,7 @@ class DropHessraPoliciesOp(HessraOperation):
         self.spec.policies()
 
     @classmethod
-    def drop_hessra_policies(cls, operations: Operations, table: str | PolicySpec, *, disable_rls: bool = False,
+    def drop_hessra_policies(cls, operations: Operations, /, table: str | PolicySpec, *, disable_rls: bool = False,
                              drop_index: bool = False, **spec: Any) -> None:
         """Drop the policies ``create_hessra_policies`` made (same spec)."""
         operations.invoke(cls(table, disable_rls=disable_rls, drop_index=drop_index, **spec))
