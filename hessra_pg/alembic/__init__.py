@@ -15,6 +15,7 @@ from .operations import (
     RetireHessraKeyOp,
     SetHessraServiceChainOp,
     UnretireHessraKeyOp,
+    UpdateHessraExtensionOp,
     run_sql,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "RetireHessraKeyOp",
     "SetHessraServiceChainOp",
     "UnretireHessraKeyOp",
+    "UpdateHessraExtensionOp",
     "run_sql",
 ]

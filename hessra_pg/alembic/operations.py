@@ -3,16 +3,13 @@
 Each operation is a small class that knows its SQL and its reverse (used by
 autogenerate to write the downgrade):
 
-=====================================  ============================================
-``op.create_hessra_extension()``        ``op.drop_hessra_extension()``
-``op.create_hessra_policies(t, ...)``   ``op.drop_hessra_policies(t, ...)``
-``op.add_hessra_key(key, kid)``         ``op.delete_hessra_key(key=key, kid=kid)``
-``op.retire_hessra_key(kid, at)``       ``op.unretire_hessra_key(kid)``
-``op.set_hessra_service_chain(n, nodes, previous_nodes=None)``
-                                        ``op.set_hessra_service_chain(n, previous_nodes)``
-                                        when ``previous_nodes`` is given, else
-                                        ``op.drop_hessra_service_chain(n, nodes=nodes)``
-=====================================  ============================================
+- ``op.create_hessra_extension()`` <-> ``op.drop_hessra_extension()``
+- ``op.update_hessra_extension(v, from_version=f)`` <-> ``op.update_hessra_extension(f, from_version=v)``
+- ``op.create_hessra_policies(table, **spec)`` <-> ``op.drop_hessra_policies(table, **spec)``
+- ``op.add_hessra_key(key, kid)`` <-> ``op.delete_hessra_key(key=key, kid=kid)``
+- ``op.retire_hessra_key(kid, at)`` <-> ``op.unretire_hessra_key(kid)`` (not_after back to NULL)
+- ``op.set_hessra_service_chain(name, nodes, previous_nodes=p)`` -> ``op.set_hessra_service_chain(name, p)``,
+  or without ``previous_nodes`` ``op.drop_hessra_service_chain(name, nodes=nodes)``
 
 Statements are complete SQL with quoted identifiers and literals (no bind
 parameters), executed as written online and printed as written in offline
@@ -47,6 +44,7 @@ __all__ = [
     "RetireHessraKeyOp",
     "SetHessraServiceChainOp",
     "UnretireHessraKeyOp",
+    "UpdateHessraExtensionOp",
     "run_sql",
 ]
 
@@ -216,6 +214,41 @@ class DropHessraExtensionOp(HessraOperation):
 
     def reverse(self) -> CreateHessraExtensionOp:
         return CreateHessraExtensionOp()
+
+
+@Operations.register_operation("update_hessra_extension")
+class UpdateHessraExtensionOp(HessraOperation):
+    """``ALTER EXTENSION hessra_authz UPDATE [TO version]``: the upgrade path
+    that keeps policies and data (DROP + CREATE would need CASCADE, which drops
+    every policy using the extension). Reversible when ``from_version`` is
+    given and a ``hessra_authz--<to>--<from>.sql`` downgrade script exists.
+    Run ``hessra-pg install`` on the database host first so the new version's
+    files are there."""
+
+    op_name = "update_hessra_extension"
+
+    def __init__(self, version: str | None = None, *, from_version: str | None = None) -> None:
+        self.version = version
+        self.from_version = from_version
+
+    @classmethod
+    def update_hessra_extension(cls, operations: Operations, version: str | None = None, *,
+                                from_version: str | None = None) -> None:
+        """Update the extension in place (to its default version if ``version`` is None)."""
+        operations.invoke(cls(version, from_version=from_version))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        return ([self.version] if self.version is not None else []), (
+            {"from_version": self.from_version} if self.from_version is not None else {})
+
+    def statements(self) -> list[str]:
+        to = f" TO {quote_literal(self.version)}" if self.version is not None else ""
+        return [f"ALTER EXTENSION {EXTENSION} UPDATE{to}"]
+
+    def reverse(self) -> UpdateHessraExtensionOp:
+        if self.from_version is None:
+            raise ValueError("update_hessra_extension can't be reversed without from_version")
+        return UpdateHessraExtensionOp(self.from_version, from_version=self.version)
 
 
 # -- policies --------------------------------------------------------------------------
@@ -512,7 +545,7 @@ class DropHessraServiceChainOp(HessraOperation):
 
 
 OPERATIONS: tuple[type[HessraOperation], ...] = (
-    CreateHessraExtensionOp, DropHessraExtensionOp, CreateHessraPoliciesOp, DropHessraPoliciesOp,
+    CreateHessraExtensionOp, DropHessraExtensionOp, UpdateHessraExtensionOp, CreateHessraPoliciesOp, DropHessraPoliciesOp,
     AddHessraKeyOp, DeleteHessraKeyOp, RetireHessraKeyOp, UnretireHessraKeyOp,
     SetHessraServiceChainOp, DropHessraServiceChainOp,
 )

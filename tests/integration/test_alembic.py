@@ -223,6 +223,8 @@ def _sample_operations() -> list[ha.HessraOperation]:
         ha.CreateHessraExtensionOp(),
         ha.CreateHessraExtensionOp(version="0.1.0", cascade=False),
         ha.DropHessraExtensionOp(cascade=True),
+        ha.UpdateHessraExtensionOp(),
+        ha.UpdateHessraExtensionOp("0.1.1", from_version="0.1.0"),
         ha.CreateHessraPoliciesOp("orders", schema="shop", mode="row", expression="'orders/' || id",
                                   create_index=True, roles=["app"], restrictive=True, force=False),
         ha.CreateHessraPoliciesOp('Odd "name"', mode="identity", owner_column="owner", names={"SELECT": "x'y"}),
@@ -252,8 +254,8 @@ def _samples_with_reverses() -> list[ha.HessraOperation]:
         result.append(operation)
         try:
             result.append(operation.reverse())
-        except ValueError:  # delete by kid alone has no reverse
-            assert isinstance(operation, ha.DeleteHessraKeyOp)
+        except ValueError:  # delete by kid alone, update without from_version: no reverse
+            assert isinstance(operation, (ha.DeleteHessraKeyOp, ha.UpdateHessraExtensionOp))
     return result
 
 
