@@ -21,6 +21,7 @@ values bound, always both, ``''`` when absent. The values are, first found:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy import event
@@ -145,9 +146,16 @@ _CHANGED = ("the current transaction already set another hessra token: commit or
 # --- engines -----------------------------------------------------------------------------
 
 
+# What install_hessra() already listened on. Not event.contains(): SQLAlchemy
+# keys its listener registry by id(), and a new class can reuse the id of a
+# collected one (a fresh sessionmaker then looked installed and was not).
+_installed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _install_engine(engine: Engine) -> None:
-    if not event.contains(engine, "begin", _on_engine_begin):
+    if engine not in _installed:
         event.listen(engine, "begin", _on_engine_begin)
+        _installed.add(engine)
 
 
 def _on_engine_begin(connection: Connection) -> None:
@@ -161,9 +169,16 @@ def _on_engine_begin(connection: Connection) -> None:
 
 
 def _install_session(target: Any) -> None:
-    if not event.contains(target, "after_begin", _after_begin):
+    # Listen on what SQLAlchemy would: a sessionmaker's private class, a
+    # scoped_session's factory's class, or the Session class or instance.
+    if isinstance(target, scoped_session):
+        target = target.session_factory
+    if isinstance(target, sessionmaker):
+        target = target.class_
+    if target not in _installed:
         event.listen(target, "after_begin", _after_begin)
         event.listen(target, "after_transaction_end", _after_transaction_end)
+        _installed.add(target)
 
 
 def _install_async_sessionmaker(maker: async_sessionmaker[Any]) -> None:

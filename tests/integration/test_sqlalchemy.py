@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import threading
@@ -157,6 +158,19 @@ def test_install_on_session_class_and_instance(app_env: AppEnv, engine: Engine) 
     with Session(engine) as other:  # not installed: the global Session class is untouched
         assert not event.contains(Session, "after_begin", hooks._after_begin)
         assert probe(other).no_token
+
+
+def test_every_new_factory_is_installed(app_env: AppEnv, engine: Engine) -> None:
+    # Regression: SQLAlchemy's listener registry is keyed by id(), so a new
+    # sessionmaker class reusing a collected one's address once looked
+    # "already installed" and ran without the hook.
+    for _ in range(30):
+        maker = install_hessra(sessionmaker(engine))
+        with maker() as session:
+            set_hessra_context(session, token=app_env.orders_token, subject="alice")
+            assert probe(session).orders == 3
+        del maker, session
+        gc.collect()
 
 
 def test_install_refuses_other_objects() -> None:
