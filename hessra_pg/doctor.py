@@ -360,9 +360,16 @@ def _check_keys(conn: psycopg.Connection[Any], report: Report, *, admin_conn: ps
     expiring = [row for row in active if row[3]]
     if expiring:
         ends = ", ".join(f"kid {row[0]} ends {row[5]} (in {row[6]} days)" for row in expiring)
-        report.checks.append(Check(name, WARN, f"{summary}; {ends}",
-                                   "register the next key with hessra_authz.add_key() before the old one ends, "
-                                   "or extend it"))
+        staying = [str(row[0]) for row in active if not row[3]]
+        if staying:
+            report.checks.append(Check(
+                name, WARN, f"{summary}; {ends}; kid {', '.join(staying)} stays active",
+                "fine if the ending key is being rotated out: tokens it signed stop verifying when it ends"))
+        else:
+            report.checks.append(Check(
+                name, WARN, f"{summary}; {ends}",
+                "register the next key with hessra_authz.add_key() (or extend this one with retire_key(kid, "
+                "later)) before it ends: then every token is refused"))
         return
     report.checks.append(Check(name, OK, f"{summary}; none ends within {EXPIRY_WARNING.days} days"))
 

@@ -279,9 +279,18 @@ def test_key_expiring_in_two_days(hessra_db: HessraDatabase, admin: psycopg.Conn
     assert code == 0
     status, message = checks["keys"]
     assert status == "warn"
-    assert message in (f"2 active keys (kid 5, 100); kid 5 ends {ends} (in 2.0 days)",
-                       f"2 active keys (kid 5, 100); kid 5 ends {ends} (in 1.9 days)")
+    assert message in (f"2 active keys (kid 5, 100); kid 5 ends {ends} (in 2.0 days); kid 100 stays active",
+                       f"2 active keys (kid 5, 100); kid 5 ends {ends} (in 1.9 days); kid 100 stays active")
     assert failing(checks) == {}
+
+    # The only key ends in 2 days: still a warning, the hint says what happens then.
+    admin.execute("SELECT hessra_authz.retire_key(100)")
+    capsys.readouterr()
+    assert main(["doctor", "--dsn", hessra_db.dsn_for(app_role), "--admin-dsn", hessra_db.dsn]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("  warn  keys: 1 active key (kid 5); kid 5 ends ") for line in lines)
+    assert ("        fix: register the next key with hessra_authz.add_key() (or extend this one with "
+            "retire_key(kid, later)) before it ends: then every token is refused") in lines
 
 
 # -- the server side -------------------------------------------------------
