@@ -372,10 +372,6 @@ class _Repository:
         return f"{document.name}:{document.line(path)}"
 
 
-def _quote(name: object) -> str:
-    return repr(name) if isinstance(name, str) else str(name)
-
-
 def _check_resources(repo: _Repository, document: _Document) -> None:
     assert document.data is not None
     resources = document.data.get("resources")
