@@ -244,6 +244,16 @@ def test_service_chain_mode(hessra_db, admin, root, app_role):
     with _as_app(hessra_db, app_role, token("write", ["auth_service"]), "alice") as app:
         assert _rejected(app, "INSERT INTO public.payments VALUES (101, 1)")
 
+    # No component: every node of the chain must have attested (NULL::text, not the jsonb overload).
+    admin.execute("CREATE TABLE public.ledger (id int PRIMARY KEY)")
+    admin.execute("INSERT INTO public.ledger VALUES (1)")
+    _apply(admin, PolicySpec("ledger", mode="service_chain", schema="public", resource="orders", chain="orders"),
+           app_role)
+    everyone = token("read", ["auth_service", "payment_service", "order_service"])
+    for t, expected in ((full, []), (everyone, [1])):
+        with _as_app(hessra_db, app_role, t, "alice") as app:
+            assert _ids(app, "SELECT id FROM public.ledger") == expected
+
 
 # -- configuration -----------------------------------------------------------------
 
