@@ -22,7 +22,7 @@ values bound, always both, ``''`` when absent. The values are, first found:
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -56,7 +56,10 @@ _STATEMENTS: dict[str, tuple[str, bool]] = {
 }
 
 
-def install_hessra(target: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def install_hessra(target: _T) -> _T:
     """Set the token at the start of every transaction of ``target``; returns ``target``.
 
     ``target``: a ``sessionmaker``, a ``Session`` subclass or instance, a
