@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from hessra_pg.context import SET_CONTEXT_SQL, UNSET, HessraContext, HessraContextError, _Unset, resolve_context
+from hessra_pg.context import SET_CONTEXT_SQL, UNSET, HessraContextError, _Unset, resolve_context
 
 __all__ = ["hessra_transaction", "hessra_transaction_async"]
 
@@ -47,7 +47,9 @@ def hessra_transaction(
     context = resolve_context(token, subject)
     _check_idle(conn)
     with conn.transaction() as tx:
-        _apply(conn, context)
+        # Always both settings, '' for none: a transaction without a token
+        # also overrides anything a session-level SET left on the connection.
+        conn.execute(SET_CONTEXT_SQL, context.params)
         yield tx
 
 
@@ -63,9 +65,3 @@ async def hessra_transaction_async(
     async with conn.transaction() as tx:
         await conn.execute(SET_CONTEXT_SQL, context.params)
         yield tx
-
-
-def _apply(conn: psycopg.Connection[Any], context: HessraContext) -> None:
-    # Always both settings, '' for none: a transaction without a token must
-    # override anything a misbehaving session-level SET left on the connection.
-    conn.execute(SET_CONTEXT_SQL, context.params)

@@ -22,6 +22,7 @@ from psycopg import sql
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import sessionmaker
 
+from hessra_pg.context import HessraContext
 from hessra_pg.psycopg import hessra_transaction
 from hessra_pg.sqlalchemy import hessra_context, install_hessra
 from tests.app_helpers import PROBE, AppEnv, app_env, probe_row  # noqa: F401 (fixture)
@@ -195,3 +196,10 @@ def test_sqlalchemy_echo_never_logs_the_token(app_env: AppEnv, echo_engine, capl
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "FROM public.orders" in logged  # the capture works
     assert app_env.orders_token not in logged
+
+
+def test_context_reprs_never_show_the_token() -> None:
+    token = "EoYCCpsBCgVhbGljZQ-secret-token"
+    context = HessraContext(token, "alice")
+    for text_ in (repr(context), str(context), repr(hessra_context(token=token, subject="alice"))):
+        assert token not in text_ and "alice" in text_ and "<set>" in text_

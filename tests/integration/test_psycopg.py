@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from hessra_pg.context import HessraContextError, hessra_context
+from hessra_pg.context import NO_CONTEXT, HessraContext, HessraContextError, current_context, hessra_context
 from hessra_pg.psycopg import (
     hessra_pool_kwargs,
     hessra_pool_kwargs_async,
@@ -135,6 +135,38 @@ def test_type_errors_are_refused() -> None:
     with pytest.raises(TypeError, match="str or None"):
         with hessra_transaction(None, token=b"bytes"):  # type: ignore[arg-type]
             pass
+
+
+def test_hessra_context_scoping() -> None:
+    outer = hessra_context(token="t1", subject="s1")
+    with outer as entered:
+        assert entered == current_context() == HessraContext("t1", "s1")
+        with hessra_context():
+            assert current_context() == NO_CONTEXT
+            with outer:  # re-entering the same object is fine
+                assert current_context().token == "t1"
+            assert current_context() == NO_CONTEXT
+        assert current_context().token == "t1"
+        # A plain thread starts without the caller's context...
+        seen: list[HessraContext] = []
+        thread = threading.Thread(target=lambda: seen.append(current_context()))
+        thread.start()
+        thread.join()
+        assert seen == [NO_CONTEXT]
+        # ...asyncio.to_thread and tasks carry it, each task with its own.
+
+        async def main() -> list[str | None]:
+            async def task(i: int) -> str | None:
+                async with hessra_context(token=f"task{i}"):
+                    await asyncio.sleep(0)
+                    return current_context().token
+
+            results = list(await asyncio.gather(*(task(i) for i in range(3))))
+            results.append(await asyncio.to_thread(lambda: current_context().token))
+            return results
+
+        assert asyncio.run(main()) == ["task0", "task1", "task2", "t1"]
+    assert current_context() == NO_CONTEXT
 
 
 # --- pools -----------------------------------------------------------------------------------
