@@ -25,7 +25,7 @@ from hessra_pg.keys import generate_keypair, load_private_key
 from hessra_pg.mint import TokenTime, attest_service, mint_authorization, restrict_prefix, sign_off
 from hessra_pg.verify import ChainNode, Decision, RootKey, verify, verify_identity
 from tests import vectors
-from tests.interop.conftest import ERROR, MATRIX, NA, RECORDED_BY, F, T, hp, summary
+from tests.interop.conftest import ERROR, HP_LIMIT_RETRIES, MATRIX, NA, RECORDED_BY, F, T, hp, summary
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "interop.md"
 
@@ -105,6 +105,12 @@ def _pg_chain(token, root, nodes, component, subject="alice") -> bool | str:
 
 
 def _hp_chain(client, token, nodes, component, subject="alice") -> bool | str:
+    for _ in range(HP_LIMIT_RETRIES - 1):  # see HP_LIMIT_RETRIES: a denial may be hessra_py's 1 ms limit
+        try:
+            client.verify_service_chain_token_local(token, subject, "orders", "read", chain_json(nodes), component)
+            return True
+        except hessra_py.HessraPyException:
+            pass
     try:
         client.verify_service_chain_token_local(token, subject, "orders", "read", chain_json(nodes), component)
         return True
