@@ -52,6 +52,9 @@ if [ -x "$SERVER_PYTHON" ] \
     apt_packages+=(python3-pip)
 fi
 
+# The interop tests make a throwaway CA certificate that hessra_py insists on.
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
+
 # The binary only: tests run their own pgbouncer with a generated ini.
 installing_pgbouncer=0
 if [ ! -x /usr/sbin/pgbouncer ]; then
