@@ -57,7 +57,8 @@ TIME_CHECK = re.compile(r"^check if time\(\$(\w+)\), \$\1 < (-?\d+);$", re.M)
 _FAILED_CHECK = re.compile(r"Check n°(\d+) in (?:block n°(\d+)|authorizer): ")
 _POLICY = "allow if subject($sub), resource($res), operation($op), right($sub, $res, $op);"
 _RIGHTS_QUERY = "data($s, $r, $o) <- right($s, $r, $o)"
-_BISCUIT_ERRORS: tuple[type[BaseException], ...] = tuple(
+#: Every exception biscuit-python raises for a bad token or a failed check.
+BISCUIT_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(biscuit_auth, name)
     for name in (
         "AuthorizationError",
@@ -251,7 +252,7 @@ def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> Verifi
     for key in candidates:
         try:
             biscuit = biscuit_auth.Biscuit.from_bytes(data, parse_public_key(key.public_key))
-        except _BISCUIT_ERRORS:
+        except BISCUIT_ERRORS:
             continue
         sources = tuple(biscuit.block_source(i) for i in range(biscuit.block_count()))
         return VerifiedToken(
@@ -283,6 +284,18 @@ def _expiry(sources: Iterable[str]) -> int | None:
 
 
 # -- authorization ---------------------------------------------------------
+
+def _authorizer(source: list[str], params: dict[str, Any],
+                scope: dict[str, biscuit_auth.PublicKey] | None = None) -> biscuit_auth.AuthorizerBuilder:
+    """An authorizer with our explicit, generous run limits (design §3)."""
+    builder = biscuit_auth.AuthorizerBuilder("\n".join(source), params, scope or {})
+    limits = builder.limits()
+    limits.max_time = RUN_LIMIT_TIME
+    limits.max_facts = RUN_LIMIT_FACTS
+    limits.max_iterations = RUN_LIMIT_ITERATIONS
+    builder.set_limits(limits)
+    return builder
+
 
 def authorize(
     verified: VerifiedToken,
@@ -324,12 +337,7 @@ def authorize(
         scope[f"node_key{index}"] = parse_public_key(node.public_key)
     source.append(_POLICY)
 
-    builder = biscuit_auth.AuthorizerBuilder("\n".join(source), params, scope)
-    limits = builder.limits()
-    limits.max_time = RUN_LIMIT_TIME
-    limits.max_facts = RUN_LIMIT_FACTS
-    limits.max_iterations = RUN_LIMIT_ITERATIONS
-    builder.set_limits(limits)
+    builder = _authorizer(source, params, scope)
 
     def decision(valid: bool, reason: str, detail: str | None = None) -> Decision:
         return Decision(
@@ -345,7 +353,7 @@ def authorize(
     try:
         authorizer.authorize()
         return decision(True, "ok")
-    except _BISCUIT_ERRORS as error:
+    except BISCUIT_ERRORS as error:
         message = str(error)
     reason, detail = _diagnose(message, authorizer, verified, now, subject, resource, operation, required, capability)
     return decision(False, reason, detail)
@@ -370,7 +378,7 @@ def _diagnose(
     failed = _failed_checks(message)
     try:
         rights = [tuple(fact.terms) for fact in authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))]
-    except _BISCUIT_ERRORS:
+    except BISCUIT_ERRORS:
         rights = []
     if not capability and not any(right[0] == subject for right in rights):
         return "subject_mismatch", "the token grants nothing to this subject"
@@ -490,12 +498,7 @@ def authorize_identity(
         source.append("domain({domain});")
         params["domain"] = domain
     source.append(_DOMAIN_MEMBER_POLICY if ensure_subject_in_domain else _IDENTITY_POLICY)
-    builder = biscuit_auth.AuthorizerBuilder("\n".join(source), params)
-    limits = builder.limits()
-    limits.max_time = RUN_LIMIT_TIME
-    limits.max_facts = RUN_LIMIT_FACTS
-    limits.max_iterations = RUN_LIMIT_ITERATIONS
-    builder.set_limits(limits)
+    builder = _authorizer(source, params)
 
     def decision(valid: bool, reason: str, detail: str | None = None) -> Decision:
         return Decision(valid, reason, verified.key.kid, verified.expires_at, verified.revocation_ids, detail)
@@ -503,7 +506,7 @@ def authorize_identity(
     try:
         builder.build(verified.biscuit).authorize()
         return decision(True, "ok")
-    except _BISCUIT_ERRORS as error:
+    except BISCUIT_ERRORS as error:
         message = str(error)
     if "execution limits" in message or "timeout" in message.lower():
         return decision(False, "limits", "Datalog evaluation reached the run limits")
@@ -590,7 +593,7 @@ def identity_candidates(verified: VerifiedToken) -> list[str]:
     authorizer = biscuit_auth.AuthorizerBuilder("allow if true;").build(verified.biscuit)
     try:
         subjects = [fact.terms[0] for fact in authorizer.query(biscuit_auth.Rule("data($s) <- subject($s)"))]
-    except _BISCUIT_ERRORS:
+    except BISCUIT_ERRORS:
         return []
     found = [subject for subject in subjects if isinstance(subject, str)][:1]
     for source in verified.block_sources[1:]:
@@ -646,7 +649,7 @@ def authorized_resources(
     authorizer = biscuit_auth.AuthorizerBuilder("allow if true;").build(verified.biscuit)
     try:
         rights = authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))
-    except _BISCUIT_ERRORS:
+    except BISCUIT_ERRORS:
         return []
     candidates = sorted({
         fact.terms[1] for fact in rights

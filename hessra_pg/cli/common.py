@@ -35,26 +35,13 @@ from hessra_pg.inspect import TokenInfo
 from hessra_pg.keys import keypair_from, keypair_from_env, public_key_from, public_key_from_env, read_key_file
 from hessra_pg.mint import DEFAULT_DURATION, TokenTime
 from hessra_pg.shape import read_shape
-from hessra_pg.verify import ChainNode, Decision, RootKey, parse_chain
+from hessra_pg.verify import BISCUIT_ERRORS, ChainNode, Decision, RootKey, parse_chain
 
 EXIT_OK = 0
 EXIT_DENIED = 1
 DEFAULT_ENV_PREFIX = "HESSRA"
 
 _ALG_HEX = re.compile(r"(ed25519|secp256r1)/[0-9a-fA-F]+")
-_BISCUIT_ERRORS: tuple[type[BaseException], ...] = tuple(
-    getattr(biscuit_auth, name)
-    for name in (
-        "AuthorizationError",
-        "BiscuitBlockError",
-        "BiscuitBuildError",
-        "BiscuitSerializationError",
-        "BiscuitValidationError",
-        "DataLogError",
-    )
-    if hasattr(biscuit_auth, name)
-)
-
 
 class CliInputError(HessraError):
     """A command-line argument or input is unusable (exit status 2)."""
@@ -345,7 +332,7 @@ def biscuit_errors(message: str) -> Iterator[None]:
         yield
     except HessraError:
         raise
-    except _BISCUIT_ERRORS:
+    except BISCUIT_ERRORS:
         raise TokenFormatError(message) from None
 
 
