@@ -15,4 +15,6 @@ demo: bootstrap
 	$(PYTHON) -m hessra_pg.demo
 
 bench: bootstrap
+	$(PYTHON) -m pip install -q -e '.[bench]'
 	$(PYTHON) benchmarks/bench_verify.py
+	$(PYTHON) benchmarks/bench_perf.py
