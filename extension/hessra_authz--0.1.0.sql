@@ -1,5 +1,8 @@
 -- hessra_authz 0.1.0: Hessra token verification for Row-Level Security.
 -- Every object is schema-qualified; every function pins search_path.
+-- The verifying functions are PARALLEL UNSAFE: PL/Python runs each SPI query
+-- in a subtransaction, which Postgres forbids in parallel mode, so a query
+-- that calls them must not get a parallel plan.
 -- PL/Python bodies only call into the hessra_pg package (one verifier,
 -- shared with the client side).
 
@@ -140,7 +143,7 @@ $$;
 CREATE FUNCTION hessra_authz._verify_token(
     now float8, statement text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.verify_token(plpy, now, statement, token, subject, resource, operation, domain, prefix)
@@ -149,7 +152,7 @@ $$;
 CREATE FUNCTION hessra_authz._verify_capability(
     now float8, statement text, token text, resource text, operation text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.verify_capability(plpy, now, statement, token, resource, operation)
@@ -158,7 +161,7 @@ $$;
 CREATE FUNCTION hessra_authz._verify_service_chain(
     now float8, statement text, token text, subject text, resource text, operation text, chain text, component text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.verify_service_chain(plpy, now, statement, token, subject, resource, operation, chain, component)
@@ -167,7 +170,7 @@ $$;
 CREATE FUNCTION hessra_authz._verify_service_chain_nodes(
     now float8, statement text, token text, subject text, resource text, operation text, nodes jsonb, component text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.verify_service_chain_nodes(plpy, now, statement, token, subject, resource, operation, nodes, component)
@@ -176,7 +179,7 @@ $$;
 CREATE FUNCTION hessra_authz._explain(
     now float8, statement text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.explain(plpy, now, statement, token, subject, resource, operation, domain, prefix)
@@ -185,21 +188,21 @@ $$;
 CREATE FUNCTION hessra_authz._verify_identity(
     now float8, statement text, token text, identity text, domain text, ensure_subject_in_domain boolean
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.verify_identity(plpy, now, statement, token, identity, domain, ensure_subject_in_domain)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_bearer(now float8, statement text, token text, domain text) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.verify_bearer(plpy, now, statement, token, domain)
 $$;
 
 CREATE FUNCTION hessra_authz._token_identity(now float8, statement text, token text, domain text) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.token_identity(plpy, now, statement, token, domain)
@@ -213,7 +216,7 @@ return server.authority_revocation_id(plpy, token)
 $$;
 
 CREATE FUNCTION hessra_authz._identity_scope(now float8, statement text, token text) RETURNS text[]
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.identity_scope(plpy, now, statement, token)
@@ -222,7 +225,7 @@ $$;
 CREATE FUNCTION hessra_authz._authorized_resources(
     now float8, statement text, token text, subject text, operation text
 ) RETURNS text[]
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
 return server.authorized_resources(plpy, now, statement, token, subject, operation)
@@ -452,7 +455,7 @@ CREATE FUNCTION hessra_authz.verify_token(
     token text, subject text, resource text, operation text,
     domain text DEFAULT NULL, prefix text DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_token(
@@ -466,7 +469,7 @@ COMMENT ON FUNCTION hessra_authz.verify_token(text, text, text, text, text, text
     'True if the token is valid now and grants operation on resource to subject (Hessra authorization token; optional domain and prefix context).';
 
 CREATE FUNCTION hessra_authz.verify_capability(token text, resource text, operation text) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_capability(
@@ -482,7 +485,7 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
     token text, subject text, resource text, operation text,
     chain text, component text DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_service_chain(
@@ -499,7 +502,7 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
     token text, subject text, resource text, operation text,
     nodes jsonb, component text DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_service_chain_nodes(
@@ -516,7 +519,7 @@ CREATE FUNCTION hessra_authz.explain(
     token text, subject text, resource text, operation text,
     domain text DEFAULT NULL, prefix text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result jsonb := hessra_authz._explain(
@@ -542,7 +545,7 @@ COMMENT ON FUNCTION hessra_authz.explain(text, text, text, text, text, text) IS
 CREATE FUNCTION hessra_authz.verify_identity(
     token text, identity text, domain text DEFAULT NULL, ensure_subject_in_domain boolean DEFAULT false
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_identity(
@@ -556,7 +559,7 @@ COMMENT ON FUNCTION hessra_authz.verify_identity(text, text, text, boolean) IS
     'True if the identity token is valid now and proves identity (its subject, or a descendant if delegatable; a delegated token proves only its delegated identity and descendants). domain: the verifier domain of domain-restricted tokens; ensure_subject_in_domain requires one.';
 
 CREATE FUNCTION hessra_authz.verify_bearer(token text, domain text DEFAULT NULL) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_bearer(
@@ -569,7 +572,7 @@ COMMENT ON FUNCTION hessra_authz.verify_bearer(text, text) IS
     'True if the identity token is valid now for its own root subject (an API key check). A delegated token is not a bearer token: false.';
 
 CREATE FUNCTION hessra_authz.token_identity(token text, domain text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result jsonb := hessra_authz._token_identity(
@@ -604,7 +607,7 @@ COMMENT ON FUNCTION hessra_authz.current_subject() IS
     'The subject in the hessra.subject setting, or NULL if unset or empty.';
 
 CREATE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz.verify_token(hessra_authz.current_token(), hessra_authz.current_subject(),
@@ -628,7 +631,7 @@ COMMENT ON FUNCTION hessra_authz.authorized(text, text) IS
 -- token; the helpers below slice it (one verification per statement). It only
 -- describes the caller's own token, so PUBLIC may call it like those helpers.
 CREATE FUNCTION hessra_authz._current_scope() RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result text[] := hessra_authz._identity_scope(
@@ -644,7 +647,7 @@ END
 $$;
 
 CREATE FUNCTION hessra_authz.current_identity_scope() RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s text[] := hessra_authz._current_scope();
@@ -657,7 +660,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_scope() IS
     '{identity, descendants, revoked_below} for the token in hessra.token; verified once per statement.';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_start() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s text[] := hessra_authz._current_scope();
@@ -669,7 +672,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_start() IS
     'identity || '':'' if the current token may act for descendants of its identity, else NULL (inclusive lower bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_end() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s text[] := hessra_authz._current_scope();
@@ -681,7 +684,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_end() IS
     'identity || '';'' if the current token may act for descendants of its identity, else NULL (exclusive upper bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_revoked_below() RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN coalesce((hessra_authz._current_scope())[4:], '{}');
@@ -691,7 +694,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_revoked_below() IS
     'Revoked identities below the current token''s identity (their rows must stay hidden).';
 
 CREATE FUNCTION hessra_authz.current_identity() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN RETURN (hessra_authz._current_scope())[2]; END $$;
 COMMENT ON FUNCTION hessra_authz.current_identity() IS
     'token_identity of the token in hessra.token (NULL if none or invalid).';
@@ -703,7 +706,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity() IS
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION hessra_authz.token_resources(token text, subject text, operation text) RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result text[] := hessra_authz._authorized_resources(
@@ -721,7 +724,7 @@ COMMENT ON FUNCTION hessra_authz.token_resources(text, text, text) IS
     'Every resource r for which verify_token(token, subject, r, operation) is true (empty if none).';
 
 CREATE FUNCTION hessra_authz.authorized_resources(operation text) RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz.token_resources(hessra_authz.current_token(), hessra_authz.current_subject(),

@@ -132,3 +132,23 @@ def test_function_attributes(admin):
         assert all(secdef for _, secdef, _ in by_name[name]), name
     for name, entries in by_name.items():
         assert all("search_path=" in config for _, _, config in entries), name
+
+
+def test_policies_work_where_the_planner_would_go_parallel(hessra_db, root, orders, app_role, admin):
+    """PL/Python's SPI uses subtransactions, which parallel mode forbids: the
+    verify functions are PARALLEL UNSAFE, so a big scan plans serially
+    instead of failing with 'cannot start subtransactions during a parallel
+    operation'."""
+    admin.execute("INSERT INTO public.orders SELECT g, 'bulk' FROM generate_series(6, 50000) g")
+    admin.execute("ANALYZE public.orders")
+    good = mint_authorization(root, "alice", "orders", "read")
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        app.execute("SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0")
+        assert visible(app, good, "alice") == 50000
+        assert visible(app, None, None) == 0
+        for query in ("SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read') FROM public.orders LIMIT 1",
+                      "SELECT count(*) FROM public.orders WHERE hessra_authz.verify_capability(%s, 'orders', 'read')"):
+            with app.transaction():
+                app.execute("SELECT set_config('hessra.token', %s, true), set_config('hessra.subject', 'alice', true)",
+                            (good,))
+                app.execute(query, (good,)).fetchall()
