@@ -51,7 +51,10 @@ TOKEN_CACHE_SIZE = 1024
 #: generation (a key, chain or revocation change drops them all).
 DECISION_CACHE_SIZE = 4096
 
-_STATE_SQL = "SELECT generation FROM hessra_authz.config_state"
+# The counter alone is not an identity: a transaction that bumps it and rolls
+# back leaves its value to be reused by the next committed change. The row
+# version's xmin (the transaction that wrote it) makes it unique.
+_STATE_SQL = "SELECT generation::text || '/' || xmin::text AS generation FROM hessra_authz.config_state"
 _KEYS_SQL = """
 SELECT kid, public_key,
        CASE WHEN not_before = '-infinity' THEN NULL
@@ -67,7 +70,7 @@ _REVOCATIONS_SQL = "SELECT revocation_id, identity FROM hessra_authz.revocations
 class _Config:
     """Keys and chains of one configuration generation."""
 
-    def __init__(self, generation: int, keys: tuple[RootKey, ...], chains: dict[str, Any],
+    def __init__(self, generation: str, keys: tuple[RootKey, ...], chains: dict[str, Any],
                  revocations: Revocations) -> None:
         self.generation = generation
         self.keys = keys
@@ -83,7 +86,7 @@ _statement_key: str | None = None
 #: Results computed during the current statement (same snapshot, same time),
 #: so the several per-statement helpers of one RLS policy verify once.
 _statement_results: dict[tuple[Any, ...], Any] = {}
-_tokens: "OrderedDict[tuple[str, int], VerifiedToken | TokenRejected]" = OrderedDict()
+_tokens: "OrderedDict[tuple[str, str], VerifiedToken | TokenRejected]" = OrderedDict()
 _decisions: "OrderedDict[tuple[Any, ...], tuple[Decision, float]]" = OrderedDict()
 
 def _plan(plpy: Any, sql: str) -> Any:
@@ -204,7 +207,7 @@ def _load(token: str | None, config: _Config, now: float) -> VerifiedToken:
     return verified
 
 
-def _remember(cache_key: tuple[str, int], value: VerifiedToken | TokenRejected) -> None:
+def _remember(cache_key: tuple[str, str], value: VerifiedToken | TokenRejected) -> None:
     _tokens[cache_key] = value
     _tokens.move_to_end(cache_key)
     while len(_tokens) > TOKEN_CACHE_SIZE:

@@ -121,3 +121,20 @@ def test_retirement_in_the_same_backend_and_message(admin):
     while cursor.nextset():
         results.append(cursor.fetchone()[0])
     assert results == ["", True, "", False]
+
+
+def test_a_rolled_back_change_is_not_mistaken_for_a_later_committed_one(hessra_db, admin):
+    """Backend A caches the configuration of its own uncommitted change,
+    rolls it back, then another backend commits a different change: the
+    generation counter has the same value both times, and A must not take
+    its cache for the committed state."""
+    pair, other = generate_keypair(), generate_keypair()
+    admin.execute("SELECT hessra_authz.add_key(%s, 1)", (str(pair.public_key),))
+    admin.execute("SELECT hessra_authz.add_key(%s, 2)", (str(other.public_key),))
+    token = mint_authorization(pair, "alice", "orders", "read")
+    with hessra_db.connect() as backend_a:
+        backend_a.execute("SELECT hessra_authz.retire_key(1)")
+        assert scalar(backend_a, VERIFY, (token,)) is False  # cached inside the transaction
+        backend_a.rollback()
+        admin.execute("SELECT hessra_authz.add_key(%s, 3)", (str(generate_keypair().public_key),))
+        assert scalar(backend_a, VERIFY, (token,)) is True
