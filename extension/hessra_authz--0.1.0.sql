@@ -1,6 +1,6 @@
 -- hessra_authz 0.1.0: Hessra token verification for Row-Level Security.
 -- Every object is schema-qualified; every function pins search_path.
--- The verifying functions are PARALLEL UNSAFE: PL/Python runs each SPI query
+-- The verifying functions are PARALLEL RESTRICTED: PL/Python runs each SPI query
 -- in a subtransaction, which Postgres forbids in parallel mode, so a query
 -- that calls them must not get a parallel plan.
 -- PL/Python bodies only call into the hessra_pg package (one verifier,
@@ -76,21 +76,11 @@ REVOKE ALL ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revoc
     hessra_authz.config_state FROM PUBLIC;
 GRANT SELECT ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revocations TO hessra_admin;
 
--- Tells this backend's verifier that its per-statement memo is stale (the
--- generation read covers other backends).
-CREATE FUNCTION hessra_authz._forget_statement() RETURNS void
-LANGUAGE plpython3u VOLATILE SET search_path = pg_catalog, pg_temp
-AS $$
-from hessra_pg import server
-server.forget_statement()
-$$;
-
 CREATE FUNCTION hessra_authz._bump_generation() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     UPDATE hessra_authz.config_state SET generation = generation + 1;
-    PERFORM hessra_authz._forget_statement();
     RETURN NULL;
 END
 $$;
@@ -110,7 +100,7 @@ CREATE TRIGGER bump_generation
 -- JSON result, or a JSON object with "error") instead of raising, because an
 -- exception escaping PL/Python shows the user a Python traceback; the public
 -- plpgsql wrappers below turn errors into a clean ERROR with _raise().
--- They stay revoked from PUBLIC: their `now` and `statement` arguments feed
+-- They stay revoked from PUBLIC: their `now` and `version` arguments feed
 -- the per-backend caches, so only the wrappers (which compute them from the
 -- statement itself) may call them.
 -- ---------------------------------------------------------------------------
@@ -141,71 +131,71 @@ return server.canonical_chain(plpy, nodes)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_token(
-    now float8, statement text, token text, subject text, resource text, operation text, domain text, prefix text
+    now float8, version text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_token(plpy, now, statement, token, subject, resource, operation, domain, prefix)
+return server.verify_token(plpy, now, version, token, subject, resource, operation, domain, prefix)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_capability(
-    now float8, statement text, token text, resource text, operation text
+    now float8, version text, token text, resource text, operation text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_capability(plpy, now, statement, token, resource, operation)
+return server.verify_capability(plpy, now, version, token, resource, operation)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_service_chain(
-    now float8, statement text, token text, subject text, resource text, operation text, chain text, component text
+    now float8, version text, token text, subject text, resource text, operation text, chain text, component text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_service_chain(plpy, now, statement, token, subject, resource, operation, chain, component)
+return server.verify_service_chain(plpy, now, version, token, subject, resource, operation, chain, component)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_service_chain_nodes(
-    now float8, statement text, token text, subject text, resource text, operation text, nodes jsonb, component text
+    now float8, version text, token text, subject text, resource text, operation text, nodes jsonb, component text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_service_chain_nodes(plpy, now, statement, token, subject, resource, operation, nodes, component)
+return server.verify_service_chain_nodes(plpy, now, version, token, subject, resource, operation, nodes, component)
 $$;
 
 CREATE FUNCTION hessra_authz._explain(
-    now float8, statement text, token text, subject text, resource text, operation text, domain text, prefix text
+    now float8, version text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.explain(plpy, now, statement, token, subject, resource, operation, domain, prefix)
+return server.explain(plpy, now, version, token, subject, resource, operation, domain, prefix)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_identity(
-    now float8, statement text, token text, identity text, domain text, ensure_subject_in_domain boolean
+    now float8, version text, token text, identity text, domain text, ensure_subject_in_domain boolean
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_identity(plpy, now, statement, token, identity, domain, ensure_subject_in_domain)
+return server.verify_identity(plpy, now, version, token, identity, domain, ensure_subject_in_domain)
 $$;
 
-CREATE FUNCTION hessra_authz._verify_bearer(now float8, statement text, token text, domain text) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+CREATE FUNCTION hessra_authz._verify_bearer(now float8, version text, token text, domain text) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_bearer(plpy, now, statement, token, domain)
+return server.verify_bearer(plpy, now, version, token, domain)
 $$;
 
-CREATE FUNCTION hessra_authz._token_identity(now float8, statement text, token text, domain text) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+CREATE FUNCTION hessra_authz._token_identity(now float8, version text, token text, domain text) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.token_identity(plpy, now, statement, token, domain)
+return server.token_identity(plpy, now, version, token, domain)
 $$;
 
 CREATE FUNCTION hessra_authz._authority_revocation_id(token text) RETURNS text
@@ -215,20 +205,68 @@ from hessra_pg import server
 return server.authority_revocation_id(plpy, token)
 $$;
 
-CREATE FUNCTION hessra_authz._identity_scope(now float8, statement text, token text) RETURNS text[]
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+CREATE FUNCTION hessra_authz._identity_scope(now float8, version text, token text) RETURNS text[]
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.identity_scope(plpy, now, statement, token)
+return server.identity_scope(plpy, now, version, token)
 $$;
 
 CREATE FUNCTION hessra_authz._authorized_resources(
-    now float8, statement text, token text, subject text, operation text
+    now float8, version text, token text, subject text, operation text
 ) RETURNS text[]
-LANGUAGE plpython3u STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.authorized_resources(plpy, now, statement, token, subject, operation)
+return server.authorized_resources(plpy, now, version, token, subject, operation)
+$$;
+
+-- The configuration reaches the verifier through plpgsql: PL/Python's own SPI
+-- runs in subtransactions, which parallel mode forbids. _sync() reads the
+-- version (generation and row xmin) with the statement's snapshot on every
+-- call and hands keys, chains and revocations to the backend's verifier only
+-- when the version it holds differs.
+CREATE FUNCTION hessra_authz._config_version() RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.config_version()
+$$;
+
+CREATE FUNCTION hessra_authz._load_config(version text, keys jsonb, chains jsonb, revocations jsonb)
+RETURNS void
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+server.load_config(plpy, version, keys, chains, revocations)
+$$;
+
+CREATE FUNCTION hessra_authz._sync() RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    version text;
+BEGIN
+    SELECT c.generation::text || '/' || c.xmin::text INTO version FROM hessra_authz.config_state AS c;
+    IF hessra_authz._config_version() IS DISTINCT FROM version THEN
+        PERFORM hessra_authz._load_config(
+            version,
+            (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'kid', k.kid,
+                        'public_key', k.public_key,
+                        'not_before', CASE WHEN k.not_before = '-infinity' THEN NULL
+                                           ELSE date_part('epoch', k.not_before) END,
+                        'not_after', CASE WHEN k.not_after IS NULL OR k.not_after = 'infinity' THEN NULL
+                                          ELSE date_part('epoch', k.not_after) END)), '[]')
+               FROM hessra_authz.keys AS k),
+            (SELECT coalesce(jsonb_object_agg(c.name, c.nodes), '{}') FROM hessra_authz.service_chains AS c),
+            (SELECT jsonb_build_object(
+                        'ids', coalesce(jsonb_agg(r.revocation_id) FILTER (WHERE r.revocation_id IS NOT NULL), '[]'),
+                        'identities', coalesce(jsonb_agg(r.identity) FILTER (WHERE r.identity IS NOT NULL), '[]'))
+               FROM hessra_authz.revocations AS r));
+    END IF;
+    RETURN version;
+END
 $$;
 
 -- Turn an outcome into a boolean, raising configuration errors.
@@ -411,6 +449,9 @@ COMMENT ON FUNCTION hessra_authz.revoke_identity(text, text) IS
 
 REVOKE EXECUTE ON FUNCTION
     hessra_authz._bump_generation(),
+    hessra_authz._config_version(),
+    hessra_authz._load_config(text, jsonb, jsonb, jsonb),
+    hessra_authz._sync(),
     hessra_authz._raise(text),
     hessra_authz._decision(text),
     hessra_authz._canonical_key(text),
@@ -425,7 +466,6 @@ REVOKE EXECUTE ON FUNCTION
     hessra_authz._token_identity(float8, text, text, text),
     hessra_authz._identity_scope(float8, text, text),
     hessra_authz._authorized_resources(float8, text, text, text, text),
-    hessra_authz._forget_statement(),
     hessra_authz._authority_revocation_id(text),
     hessra_authz.revoke(text, text),
     hessra_authz.revoke_token(text, text),
@@ -455,12 +495,12 @@ CREATE FUNCTION hessra_authz.verify_token(
     token text, subject text, resource text, operation text,
     domain text DEFAULT NULL, prefix text DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_token(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix));
 END
@@ -469,12 +509,12 @@ COMMENT ON FUNCTION hessra_authz.verify_token(text, text, text, text, text, text
     'True if the token is valid now and grants operation on resource to subject (Hessra authorization token; optional domain and prefix context).';
 
 CREATE FUNCTION hessra_authz.verify_capability(token text, resource text, operation text) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_capability(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         verify_capability.token, verify_capability.resource, verify_capability.operation));
 END
 $$;
@@ -485,12 +525,12 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
     token text, subject text, resource text, operation text,
     chain text, component text DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_service_chain(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component));
 END
@@ -502,12 +542,12 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
     token text, subject text, resource text, operation text,
     nodes jsonb, component text DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_service_chain_nodes(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component));
 END
@@ -519,12 +559,12 @@ CREATE FUNCTION hessra_authz.explain(
     token text, subject text, resource text, operation text,
     domain text DEFAULT NULL, prefix text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result jsonb := hessra_authz._explain(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         explain.token, explain.subject, explain.resource,
                                           explain.operation, explain.domain, explain.prefix)::jsonb;
 BEGIN
@@ -545,12 +585,12 @@ COMMENT ON FUNCTION hessra_authz.explain(text, text, text, text, text, text) IS
 CREATE FUNCTION hessra_authz.verify_identity(
     token text, identity text, domain text DEFAULT NULL, ensure_subject_in_domain boolean DEFAULT false
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_identity(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         verify_identity.token, verify_identity.identity, verify_identity.domain,
         verify_identity.ensure_subject_in_domain));
 END
@@ -559,12 +599,12 @@ COMMENT ON FUNCTION hessra_authz.verify_identity(text, text, text, boolean) IS
     'True if the identity token is valid now and proves identity (its subject, or a descendant if delegatable; a delegated token proves only its delegated identity and descendants). domain: the verifier domain of domain-restricted tokens; ensure_subject_in_domain requires one.';
 
 CREATE FUNCTION hessra_authz.verify_bearer(token text, domain text DEFAULT NULL) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz._decision(hessra_authz._verify_bearer(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         verify_bearer.token, verify_bearer.domain));
 END
 $$;
@@ -572,12 +612,12 @@ COMMENT ON FUNCTION hessra_authz.verify_bearer(text, text) IS
     'True if the identity token is valid now for its own root subject (an API key check). A delegated token is not a bearer token: false.';
 
 CREATE FUNCTION hessra_authz.token_identity(token text, domain text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result jsonb := hessra_authz._token_identity(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         token_identity.token, token_identity.domain)::jsonb;
 BEGIN
     IF result ? 'error' THEN
@@ -607,7 +647,7 @@ COMMENT ON FUNCTION hessra_authz.current_subject() IS
     'The subject in the hessra.subject setting, or NULL if unset or empty.';
 
 CREATE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz.verify_token(hessra_authz.current_token(), hessra_authz.current_subject(),
@@ -631,12 +671,12 @@ COMMENT ON FUNCTION hessra_authz.authorized(text, text) IS
 -- token; the helpers below slice it (one verification per statement). It only
 -- describes the caller's own token, so PUBLIC may call it like those helpers.
 CREATE FUNCTION hessra_authz._current_scope() RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result text[] := hessra_authz._identity_scope(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         hessra_authz.current_token());
 BEGIN
     IF result[1] <> 'ok' THEN
@@ -647,7 +687,7 @@ END
 $$;
 
 CREATE FUNCTION hessra_authz.current_identity_scope() RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s text[] := hessra_authz._current_scope();
@@ -660,7 +700,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_scope() IS
     '{identity, descendants, revoked_below} for the token in hessra.token; verified once per statement.';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_start() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s text[] := hessra_authz._current_scope();
@@ -672,7 +712,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_start() IS
     'identity || '':'' if the current token may act for descendants of its identity, else NULL (inclusive lower bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_end() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s text[] := hessra_authz._current_scope();
@@ -684,7 +724,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_end() IS
     'identity || '';'' if the current token may act for descendants of its identity, else NULL (exclusive upper bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_revoked_below() RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN coalesce((hessra_authz._current_scope())[4:], '{}');
@@ -694,7 +734,7 @@ COMMENT ON FUNCTION hessra_authz.current_identity_revoked_below() IS
     'Revoked identities below the current token''s identity (their rows must stay hidden).';
 
 CREATE FUNCTION hessra_authz.current_identity() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN RETURN (hessra_authz._current_scope())[2]; END $$;
 COMMENT ON FUNCTION hessra_authz.current_identity() IS
     'token_identity of the token in hessra.token (NULL if none or invalid).';
@@ -706,12 +746,12 @@ COMMENT ON FUNCTION hessra_authz.current_identity() IS
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION hessra_authz.token_resources(token text, subject text, operation text) RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result text[] := hessra_authz._authorized_resources(
         pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
-        pg_catalog.pg_current_snapshot()::text || '/' || coalesce(pg_catalog.txid_current_if_assigned()::text, ''),
+        hessra_authz._sync(),
         token_resources.token, token_resources.subject, token_resources.operation);
 BEGIN
     IF result[1] <> 'ok' THEN
@@ -724,7 +764,7 @@ COMMENT ON FUNCTION hessra_authz.token_resources(text, text, text) IS
     'Every resource r for which verify_token(token, subject, r, operation) is true (empty if none).';
 
 CREATE FUNCTION hessra_authz.authorized_resources(operation text) RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN hessra_authz.token_resources(hessra_authz.current_token(), hessra_authz.current_subject(),

@@ -1,21 +1,19 @@
 """The in-database side: what the PL/Python bodies of extension/ call.
 
 Each SQL function body is two lines that pass `plpy` and the arguments here.
-This module reads the keys and chains through SPI, keeps per-backend caches
-(module globals live as long as the backend's interpreter), and turns
-configuration problems into Postgres ERRORs with a hint. Token problems are
-never errors: the verify functions return false.
+This module keeps per-backend caches (module globals live as long as the
+backend's interpreter) and turns configuration problems into Postgres ERRORs
+with a hint. Token problems are never errors: the verify functions return
+false.
 
-Freshness: triggers bump `hessra_authz.config_state.generation` whenever keys
-or chains change, and the first call of each statement reads it with the
-statement's snapshot, so a change is seen by every statement that starts
-after it commits, in every backend. Later calls in the same statement (same
-snapshot and transaction id, passed in by the SQL wrappers) reuse what the
-first one read: the same snapshot sees the same rows, and a write in this
-backend clears that memo through the trigger (forget_statement). The one
-case this can't see is a key change rolled back to a savepoint inside a
-single client message; only hessra_admin can write keys, so it grants no
-one anything they couldn't do already.
+It never runs SQL itself: PL/Python runs every SPI query in a subtransaction,
+which Postgres forbids in parallel mode. The plpgsql wrappers read the
+configuration version (`hessra_authz._sync()`: the generation counter that
+triggers bump on every key, chain or revocation change, plus its row's xmin)
+with the statement's snapshot on every call, and hand this module the keys,
+chains and revocations (`load_config`) only when the version it holds
+differs. So a change is seen by every statement that starts after it
+commits, in every backend, and a rolled-back change never lingers.
 """
 
 from __future__ import annotations
@@ -51,22 +49,6 @@ TOKEN_CACHE_SIZE = 1024
 #: generation (a key, chain or revocation change drops them all).
 DECISION_CACHE_SIZE = 4096
 
-# The counter alone is not an identity: a transaction that bumps it and rolls
-# back leaves its value to be reused by the next committed change. The row
-# version's xmin (the transaction that wrote it) makes it unique.
-_STATE_SQL = "SELECT generation::text || '/' || xmin::text AS generation FROM hessra_authz.config_state"
-_KEYS_SQL = """
-SELECT kid, public_key,
-       CASE WHEN not_before = '-infinity' THEN NULL
-            ELSE pg_catalog.date_part('epoch', not_before)::float8 END AS not_before,
-       CASE WHEN not_after IS NULL OR not_after = 'infinity' THEN NULL
-            ELSE pg_catalog.date_part('epoch', not_after)::float8 END AS not_after
-  FROM hessra_authz.keys
-"""
-_CHAINS_SQL = "SELECT name, nodes::text AS nodes FROM hessra_authz.service_chains"
-_REVOCATIONS_SQL = "SELECT revocation_id, identity FROM hessra_authz.revocations"
-
-
 class _Config:
     """Keys and chains of one configuration generation."""
 
@@ -79,22 +61,13 @@ class _Config:
         self.chains = chains
 
 
-_plans: dict[str, Any] = {}
 _config: _Config | None = None
-#: snapshot/xid of the statement whose configuration _config holds
-_statement_key: str | None = None
-#: Results computed during the current statement (same snapshot, same time),
-#: so the several per-statement helpers of one RLS policy verify once.
+#: Helper results by (arguments, statement time) within one configuration
+#: version: pure functions of those, so the several per-statement helpers of
+#: one RLS policy verify once.
 _statement_results: dict[tuple[Any, ...], Any] = {}
 _tokens: "OrderedDict[tuple[str, str], VerifiedToken | TokenRejected]" = OrderedDict()
 _decisions: "OrderedDict[tuple[Any, ...], tuple[Decision, float]]" = OrderedDict()
-
-def _plan(plpy: Any, sql: str) -> Any:
-    plan = _plans.get(sql)
-    if plan is None:
-        plan = _plans[sql] = plpy.prepare(sql)
-    return plan
-
 
 _HINTS = {
     "no active key": "Add the authority's public key: SELECT hessra_authz.add_key('<PEM or alg/hex>');",
@@ -144,41 +117,42 @@ def _outcome(valid: bool) -> str:
     return "t" if valid else "f"
 
 
-def forget_statement() -> None:
-    """Called by the config trigger: this backend changed keys or chains."""
-    global _statement_key
-    _statement_key = None
+#: Bound of the per-version memo of per-statement helper results.
+STATEMENT_RESULTS_SIZE = 1024
+
+
+def config_version() -> str | None:
+    """The configuration version this backend holds (None: nothing yet)."""
+    return None if _config is None else _config.generation
+
+
+def load_config(plpy: Any, version: str, keys: str, chains: str, revocations: str) -> None:
+    """Take the configuration read by hessra_authz._sync() (JSON texts)."""
+    global _config
+    parsed_chains: dict[str, Any] = {}
+    for name, nodes in json.loads(chains).items():
+        try:
+            parsed_chains[name] = parse_chain(nodes)
+        except ConfigurationError as error:
+            parsed_chains[name] = ConfigurationError(f"service chain {name!r} is invalid: {error}")
+    revoked = json.loads(revocations)
+    _config = _Config(
+        version,
+        tuple(RootKey(k["kid"], k["public_key"], k["not_before"], k["not_after"]) for k in json.loads(keys)),
+        parsed_chains,
+        Revocations(ids=frozenset(revoked["ids"]), identities=frozenset(revoked["identities"])),
+    )
+    _tokens.clear()
+    _decisions.clear()
     _statement_results.clear()
 
 
-def _statement_config(plpy: Any, statement: str | None) -> _Config:
-    """The configuration visible to the current statement."""
-    global _config, _statement_key
-    if statement is not None and statement == _statement_key and _config is not None:
-        return _config
-    generation = plpy.execute(_plan(plpy, _STATE_SQL))[0]["generation"]
-    if _config is None or _config.generation != generation:
-        keys = tuple(
-            RootKey(r["kid"], r["public_key"], r["not_before"], r["not_after"])
-            for r in plpy.execute(_plan(plpy, _KEYS_SQL))
-        )
-        chains: dict[str, Any] = {}
-        for r in plpy.execute(_plan(plpy, _CHAINS_SQL)):
-            try:
-                chains[r["name"]] = parse_chain(json.loads(r["nodes"]))
-            except ConfigurationError as error:
-                chains[r["name"]] = ConfigurationError(f"service chain {r['name']!r} is invalid: {error}")
-        rows = plpy.execute(_plan(plpy, _REVOCATIONS_SQL))
-        revocations = Revocations(
-            ids=frozenset(r["revocation_id"] for r in rows if r["revocation_id"] is not None),
-            identities=frozenset(r["identity"] for r in rows if r["identity"] is not None),
-        )
-        _config = _Config(generation, keys, chains, revocations)
-        _tokens.clear()
-        _decisions.clear()
-    if statement != _statement_key:
+def _statement_config(plpy: Any, version: str | None) -> _Config:
+    """The configuration of `version`, which _sync() has just loaded."""
+    if _config is None or version is None or _config.generation != version:
+        raise ConfigurationError("configuration not loaded: call through the hessra_authz functions")
+    if len(_statement_results) > STATEMENT_RESULTS_SIZE:
         _statement_results.clear()
-    _statement_key = statement
     return _config
 
 

@@ -101,8 +101,8 @@ def test_no_active_key_is_a_loud_configuration_error(admin):
 
 
 def test_retirement_in_the_same_backend_and_message(admin):
-    """A statement memoises the configuration it read; a key change in this
-    backend clears the memo, even inside one multi-statement message."""
+    """A key change in this backend is seen by its next statement, even
+    inside one multi-statement message."""
     pair, spare = generate_keypair(), generate_keypair()
     admin.execute("SELECT hessra_authz.add_key(%s, 1)", (str(pair.public_key),))
     admin.execute("SELECT hessra_authz.add_key(%s, 2)", (str(spare.public_key),))
@@ -111,8 +111,9 @@ def test_retirement_in_the_same_backend_and_message(admin):
     assert scalar(admin, many, (token,)) is True
     admin.execute("SELECT hessra_authz.add_key(%s, 3)", (str(generate_keypair().public_key),))
     # One message, one implicit transaction: retiring key 3 first gives the
-    # transaction its xid, so the two verifications see the same snapshot and
-    # xid; only the trigger's forget_statement tells them apart.
+    # transaction its xid, so the two verifications share snapshot and xid;
+    # the configuration version (bumped by this backend's own write) tells
+    # them apart.
     verify_literal = f"SELECT hessra_authz.verify_token('{token}', 'alice', 'orders', 'read')"
     cursor = admin.execute(
         f"SELECT hessra_authz.retire_key(3); {verify_literal}; SELECT hessra_authz.retire_key(1); {verify_literal}"
