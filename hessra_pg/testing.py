@@ -16,11 +16,13 @@ Fixtures:
 - ``hessra_db`` (function): a fresh database with
   ``CREATE EXTENSION hessra_authz CASCADE`` applied, dropped afterwards;
   yields a :class:`HessraDatabase`.
+- ``bare_db`` (function): the same without the extension (migrations).
 """
 
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 import os
 import tarfile
 import uuid
@@ -37,7 +39,7 @@ from hessra_pg.cluster import SUPERUSER, LocalCluster
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["HessraDatabase", "PostgresServer", "hessra_db", "hessra_postgres"]
+__all__ = ["HessraDatabase", "PostgresServer", "bare_db", "hessra_db", "hessra_postgres", "scratch_database"]
 
 DEFAULT_IMAGE_TAG = "hessra-pg:test"
 
@@ -90,20 +92,33 @@ def hessra_postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 def hessra_db(hessra_postgres: PostgresServer) -> Iterator[HessraDatabase]:
     """A fresh database with ``CREATE EXTENSION hessra_authz CASCADE``; dropped afterwards."""
+    with scratch_database(hessra_postgres, "hessra_test") as db:
+        with db.connect(autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION hessra_authz CASCADE")
+        yield db
+
+
+@pytest.fixture
+def bare_db(hessra_postgres: PostgresServer) -> Iterator[HessraDatabase]:
+    """A fresh database WITHOUT the extension (for migrations); dropped afterwards."""
+    with scratch_database(hessra_postgres, "hessra_bare") as db:
+        yield db
+
+
+@contextmanager
+def scratch_database(server: PostgresServer, prefix: str) -> Iterator[HessraDatabase]:
+    """Create a uniquely named database, yield it, drop it (even if busy)."""
     import psycopg
     from psycopg import sql
 
-    name = f"hessra_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     ident = sql.Identifier(name)
-    with psycopg.connect(hessra_postgres.dsn(), autocommit=True) as admin:
+    with psycopg.connect(server.dsn(), autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(ident))
     try:
-        db = HessraDatabase(name=name, dsn=hessra_postgres.dsn(name), server=hessra_postgres)
-        with psycopg.connect(db.dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION hessra_authz CASCADE")
-        yield db
+        yield HessraDatabase(name=name, dsn=server.dsn(name), server=server)
     finally:
-        with psycopg.connect(hessra_postgres.dsn(), autocommit=True) as admin:
+        with psycopg.connect(server.dsn(), autocommit=True) as admin:
             # FORCE terminates sessions a test left open.
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 

@@ -31,19 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def bare_db(hessra_postgres) -> Iterator[str]:
-    """A fresh database WITHOUT the extension; yields its superuser DSN."""
-    name = f"hessra_bare_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(hessra_postgres.dsn(), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield hessra_postgres.dsn(name)
-    finally:
-        with psycopg.connect(hessra_postgres.dsn(), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
 def root():
     return generate_keypair("secp256r1")
 
@@ -119,12 +106,12 @@ def _state(dsn: str, app_role: str) -> dict[str, Any]:
 
 
 def test_upgrade_downgrade_upgrade_from_an_empty_database(bare_db, policy_repo, root, app_role):
-    empty = _state(bare_db, app_role)
+    empty = _state(bare_db.dsn, app_role)
     assert empty["extensions"] == ["plpgsql"] and empty["role"] is None and empty["demo"] == 0
 
     for _ in range(2):
-        alembic(bare_db, "upgrade", "head", repo=policy_repo, app_role=app_role)
-        ready = _state(bare_db, app_role)
+        alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)
+        ready = _state(bare_db.dsn, app_role)
         assert ready["extensions"] == ["hessra_authz", "plpgsql", "plpython3u"]
         assert ready["version"] == ("0002_demo_schema",)
         assert ready["keys"] == [(str(root.public_key),)]
@@ -133,30 +120,30 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(bare_db, policy_repo, 
         assert ready["role"] == (True, False, False)
         assert len(ready["policies"]) == 12 and {p[0] for p in ready["policies"]} == {"orders", "documents",
                                                                                        "catalog"}
-        assert "0002_demo_schema (head)" in alembic(bare_db, "current", app_role=app_role)
+        assert "0002_demo_schema (head)" in alembic(bare_db.dsn, "current", app_role=app_role)
 
-        alembic(bare_db, "downgrade", "base", app_role=app_role)
-        down = _state(bare_db, app_role)
+        alembic(bare_db.dsn, "downgrade", "base", app_role=app_role)
+        down = _state(bare_db.dsn, app_role)
         assert down == empty
         assert down["extensions"] == ["plpgsql"] and down["role"] is None and down["demo"] == 0
 
 
 def test_nologin_by_default_and_no_repository(bare_db, app_role):
-    alembic(bare_db, "upgrade", "0001_hessra_authz", app_role=app_role, login=False)
-    state = _state(bare_db, app_role)
+    alembic(bare_db.dsn, "upgrade", "0001_hessra_authz", app_role=app_role, login=False)
+    state = _state(bare_db.dsn, app_role)
     assert state["role"] == (False, False, False) and state["keys"] == [] and state["chains"] == {}
     assert state["demo"] == 0
-    alembic(bare_db, "downgrade", "base", app_role=app_role, login=False)
-    assert _state(bare_db, app_role)["role"] is None
+    alembic(bare_db.dsn, "downgrade", "base", app_role=app_role, login=False)
+    assert _state(bare_db.dsn, app_role)["role"] is None
 
 
 def test_refuses_an_unsafe_existing_app_role(bare_db, hessra_postgres, app_role):
     with psycopg.connect(hessra_postgres.dsn(), autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE ROLE {} BYPASSRLS").format(sql.Identifier(app_role)))
     with pytest.raises(AssertionError, match="superuser or has BYPASSRLS"):
-        alembic(bare_db, "upgrade", "head", app_role=app_role)
-    assert _state(bare_db, app_role)["extensions"] == ["plpgsql"]  # the transaction rolled back
-    assert _state(bare_db, app_role)["role"] == (False, False, True)  # not ours: left alone
+        alembic(bare_db.dsn, "upgrade", "head", app_role=app_role)
+    assert _state(bare_db.dsn, app_role)["extensions"] == ["plpgsql"]  # the transaction rolled back
+    assert _state(bare_db.dsn, app_role)["role"] == (False, False, True)  # not ours: left alone
 
 
 def _visible(dsn_for_app: str, token: str | None, subject: str | None = None) -> dict[str, list[Any]]:
@@ -171,15 +158,15 @@ def _visible(dsn_for_app: str, token: str | None, subject: str | None = None) ->
 
 
 def test_demo_data_survives_an_extension_update(bare_db, hessra_postgres, policy_repo, root, app_role):
-    alembic(bare_db, "upgrade", "head", repo=policy_repo, app_role=app_role)
-    with psycopg.connect(bare_db, autocommit=True) as admin:
+    alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)
+    with psycopg.connect(bare_db.dsn, autocommit=True) as admin:
         admin.execute("INSERT INTO demo.orders SELECT g, 'customer ' || g, 'item', 1 FROM generate_series(1, 500) g")
         admin.execute("INSERT INTO demo.documents (owner, title) VALUES ('alice', 'a'), ('alice:laptop', 'b'), "
                       "('bob', 'c')")
         admin.execute("INSERT INTO demo.catalog VALUES ('sku-1', 'one', 100), ('sku-2', 'two', 250)")
         before_rows = admin.execute("SELECT (SELECT count(*) FROM demo.orders), (SELECT count(*) FROM demo.documents),"
                                     " (SELECT count(*) FROM demo.catalog)").fetchone()
-    app_dsn = hessra_postgres.dsn(psycopg.conninfo.conninfo_to_dict(bare_db)["dbname"], app_role)
+    app_dsn = hessra_postgres.dsn(psycopg.conninfo.conninfo_to_dict(bare_db.dsn)["dbname"], app_role)
     public = str(root.public_key)
     alice = mint_identity(root, "alice")
     probes = [
@@ -205,15 +192,15 @@ def test_demo_data_survives_an_extension_update(bare_db, hessra_postgres, policy
         from hessra_pg.install import install
 
         install(pip=False)
-    engine = create_engine("postgresql+psycopg://", poolclass=pool.NullPool, creator=lambda: psycopg.connect(bare_db))
+    engine = create_engine("postgresql+psycopg://", poolclass=pool.NullPool, creator=lambda: psycopg.connect(bare_db.dsn))
     try:
         with engine.begin() as connection:
             Operations(MigrationContext.configure(connection)).update_hessra_extension()
     finally:
         engine.dispose()
-    alembic(bare_db, "upgrade", "head", repo=policy_repo, app_role=app_role)  # already at head: nothing to do
+    alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)  # already at head: nothing to do
 
-    with psycopg.connect(bare_db) as admin:
+    with psycopg.connect(bare_db.dsn) as admin:
         assert admin.execute("SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'").fetchone() == \
             ("0.1.0",)
         after_rows = admin.execute("SELECT (SELECT count(*) FROM demo.orders), (SELECT count(*) FROM demo.documents),"
@@ -223,4 +210,4 @@ def test_demo_data_survives_an_extension_update(bare_db, hessra_postgres, policy
     before[2]["documents"] = ["alice", "alice", "alice:laptop"]
     assert after == before
 
-    alembic(bare_db, "downgrade", "base", app_role=app_role)
+    alembic(bare_db.dsn, "downgrade", "base", app_role=app_role)
