@@ -3,34 +3,5 @@
 and their autogenerate renderers."""
 
 from . import render as _render  # noqa: F401  (registers the renderers)
-from .operations import (
-    AddHessraKeyOp,
-    CreateHessraExtensionOp,
-    CreateHessraPoliciesOp,
-    DeleteHessraKeyOp,
-    DropHessraExtensionOp,
-    DropHessraPoliciesOp,
-    DropHessraServiceChainOp,
-    HessraOperation,
-    RetireHessraKeyOp,
-    SetHessraServiceChainOp,
-    UnretireHessraKeyOp,
-    UpdateHessraExtensionOp,
-    run_sql,
-)
-
-__all__ = [
-    "AddHessraKeyOp",
-    "CreateHessraExtensionOp",
-    "CreateHessraPoliciesOp",
-    "DeleteHessraKeyOp",
-    "DropHessraExtensionOp",
-    "DropHessraPoliciesOp",
-    "DropHessraServiceChainOp",
-    "HessraOperation",
-    "RetireHessraKeyOp",
-    "SetHessraServiceChainOp",
-    "UnretireHessraKeyOp",
-    "UpdateHessraExtensionOp",
-    "run_sql",
-]
+from .operations import *  # noqa: F401,F403  (the public names are operations.__all__)
+from .operations import __all__  # noqa: F401
