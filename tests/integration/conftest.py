@@ -47,3 +47,7 @@ def app_role(hessra_db: HessraDatabase, admin: psycopg.Connection) -> Iterator[s
 
 def scalar(conn: psycopg.Connection, query: str, params=()):
     return conn.execute(query, params).fetchone()[0]
+
+
+# The application-side fixture shared by the SQLAlchemy/psycopg/pgbouncer/log tests.
+from tests.app_helpers import app_env  # noqa: E402,F401

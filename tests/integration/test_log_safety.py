@@ -25,7 +25,7 @@ from sqlalchemy.orm import sessionmaker
 from hessra_pg.context import HessraContext
 from hessra_pg.psycopg import hessra_transaction
 from hessra_pg.sqlalchemy import hessra_context, install_hessra
-from tests.app_helpers import PROBE, AppEnv, app_env, probe_row  # noqa: F401 (fixture)
+from tests.app_helpers import PROBE, AppEnv, probe_row
 
 PLACEHOLDERS = re.compile(r"set_config\('hessra\.token', \$1, true\), pg_catalog\.set_config\('hessra\.subject', \$2, true\)")
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import sessionmaker
 
 from hessra_pg.psycopg import hessra_pool_kwargs, hessra_pool_kwargs_async, hessra_transaction, hessra_transaction_async
 from hessra_pg.sqlalchemy import hessra_context, install_hessra
-from tests.app_helpers import CUSTOMERS, PROBE, AppEnv, Seen, app_env, probe_row, sqlalchemy_url  # noqa: F401
+from tests.app_helpers import CUSTOMERS, PROBE, AppEnv, Seen, probe_row, sqlalchemy_url
 from tests.pgbouncer import PgBouncer
 
 SERVER_CONNECTIONS = 2

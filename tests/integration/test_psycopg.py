@@ -20,7 +20,7 @@ from hessra_pg.psycopg import (
     hessra_transaction_async,
     reset_hessra,
 )
-from tests.app_helpers import PROBE, AppEnv, Seen, app_env, probe_row  # noqa: F401 (fixture)
+from tests.app_helpers import PROBE, AppEnv, Seen, probe_row
 
 
 def probe(conn: psycopg.Connection) -> Seen:

@@ -24,7 +24,7 @@ from hessra_pg.identity import mint_identity
 from hessra_pg.keys import generate_keypair
 from hessra_pg.mint import mint_authorization
 from hessra_pg.sqlalchemy import clear_hessra_context, hessra_context, hooks, install_hessra, set_hessra_context
-from tests.app_helpers import PROBE, AppEnv, Seen, app_env, probe_row, sqlalchemy_url  # noqa: F401 (fixture)
+from tests.app_helpers import PROBE, AppEnv, Seen, probe_row, sqlalchemy_url
 
 
 class Base(DeclarativeBase):
