@@ -7,13 +7,23 @@ with a hint. Token problems are never errors: the verify functions return
 false.
 
 It never runs SQL itself: PL/Python runs every SPI query in a subtransaction,
-which Postgres forbids in parallel mode. The plpgsql wrappers read the
-configuration version (`hessra_authz._sync()`: the generation counter that
-triggers bump on every key, chain or revocation change, plus its row's xmin)
-with the statement's snapshot on every call, and hand this module the keys,
-chains and revocations (`load_config`) only when the version it holds
-differs. So a change is seen by every statement that starts after it
-commits, in every backend, and a rolled-back change never lingers.
+which Postgres forbids in parallel mode. Freshness works in two steps:
+
+- fast path: each plpgsql wrapper passes the statement's snapshot
+  (`pg_current_snapshot()`) and top-level transaction id. If the snapshot is
+  the one this backend last read the configuration with, every committed
+  change visible now was visible then, so the configuration held is current,
+  unless this very transaction changed it (the configuration triggers report
+  that through `config_changed`; such a transaction always takes the slow
+  path, and its snapshots are never remembered).
+- slow path: the call returns STALE; the wrapper runs `hessra_authz._sync()`,
+  which reads the configuration version (generation counter bumped by
+  triggers, plus its row's xmin) with the statement's snapshot, hands this
+  module the keys, chains and revocations (`load_config`) only when the
+  version differs, and calls again with that version.
+
+So a change is seen by every statement that starts after it commits, in
+every backend, and a rolled-back change never lingers.
 """
 
 from __future__ import annotations
@@ -62,6 +72,13 @@ class _Config:
 
 
 _config: _Config | None = None
+#: The statement snapshot (text of pg_current_snapshot()) with which _config
+#: was last confirmed current; None: the next call must go through _sync().
+_confirmed_snapshot: str | None = None
+#: Top-level transaction id of this backend's latest configuration change.
+_changing_xid: str | None = None
+#: Outcome asking the wrapper to run hessra_authz._sync() and call again.
+STALE = "s"
 #: Helper results by (arguments, statement time) within one configuration
 #: version: pure functions of those, so the several per-statement helpers of
 #: one RLS policy verify once.
@@ -89,6 +106,8 @@ def _sql_errors(function: Callable[..., str]) -> Callable[..., str]:
     def wrapper(plpy: Any, *args: Any, **kwargs: Any) -> str:
         try:
             return function(plpy, *args, **kwargs)
+        except _Stale:
+            return STALE
         except HessraError as error:
             message = f"hessra_authz: {error}"
             hint = next((text for needle, text in _HINTS.items() if needle in message), None)
@@ -100,13 +119,16 @@ def _sql_errors(function: Callable[..., str]) -> Callable[..., str]:
 
 
 def _sql_errors_array(function: Callable[..., list[str | None]]) -> Callable[..., list[str | None]]:
-    """_sql_errors for text[] results: ["ok", ...] or ["error", <JSON error
-    object>], which the plpgsql wrapper slices or raises."""
+    """_sql_errors for text[] results: ["ok", ...], ["s"] (STALE) or
+    ["error", <JSON error object>], which the plpgsql wrapper slices, retries
+    or raises."""
     guarded = _sql_errors(function)
 
     def wrapper(plpy: Any, *args: Any, **kwargs: Any) -> list[str | None]:
         outcome = guarded(plpy, *args, **kwargs)
-        return outcome if isinstance(outcome, list) else ["error", outcome]
+        if isinstance(outcome, list):
+            return outcome
+        return [STALE] if outcome == STALE else ["error", outcome]
 
     wrapper.__name__ = function.__name__
     wrapper.__doc__ = function.__doc__
@@ -121,14 +143,28 @@ def _outcome(valid: bool) -> str:
 STATEMENT_RESULTS_SIZE = 1024
 
 
+class _Stale(Exception):
+    """The configuration held may be out of date: go through _sync()."""
+
+
 def config_version() -> str | None:
     """The configuration version this backend holds (None: nothing yet)."""
     return None if _config is None else _config.generation
 
 
+def config_changed(plpy: Any, xid: str) -> None:
+    """Called by the configuration tables' triggers in the changing backend:
+    until transaction `xid` ends, every call re-reads the version (its own
+    uncommitted changes, and their rollback, are invisible to the snapshot
+    comparison)."""
+    global _changing_xid, _confirmed_snapshot
+    _changing_xid = xid
+    _confirmed_snapshot = None
+
+
 def load_config(plpy: Any, version: str, keys: str, chains: str, revocations: str) -> None:
     """Take the configuration read by hessra_authz._sync() (JSON texts)."""
-    global _config
+    global _config, _confirmed_snapshot
     parsed_chains: dict[str, Any] = {}
     for name, nodes in json.loads(chains).items():
         try:
@@ -142,15 +178,31 @@ def load_config(plpy: Any, version: str, keys: str, chains: str, revocations: st
         parsed_chains,
         Revocations(ids=frozenset(revoked["ids"]), identities=frozenset(revoked["identities"])),
     )
+    _confirmed_snapshot = None
     _tokens.clear()
     _decisions.clear()
     _statement_results.clear()
 
 
-def _statement_config(plpy: Any, version: str | None) -> _Config:
-    """The configuration of `version`, which _sync() has just loaded."""
-    if _config is None or version is None or _config.generation != version:
-        raise ConfigurationError("configuration not loaded: call through the hessra_authz functions")
+def _statement_config(plpy: Any, version: str | None, snapshot: str | None = None, xid: str | None = None) -> _Config:
+    """The configuration current for this statement.
+
+    `version` None (the wrapper's first attempt): the configuration held, if
+    it was confirmed with this very snapshot outside a configuration-changing
+    transaction; else _Stale. `version` given (after _sync()): the
+    configuration _sync() just loaded, confirmed from now on for `snapshot`.
+    """
+    global _confirmed_snapshot
+    if version is None:
+        if (_config is None or snapshot is None or snapshot != _confirmed_snapshot
+                or (xid is not None and xid == _changing_xid)):
+            raise _Stale()
+    else:
+        if _config is None or _config.generation != version:
+            raise ConfigurationError("configuration not loaded: call through the hessra_authz functions")
+        # A snapshot taken inside a changing transaction sees its uncommitted
+        # rows; the same snapshot text after a rollback would not.
+        _confirmed_snapshot = None if xid is not None and xid == _changing_xid else snapshot
     if len(_statement_results) > STATEMENT_RESULTS_SIZE:
         _statement_results.clear()
     return _config
@@ -232,7 +284,7 @@ def _chain(config: _Config, name: str | None) -> tuple[ChainNode, ...]:
 def _decide(
     plpy: Any,
     now: float,
-    statement: str | None,
+    statement: tuple[str | None, str | None, str | None],
     token: str | None,
     *,
     subject: str | None,
@@ -246,7 +298,7 @@ def _decide(
     component: str | None = None,
     capability: bool = False,
 ) -> Decision:
-    config = _statement_config(plpy, statement)
+    config = _statement_config(plpy, *statement)
     chain: tuple[ChainNode, ...] | None = None
     if use_chain:
         if nodes_json is not None:
@@ -276,39 +328,39 @@ def _decide(
 # -- SQL entry points ------------------------------------------------------
 
 @_sql_errors
-def verify_token(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+def verify_token(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, subject: str | None,
                  resource: str | None, operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
-    return _outcome(_decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
+    return _outcome(_decide(plpy, now, (version, snapshot, xid), token, subject=subject, resource=resource, operation=operation,
                             domain=domain, prefix=prefix).valid)
 
 
 @_sql_errors
-def verify_capability(plpy: Any, now: float, statement: str | None, token: str | None, resource: str | None,
+def verify_capability(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, resource: str | None,
                       operation: str | None) -> str:
-    return _outcome(_decide(plpy, now, statement, token, subject=None, resource=resource, operation=operation,
+    return _outcome(_decide(plpy, now, (version, snapshot, xid), token, subject=None, resource=resource, operation=operation,
                             capability=True).valid)
 
 
 @_sql_errors
-def verify_service_chain(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+def verify_service_chain(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, subject: str | None,
                          resource: str | None, operation: str | None, chain: str | None, component: str | None = None) -> str:
-    return _outcome(_decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
+    return _outcome(_decide(plpy, now, (version, snapshot, xid), token, subject=subject, resource=resource, operation=operation,
                             chain_name=chain, use_chain=True, component=component).valid)
 
 
 @_sql_errors
-def verify_service_chain_nodes(plpy: Any, now: float, statement: str | None, token: str | None,
+def verify_service_chain_nodes(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None,
                                subject: str | None, resource: str | None, operation: str | None, nodes: str | None, component: str | None = None) -> str:
     if nodes is None:
         raise ConfigurationError("service chain nodes must not be NULL")
-    return _outcome(_decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
+    return _outcome(_decide(plpy, now, (version, snapshot, xid), token, subject=subject, resource=resource, operation=operation,
                             nodes_json=nodes, use_chain=True, component=component).valid)
 
 
 @_sql_errors
-def explain(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+def explain(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, subject: str | None,
             resource: str | None, operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
-    decision = _decide(plpy, now, statement, token, subject=subject, resource=resource, operation=operation,
+    decision = _decide(plpy, now, (version, snapshot, xid), token, subject=subject, resource=resource, operation=operation,
                        domain=domain, prefix=prefix)
     return json.dumps(decision.as_dict())
 
@@ -332,12 +384,12 @@ def canonical_chain(plpy: Any, nodes: str | None) -> str:
 
 
 @_sql_errors
-def verify_identity(plpy: Any, now: float, statement: str | None, token: str | None, identity: str | None,
+def verify_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, identity: str | None,
                     domain: str | None = None, ensure_subject_in_domain: bool | None = False) -> str:
     """Identity mode of spec §6.4; a NULL identity is false (use verify_bearer)."""
     if identity is None:
         return "f"
-    config = _statement_config(plpy, statement)
+    config = _statement_config(plpy, version, snapshot, xid)
     ensure = bool(ensure_subject_in_domain)
     return _outcome(_remembered(
         config, token, now, ("identity", identity, domain, ensure),
@@ -348,9 +400,9 @@ def verify_identity(plpy: Any, now: float, statement: str | None, token: str | N
 
 
 @_sql_errors
-def verify_bearer(plpy: Any, now: float, statement: str | None, token: str | None, domain: str | None = None) -> str:
+def verify_bearer(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, domain: str | None = None) -> str:
     """Bearer mode of spec §6.4: the token's own root subject is the actor."""
-    config = _statement_config(plpy, statement)
+    config = _statement_config(plpy, version, snapshot, xid)
     return _outcome(_remembered(
         config, token, now, ("bearer", domain),
         lambda: identity_decision(token, config.keys, now=now, identity=None, domain=domain,
@@ -359,9 +411,9 @@ def verify_bearer(plpy: Any, now: float, statement: str | None, token: str | Non
 
 
 @_sql_errors
-def token_identity(plpy: Any, now: float, statement: str | None, token: str | None, domain: str | None = None) -> str:
+def token_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, domain: str | None = None) -> str:
     """JSON {"identity": <the most specific identity proven, or null>}."""
-    config = _statement_config(plpy, statement)
+    config = _statement_config(plpy, version, snapshot, xid)
     identity = proven_identity(token, config.keys, now=now, domain=domain,
                                load=lambda text, at: _load(text, config, at), revoked=config.revocations)
     return json.dumps({"identity": identity})
@@ -388,12 +440,12 @@ def authority_revocation_id(plpy: Any, token: str | None) -> str:
 
 
 @_sql_errors_array
-def identity_scope(plpy: Any, now: float, statement: str | None, token: str | None) -> list[str | None]:
+def identity_scope(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None) -> list[str | None]:
     """["ok", identity or NULL, "t"/"f" (it also proves every descendant
     identity:...), revoked identities below it...] for the owner-column
     policy helpers. Computed once per statement however many helpers ask,
     and kept until the token expires."""
-    config = _statement_config(plpy, statement)
+    config = _statement_config(plpy, version, snapshot, xid)
     key = ("identity_scope", token, now)
     if key not in _statement_results:
         _statement_results[key] = _remembered(
@@ -415,11 +467,11 @@ def _identity_scope(token: str | None, config: _Config, now: float) -> list[str 
 
 
 @_sql_errors_array
-def authorized_resources(plpy: Any, now: float, statement: str | None, token: str | None, subject: str | None,
+def authorized_resources(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, subject: str | None,
                          operation: str | None) -> list[str | None]:
     """["ok", resource...]: every resource verify_token accepts for this
     token, subject and operation (once per statement, kept until expiry)."""
-    config = _statement_config(plpy, statement)
+    config = _statement_config(plpy, version, snapshot, xid)
     key = ("authorized_resources", token, subject, operation, now)
     if key not in _statement_results:
         _statement_results[key] = _remembered(

@@ -68,13 +68,14 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz.retire_key(100)", ()),
             ("SELECT hessra_authz.set_service_chain('x', %s)", (Jsonb([]),)),
             ("SELECT hessra_authz.drop_service_chain('x')", ()),
-            ("SELECT hessra_authz._verify_token(0, '', 't', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._verify_token(0, '', NULL, '', 't', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._config_changed('1')", ()),
             ("SELECT hessra_authz._load_config('1/1', '[]', '{}', '{\"ids\": [], \"identities\": []}')", ()),
             ("SELECT hessra_authz._sync()", ()),
             ("SELECT hessra_authz._config_version()", ()),
-            ("SELECT hessra_authz._identity_scope(0, 'forged', 't')", ()),
-            ("SELECT hessra_authz._authorized_resources(0, 'forged', 't', 's', 'o')", ()),
-            ("SELECT hessra_authz._verify_identity(0, 'forged', 't', 'i', NULL, false)", ()),
+            ("SELECT hessra_authz._identity_scope(0, '', NULL, 'forged', 't')", ()),
+            ("SELECT hessra_authz._authorized_resources(0, '', NULL, 'forged', 't', 's', 'o')", ()),
+            ("SELECT hessra_authz._verify_identity(0, '', NULL, 'forged', 't', 'i', NULL, false)", ()),
             ("SELECT hessra_authz._canonical_key(%s)", (attacker_key,)),
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
