@@ -50,7 +50,7 @@ from hessra_pg.identity import mint_identity  # noqa: E402
 from hessra_pg.install import install  # noqa: E402
 from hessra_pg.keys import generate_keypair  # noqa: E402
 from hessra_pg.mint import TokenTime, attest_service, mint_authorization, sign_off  # noqa: E402
-from hessra_pg.verify import ChainNode  # noqa: E402
+from hessra_pg.verify import RUN_LIMIT_TIME, ChainNode  # noqa: E402
 
 APP = "bench_app"
 COMPAT = ("time({now}); resource({resource}); subject({subject}); operation({operation});\n"
@@ -135,6 +135,11 @@ class Kind:
             params[f"c{i}"] = node.component
             scope[f"k{i}"] = self.node_pairs[i].public_key
         builder = biscuit_auth.AuthorizerBuilder(source, params, scope)
+        # Biscuit's default 1 ms limit denies valid tokens on a busy machine
+        # (and so aborts the run): the same limits as ours, same work.
+        limits = builder.limits()
+        limits.max_time = RUN_LIMIT_TIME
+        builder.set_limits(limits)
         builder.build(biscuit).authorize()
 
     def sql(self) -> tuple[str, tuple]:

@@ -11,6 +11,7 @@ Nothing here touches a database; callers pass the keys, chains and time.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Sequence
@@ -255,45 +256,67 @@ def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> Verifi
         except BISCUIT_ERRORS:
             continue
         sources = tuple(biscuit.block_source(i) for i in range(biscuit.block_count()))
+        expires_at, expiry_known = _time_checks(sources)
         return VerifiedToken(
             biscuit=biscuit,
             key=key,
-            expires_at=_expiry(sources),
+            expires_at=expires_at,
             revocation_ids=tuple(biscuit.revocation_ids),
             block_sources=sources,
-            expiry_known=_expiry_known(sources),
+            expiry_known=expiry_known,
         )
     if shape.root_key_id is not None:
         raise TokenRejected("bad_signature", f"signature does not verify with root key {shape.root_key_id}")
     raise TokenRejected("bad_signature", "signature does not verify with any active root key")
 
 
-def _expiry_known(sources: Iterable[str]) -> bool:
-    """True if `time` appears only in recognised expiry checks."""
+def _time_checks(sources: Iterable[str]) -> tuple[int | None, bool]:
+    """(the minimum N of every `check if time($t), $t < N` line, or None;
+    whether `time` appears only in such lines, so the token can't turn
+    invalid before that expiry)."""
+    values: list[int] = []
+    known = True
     for source in sources:
         mentions = source.count("time(")
-        if mentions and mentions != len(TIME_CHECK.findall(source)):
-            return False
-    return True
-
-
-def _expiry(sources: Iterable[str]) -> int | None:
-    """The minimum of every `check if time($t), $t < N` in the token."""
-    values = [int(match.group(2)) for source in sources for match in TIME_CHECK.finditer(source)]
-    return min(values) if values else None
+        if not mentions:
+            continue
+        found = TIME_CHECK.findall(source)
+        known = known and len(found) == mentions
+        values.extend(int(limit) for _, limit in found)
+    return (min(values) if values else None), known
 
 
 # -- authorization ---------------------------------------------------------
 
+#: Parsed authorizers by (source, parameters, scope keys): parsing the
+#: Datalog costs about as much as evaluating it, and a builder can build any
+#: number of authorizers. Parameters include the time (whole seconds), so in
+#: steady use the entries of one second serve every token checked in it.
+AUTHORIZER_CACHE_SIZE = 256
+_builders: "OrderedDict[tuple[Any, ...], biscuit_auth.AuthorizerBuilder]" = OrderedDict()
+
+
 def _authorizer(source: list[str], params: dict[str, Any],
-                scope: dict[str, biscuit_auth.PublicKey] | None = None) -> biscuit_auth.AuthorizerBuilder:
-    """An authorizer with our explicit, generous run limits (design §3)."""
-    builder = biscuit_auth.AuthorizerBuilder("\n".join(source), params, scope or {})
+                scope: dict[str, str] | None = None) -> biscuit_auth.AuthorizerBuilder:
+    """An authorizer with our explicit, generous run limits (design §3).
+
+    `scope` maps parameter names to public keys in canonical text form.
+    """
+    cache_key = (tuple(source), tuple(params.items()), tuple(scope.items()) if scope else ())
+    builder = _builders.get(cache_key)
+    if builder is not None:
+        _builders.move_to_end(cache_key)
+        return builder
+    builder = biscuit_auth.AuthorizerBuilder(
+        "\n".join(source), params, {name: parse_public_key(key) for name, key in (scope or {}).items()})
     limits = builder.limits()
     limits.max_time = RUN_LIMIT_TIME
     limits.max_facts = RUN_LIMIT_FACTS
     limits.max_iterations = RUN_LIMIT_ITERATIONS
     builder.set_limits(limits)
+    _builders[cache_key] = builder
+    while len(_builders) > AUTHORIZER_CACHE_SIZE:
+        _builders.popitem(last=False)
     return builder
 
 
@@ -319,7 +342,7 @@ def authorize(
     required = chain_nodes_required(chain, component) if chain is not None else []
     source = ["time({now}); resource({resource}); operation({operation});"]
     params: dict[str, Any] = {"now": now, "resource": resource, "operation": operation}
-    scope: dict[str, biscuit_auth.PublicKey] = {}
+    scope: dict[str, str] = {}
     if capability:
         source.append("subject($sub) <- right($sub, {resource}, {operation});")
     else:
@@ -334,7 +357,7 @@ def authorize(
     for index, node in enumerate(required):
         source.append(f"check if node({{resource}}, {{component{index}}}) trusting authority, {{node_key{index}}};")
         params[f"component{index}"] = node.component
-        scope[f"node_key{index}"] = parse_public_key(node.public_key)
+        scope[f"node_key{index}"] = node.public_key
     source.append(_POLICY)
 
     builder = _authorizer(source, params, scope)
