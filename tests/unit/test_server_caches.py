@@ -71,3 +71,36 @@ def test_denials_and_unrecognised_time_checks_are_not_cached():
     assert decide(config, odd, now).valid
     assert not server._decisions
     assert not decide(config, odd, now + 200).valid
+
+
+def test_reused_authorizers_keep_tokens_apart():
+    """A parsed authorizer serves every token checked with the same
+    parameters; what one token grants must not leak into the next."""
+    from hessra_pg import verify as verifier
+    from hessra_pg.mint import attest_service
+    from hessra_pg.verify import ChainNode
+
+    verifier._builders.clear()
+    root = generate_keypair()
+    keys = (RootKey(1, str(root.public_key)),)
+    now = time.time()
+    alice = mint_authorization(root, "alice", "orders", "read")
+    bob = mint_authorization(root, "bob", "orders", "read")
+    args = dict(now=now, subject="alice", resource="orders", operation="read")
+    for _ in range(2):
+        assert verify(alice, keys, **args).valid
+        assert verify(bob, keys, **args).reason == "subject_mismatch"
+    assert len(verifier._builders) == 1
+    # Chain checks are keyed by the nodes' keys: another key, another authorizer.
+    node, impostor = generate_keypair(), generate_keypair()
+    chain = (ChainNode("gateway", str(node.public_key)),)
+    token = mint_authorization(root, "alice", "orders", "read", service_chain=chain)
+    attested = attest_service(token, str(root.public_key), "orders", node)
+    forged = attest_service(token, str(root.public_key), "orders", impostor)
+    assert verify(attested, keys, chain=chain, **args).valid
+    assert verify(forged, keys, chain=chain, **args).reason == "missing_attestation:gateway"
+    assert not verify(attested, keys, chain=(ChainNode("gateway", str(impostor.public_key)),), **args).valid
+    for i in range(verifier.AUTHORIZER_CACHE_SIZE + 5):
+        verify(alice, keys, now=now, subject=f"user{i}", resource="orders", operation="read")
+    assert len(verifier._builders) == verifier.AUTHORIZER_CACHE_SIZE
+    assert verify(alice, keys, **args).valid
