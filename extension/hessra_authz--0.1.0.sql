@@ -243,12 +243,12 @@ from hessra_pg import server
 server.config_changed(plpy, xid)
 $$;
 
-CREATE FUNCTION hessra_authz._load_config(version text, keys jsonb, chains jsonb, revocations jsonb)
+CREATE FUNCTION hessra_authz._load_config(version text, keys jsonb, chains jsonb, revocations jsonb, database oid)
 RETURNS void
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-server.load_config(plpy, version, keys, chains, revocations)
+server.load_config(plpy, version, keys, chains, revocations, database)
 $$;
 
 CREATE FUNCTION hessra_authz._sync() RETURNS text
@@ -273,7 +273,8 @@ BEGIN
             (SELECT jsonb_build_object(
                         'ids', coalesce(jsonb_agg(r.revocation_id) FILTER (WHERE r.revocation_id IS NOT NULL), '[]'),
                         'identities', coalesce(jsonb_agg(r.identity) FILTER (WHERE r.identity IS NOT NULL), '[]'))
-               FROM hessra_authz.revocations AS r));
+               FROM hessra_authz.revocations AS r),
+            (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()));
     END IF;
     RETURN version;
 END
@@ -445,7 +446,7 @@ COMMENT ON FUNCTION hessra_authz.revoke_identity(text, text) IS
 REVOKE EXECUTE ON FUNCTION
     hessra_authz._bump_generation(),
     hessra_authz._config_version(),
-    hessra_authz._load_config(text, jsonb, jsonb, jsonb),
+    hessra_authz._load_config(text, jsonb, jsonb, jsonb, oid),
     hessra_authz._sync(),
     hessra_authz._raise(text),
     hessra_authz._config_changed(text),
@@ -499,17 +500,18 @@ CREATE FUNCTION hessra_authz.verify_token(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
-    outcome text := hessra_authz._verify_token(at, snap, xid, NULL, verify_token.token, verify_token.subject,
-                                               verify_token.resource, verify_token.operation,
-                                               verify_token.domain, verify_token.prefix);
+    outcome text := hessra_authz._verify_token(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
+        verify_token.domain, verify_token.prefix);
 BEGIN
     IF outcome = 's' THEN
-        outcome := hessra_authz._verify_token(at, snap, xid, hessra_authz._sync(), verify_token.token,
-                                              verify_token.subject, verify_token.resource, verify_token.operation,
-                                              verify_token.domain, verify_token.prefix);
+        outcome := hessra_authz._verify_token(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
+            verify_token.domain, verify_token.prefix);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
@@ -523,15 +525,16 @@ CREATE FUNCTION hessra_authz.verify_capability(token text, resource text, operat
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
-    outcome text := hessra_authz._verify_capability(at, snap, xid, NULL, verify_capability.token,
-                                                    verify_capability.resource, verify_capability.operation);
+    outcome text := hessra_authz._verify_capability(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        verify_capability.token, verify_capability.resource, verify_capability.operation);
 BEGIN
     IF outcome = 's' THEN
-        outcome := hessra_authz._verify_capability(at, snap, xid, hessra_authz._sync(), verify_capability.token,
-                                                   verify_capability.resource, verify_capability.operation);
+        outcome := hessra_authz._verify_capability(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            verify_capability.token, verify_capability.resource, verify_capability.operation);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
@@ -548,19 +551,18 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
     outcome text := hessra_authz._verify_service_chain(
-        at, snap, xid, NULL, verify_service_chain.token, verify_service_chain.subject,
-        verify_service_chain.resource, verify_service_chain.operation, verify_service_chain.chain,
-        verify_service_chain.component);
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
+        verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_service_chain(
-            at, snap, xid, hessra_authz._sync(), verify_service_chain.token, verify_service_chain.subject,
-            verify_service_chain.resource, verify_service_chain.operation, verify_service_chain.chain,
-            verify_service_chain.component);
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
+            verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
@@ -577,19 +579,18 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
     outcome text := hessra_authz._verify_service_chain_nodes(
-        at, snap, xid, NULL, verify_service_chain.token, verify_service_chain.subject,
-        verify_service_chain.resource, verify_service_chain.operation, verify_service_chain.nodes,
-        verify_service_chain.component);
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
+        verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_service_chain_nodes(
-            at, snap, xid, hessra_authz._sync(), verify_service_chain.token, verify_service_chain.subject,
-            verify_service_chain.resource, verify_service_chain.operation, verify_service_chain.nodes,
-            verify_service_chain.component);
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
+            verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
@@ -606,16 +607,17 @@ CREATE FUNCTION hessra_authz.explain(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
-    outcome text := hessra_authz._explain(at, snap, xid, NULL, explain.token, explain.subject, explain.resource,
-                                          explain.operation, explain.domain, explain.prefix);
+    outcome text := hessra_authz._explain(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        explain.token, explain.subject, explain.resource, explain.operation, explain.domain, explain.prefix);
     result jsonb;
 BEGIN
     IF outcome = 's' THEN
-        outcome := hessra_authz._explain(at, snap, xid, hessra_authz._sync(), explain.token, explain.subject,
-                                         explain.resource, explain.operation, explain.domain, explain.prefix);
+        outcome := hessra_authz._explain(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            explain.token, explain.subject, explain.resource, explain.operation, explain.domain, explain.prefix);
     END IF;
     result := outcome::jsonb;
     IF result ? 'error' THEN
@@ -638,16 +640,18 @@ CREATE FUNCTION hessra_authz.verify_identity(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
-    outcome text := hessra_authz._verify_identity(at, snap, xid, NULL, verify_identity.token, verify_identity.identity,
-                                                  verify_identity.domain, verify_identity.ensure_subject_in_domain);
+    outcome text := hessra_authz._verify_identity(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        verify_identity.token, verify_identity.identity, verify_identity.domain,
+        verify_identity.ensure_subject_in_domain);
 BEGIN
     IF outcome = 's' THEN
-        outcome := hessra_authz._verify_identity(at, snap, xid, hessra_authz._sync(), verify_identity.token,
-                                                 verify_identity.identity, verify_identity.domain,
-                                                 verify_identity.ensure_subject_in_domain);
+        outcome := hessra_authz._verify_identity(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            verify_identity.token, verify_identity.identity, verify_identity.domain,
+            verify_identity.ensure_subject_in_domain);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
@@ -661,14 +665,16 @@ CREATE FUNCTION hessra_authz.verify_bearer(token text, domain text DEFAULT NULL)
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
-    outcome text := hessra_authz._verify_bearer(at, snap, xid, NULL, verify_bearer.token, verify_bearer.domain);
+    outcome text := hessra_authz._verify_bearer(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        verify_bearer.token, verify_bearer.domain);
 BEGIN
     IF outcome = 's' THEN
-        outcome := hessra_authz._verify_bearer(at, snap, xid, hessra_authz._sync(), verify_bearer.token,
-                                               verify_bearer.domain);
+        outcome := hessra_authz._verify_bearer(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            verify_bearer.token, verify_bearer.domain);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
@@ -682,15 +688,17 @@ CREATE FUNCTION hessra_authz.token_identity(token text, domain text DEFAULT NULL
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
-    outcome text := hessra_authz._token_identity(at, snap, xid, NULL, token_identity.token, token_identity.domain);
+    outcome text := hessra_authz._token_identity(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        token_identity.token, token_identity.domain);
     result jsonb;
 BEGIN
     IF outcome = 's' THEN
-        outcome := hessra_authz._token_identity(at, snap, xid, hessra_authz._sync(), token_identity.token,
-                                                token_identity.domain);
+        outcome := hessra_authz._token_identity(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            token_identity.token, token_identity.domain);
     END IF;
     result := outcome::jsonb;
     IF result ? 'error' THEN
@@ -720,9 +728,18 @@ COMMENT ON FUNCTION hessra_authz.current_subject() IS
     'The subject in the hessra.subject setting, or NULL if unset or empty.';
 
 CREATE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- The fast path of verify_token, inlined: this runs in every policy.
+    outcome text := hessra_authz._verify_token(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
+        NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
+        authorized.resource, authorized.operation, NULL, NULL);
 BEGIN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     RETURN hessra_authz.verify_token(NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
                                      NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
                                      authorized.resource, authorized.operation);
@@ -748,14 +765,17 @@ CREATE FUNCTION hessra_authz._current_scope() RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
     token text := NULLIF(pg_catalog.current_setting('hessra.token', true), '');
-    result text[] := hessra_authz._identity_scope(at, snap, xid, NULL, token);
+    result text[] := hessra_authz._identity_scope(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        token);
 BEGIN
     IF result[1] = 's' THEN
-        result := hessra_authz._identity_scope(at, snap, xid, hessra_authz._sync(), token);
+        result := hessra_authz._identity_scope(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            token);
     END IF;
     IF result[1] <> 'ok' THEN
         PERFORM hessra_authz._raise(result[2]);
@@ -765,11 +785,17 @@ END
 $$;
 
 CREATE FUNCTION hessra_authz.current_identity_scope() RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text[] := hessra_authz._current_scope();
+    s text[] := hessra_authz._identity_scope(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
+    IF s[1] <> 'ok' THEN
+        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
+    END IF;
     RETURN pg_catalog.jsonb_build_object('identity', s[2], 'descendants', s[3] = 't',
                                          'revoked_below', pg_catalog.to_jsonb(coalesce(s[4:], '{}')));
 END
@@ -778,11 +804,17 @@ COMMENT ON FUNCTION hessra_authz.current_identity_scope() IS
     '{identity, descendants, revoked_below} for the token in hessra.token; verified once per statement.';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_start() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text[] := hessra_authz._current_scope();
+    s text[] := hessra_authz._identity_scope(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
+    IF s[1] <> 'ok' THEN
+        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
+    END IF;
     RETURN CASE WHEN s[3] = 't' THEN s[2] || ':' END;
 END
 $$;
@@ -790,11 +822,17 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_start() IS
     'identity || '':'' if the current token may act for descendants of its identity, else NULL (inclusive lower bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_end() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text[] := hessra_authz._current_scope();
+    s text[] := hessra_authz._identity_scope(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
+    IF s[1] <> 'ok' THEN
+        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
+    END IF;
     RETURN CASE WHEN s[3] = 't' THEN s[2] || ';' END;
 END
 $$;
@@ -802,18 +840,38 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_end() IS
     'identity || '';'' if the current token may act for descendants of its identity, else NULL (exclusive upper bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_revoked_below() RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    s text[] := hessra_authz._identity_scope(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
-    RETURN coalesce((hessra_authz._current_scope())[4:], '{}');
+    IF s[1] <> 'ok' THEN
+        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
+    END IF;
+    RETURN coalesce(s[4:], '{}');
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.current_identity_revoked_below() IS
     'Revoked identities below the current token''s identity (their rows must stay hidden).';
 
 CREATE FUNCTION hessra_authz.current_identity() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
-AS $$ BEGIN RETURN (hessra_authz._current_scope())[2]; END $$;
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s text[] := hessra_authz._identity_scope(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
+BEGIN
+    IF s[1] <> 'ok' THEN
+        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
+    END IF;
+    RETURN s[2];
+END
+$$;
 COMMENT ON FUNCTION hessra_authz.current_identity() IS
     'token_identity of the token in hessra.token (NULL if none or invalid).';
 
@@ -827,15 +885,16 @@ CREATE FUNCTION hessra_authz.token_resources(token text, subject text, operation
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    at float8 := pg_catalog.date_part('epoch', pg_catalog.statement_timestamp());
-    snap text := pg_catalog.pg_current_snapshot()::text;
-    xid text := pg_catalog.pg_current_xact_id_if_assigned()::text;
-    result text[] := hessra_authz._authorized_resources(at, snap, xid, NULL, token_resources.token,
-                                                        token_resources.subject, token_resources.operation);
+    result text[] := hessra_authz._authorized_resources(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        token_resources.token, token_resources.subject, token_resources.operation);
 BEGIN
     IF result[1] = 's' THEN
-        result := hessra_authz._authorized_resources(at, snap, xid, hessra_authz._sync(), token_resources.token,
-                                                     token_resources.subject, token_resources.operation);
+        result := hessra_authz._authorized_resources(
+            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            token_resources.token, token_resources.subject, token_resources.operation);
     END IF;
     IF result[1] <> 'ok' THEN
         PERFORM hessra_authz._raise(result[2]);
@@ -847,9 +906,19 @@ COMMENT ON FUNCTION hessra_authz.token_resources(text, text, text) IS
     'Every resource r for which verify_token(token, subject, r, operation) is true (empty if none).';
 
 CREATE FUNCTION hessra_authz.authorized_resources(operation text) RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- The fast path of token_resources, inlined.
+    result text[] := hessra_authz._authorized_resources(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
+        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
+        NULLIF(pg_catalog.current_setting('hessra.subject', true), ''), authorized_resources.operation);
 BEGIN
+    IF result[1] = 'ok' THEN
+        RETURN result[2:];
+    END IF;
     RETURN hessra_authz.token_resources(NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
                                         NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
                                         authorized_resources.operation);
@@ -857,6 +926,19 @@ END
 $$;
 COMMENT ON FUNCTION hessra_authz.authorized_resources(text) IS
     'token_resources for the current token and subject. In policies: col = ANY ((SELECT hessra_authz.authorized_resources(''read''))::text[]).';
+
+-- ---------------------------------------------------------------------------
+-- Observability
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION hessra_authz.cache_stats() RETURNS jsonb
+LANGUAGE plpython3u VOLATILE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+from hessra_pg import server
+return server.cache_stats(plpy)
+$$;
+COMMENT ON FUNCTION hessra_authz.cache_stats() IS
+    'This backend''s verifier caches (sizes and bounds) and its hits and misses in the decision table shared by the database''s backends. Counts only, never tokens.';
 
 -- A backend that re-creates the extension inside one transaction may hold the
 -- configuration of the dropped one, and its snapshot need not have changed.

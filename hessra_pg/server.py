@@ -34,6 +34,7 @@ from collections import OrderedDict
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigurationError, HessraError, KeyFormatError
+from .shared_cache import SharedDecisions
 from .encoding import encode_token as encode_urlsafe
 from .keys import canonical_public_key
 from .verify import (
@@ -72,6 +73,10 @@ class _Config:
 
 
 _config: _Config | None = None
+#: Positive decisions shared with the database's other backends, and the
+#: database they belong to (hessra_pg.shared_cache).
+_shared: SharedDecisions | None = None
+_shared_database: int | None = None
 #: The statement snapshot (text of pg_current_snapshot()) with which _config
 #: was last confirmed current; None: the next call must go through _sync().
 _confirmed_snapshot: str | None = None
@@ -162,9 +167,13 @@ def config_changed(plpy: Any, xid: str) -> None:
     _confirmed_snapshot = None
 
 
-def load_config(plpy: Any, version: str, keys: str, chains: str, revocations: str) -> None:
-    """Take the configuration read by hessra_authz._sync() (JSON texts)."""
-    global _config, _confirmed_snapshot
+def load_config(plpy: Any, version: str, keys: str, chains: str, revocations: str,
+                database: int | None = None) -> None:
+    """Take the configuration read by hessra_authz._sync() (JSON texts) in
+    database `database` (OID)."""
+    global _config, _confirmed_snapshot, _shared, _shared_database
+    if database is not None and database != _shared_database:
+        _shared, _shared_database = SharedDecisions.for_database(database), database
     parsed_chains: dict[str, Any] = {}
     for name, nodes in json.loads(chains).items():
         try:
@@ -244,30 +253,49 @@ R = TypeVar("R")
 
 
 def _remembered(config: _Config, token: str | None, now: float, args: tuple[Any, ...],
-                compute: Callable[[], R], keep: Callable[[R], bool] = lambda decision: decision.valid) -> R:
+                compute: Callable[[], R], keep: Callable[[R], bool] = lambda decision: decision.valid,
+                shared: bool = False) -> R:
     """A result from the cache, or compute one and keep it if `keep` says so
     and the token verified: until the token's expiry or its key's end.
 
     Only results that can't turn from "no" to "yes" as time passes are kept:
     positive decisions, and the resources or identity a verified token grants
-    (they can only shrink, at expiry).
+    (they can only shrink, at expiry). With `shared` (yes/no decisions whose
+    caller needs only `valid`), positive ones are also shared with the
+    database's other backends.
     """
     if token is None:
         return compute()
-    key = (config.generation, hashlib.blake2b(token.encode(), digest_size=16).digest(), args)
+    token_digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
+    key = (config.generation, token_digest, args)
     hit = _decisions.get(key)
     if hit is not None and now < hit[1]:
         _decisions.move_to_end(key)
         return hit[0]
+    shared_digest = None
+    if shared and _shared is not None:
+        shared_digest = SharedDecisions.digest(config.generation, repr(args), token_digest)
+        until = _shared.allowed_until(shared_digest, now)
+        if until is not None:
+            result: Any = Decision(True, "ok")
+            _keep_decision(key, result, until)
+            return result
     result = compute()
     verified = _tokens.get((token, config.generation))
     if keep(result) and isinstance(verified, VerifiedToken) and verified.expiry_known:
         limits = [limit for limit in (verified.expires_at, verified.key.not_after) if limit is not None]
-        _decisions[key] = (result, min(limits) if limits else float("inf"))
-        _decisions.move_to_end(key)
-        while len(_decisions) > DECISION_CACHE_SIZE:
-            _decisions.popitem(last=False)
+        until = min(limits) if limits else float("inf")
+        _keep_decision(key, result, until)
+        if shared_digest is not None and _shared is not None:
+            _shared.record(shared_digest, until)
     return result
+
+
+def _keep_decision(key: tuple[Any, ...], result: Any, until: float) -> None:
+    _decisions[key] = (result, until)
+    _decisions.move_to_end(key)
+    while len(_decisions) > DECISION_CACHE_SIZE:
+        _decisions.popitem(last=False)
 
 
 def _chain(config: _Config, name: str | None) -> tuple[ChainNode, ...]:
@@ -297,7 +325,10 @@ def _decide(
     use_chain: bool = False,
     component: str | None = None,
     capability: bool = False,
+    detailed: bool = False,
 ) -> Decision:
+    """`detailed`: the caller reports the whole Decision (explain), so it is
+    cached apart from the yes/no answers, which other backends may supply."""
     config = _statement_config(plpy, *statement)
     chain: tuple[ChainNode, ...] | None = None
     if use_chain:
@@ -306,7 +337,9 @@ def _decide(
         else:
             chain = _chain(config, chain_name)
     return _remembered(
-        config, token, now, ("authorization", subject, resource, operation, domain, prefix, chain, component, capability),
+        config, token, now,
+        ("explain" if detailed else "authorization", subject, resource, operation, domain, prefix, chain, component,
+         capability),
         lambda: verify(
             token,
             config.keys,
@@ -322,6 +355,7 @@ def _decide(
             load=lambda text, at: _load(text, config, at),
             revoked=config.revocations,
         ),
+        shared=not detailed,
     )
 
 
@@ -361,7 +395,7 @@ def verify_service_chain_nodes(plpy: Any, now: float, snapshot: str | None, xid:
 def explain(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None, subject: str | None,
             resource: str | None, operation: str | None, domain: str | None = None, prefix: str | None = None) -> str:
     decision = _decide(plpy, now, (version, snapshot, xid), token, subject=subject, resource=resource, operation=operation,
-                       domain=domain, prefix=prefix)
+                       domain=domain, prefix=prefix, detailed=True)
     return json.dumps(decision.as_dict())
 
 
@@ -396,6 +430,7 @@ def verify_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None
         lambda: identity_decision(token, config.keys, now=now, identity=identity, domain=domain,
                                   ensure_subject_in_domain=ensure, load=lambda text, at: _load(text, config, at),
                                   revoked=config.revocations),
+        shared=True,
     ).valid)
 
 
@@ -407,6 +442,7 @@ def verify_bearer(plpy: Any, now: float, snapshot: str | None, xid: str | None, 
         config, token, now, ("bearer", domain),
         lambda: identity_decision(token, config.keys, now=now, identity=None, domain=domain,
                                   load=lambda text, at: _load(text, config, at), revoked=config.revocations),
+        shared=True,
     ).valid)
 
 
@@ -481,3 +517,17 @@ def authorized_resources(plpy: Any, now: float, snapshot: str | None, xid: str |
                 load=lambda text, at: _load(text, config, at), revoked=config.revocations)],
             keep=lambda result: True)
     return _statement_results[key]
+
+
+def cache_stats(plpy: Any) -> str:
+    """JSON sizes and bounds of this backend's caches, and the hits and
+    misses of the shared decision table (hessra_authz.cache_stats())."""
+    from .verify import AUTHORIZER_CACHE_SIZE, _builders
+
+    return json.dumps({
+        "configuration_version": config_version(),
+        "tokens": {"size": len(_tokens), "bound": TOKEN_CACHE_SIZE},
+        "decisions": {"size": len(_decisions), "bound": DECISION_CACHE_SIZE},
+        "authorizers": {"size": len(_builders), "bound": AUTHORIZER_CACHE_SIZE},
+        "shared_decisions": None if _shared is None else {"hits": _shared.hits, "misses": _shared.misses},
+    })

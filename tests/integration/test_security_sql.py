@@ -70,7 +70,7 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz.drop_service_chain('x')", ()),
             ("SELECT hessra_authz._verify_token(0, '', NULL, '', 't', 's', 'r', 'o', NULL, NULL)", ()),
             ("SELECT hessra_authz._config_changed('1')", ()),
-            ("SELECT hessra_authz._load_config('1/1', '[]', '{}', '{\"ids\": [], \"identities\": []}')", ()),
+            ("SELECT hessra_authz._load_config('1/1', '[]', '{}', '{\"ids\": [], \"identities\": []}', 1)", ()),
             ("SELECT hessra_authz._sync()", ()),
             ("SELECT hessra_authz._config_version()", ()),
             ("SELECT hessra_authz._identity_scope(0, '', NULL, 'forged', 't')", ()),

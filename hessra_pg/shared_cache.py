@@ -1,0 +1,89 @@
+"""Positive decisions shared by every backend of one database.
+
+Each backend keeps its own caches (hessra_pg.server), so with a connection
+pool of N backends every token is verified N times, and a pool that sees
+many distinct tokens spends most of its CPU on signatures. This file-backed
+table lets the first backend's answer serve the others.
+
+What is stored is only "under configuration version V, token T with
+arguments A is allowed until U" (U: the token's expiry or its key's end):
+a pure function of V, T, A and the time, computed by the one verifier and
+kept under the same rules as a backend's own decision cache. Entries are 32
+bytes: a 16-byte digest of (V, A, T), U, and an 8-byte checksum. Writers
+don't lock; a torn or overwritten entry fails its checksum or digest and
+reads as a miss. Nothing here can turn a "no" into a "yes" except a
+decision the verifier made.
+
+The file lives in the cluster's data directory (a backend's working
+directory), one per database, readable and writable only by the server's OS
+user, fixed in size (SLOTS entries, a sparse file of 2 MiB), and removed
+with the cluster. If it can't be opened, backends just don't share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+from pathlib import Path
+
+#: Entries per database (a slot per digest; a newer entry replaces an older).
+SLOTS = 1 << 16
+_ENTRY = struct.Struct("<16sd8s")
+DIRECTORY = "hessra_authz_cache"
+
+
+class SharedDecisions:
+    """A fixed-size table of positive decisions in a shared memory map."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.hits = 0
+        self.misses = 0
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            size = SLOTS * _ENTRY.size
+            if os.fstat(descriptor).st_size < size:
+                os.ftruncate(descriptor, size)
+            self._map = mmap.mmap(descriptor, size)
+        finally:
+            os.close(descriptor)
+
+    @classmethod
+    def for_database(cls, database: int) -> "SharedDecisions | None":
+        """The table of database `database` (an OID), or None if the file
+        can't be used (sharing is an optimisation, never a requirement)."""
+        try:
+            return cls(Path.cwd() / DIRECTORY / str(int(database)))
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def digest(version: str, arguments: str, token_digest: bytes) -> bytes:
+        return hashlib.blake2b(f"{version}\0{arguments}\0".encode() + token_digest, digest_size=16).digest()
+
+    def allowed_until(self, digest: bytes, now: float) -> float | None:
+        """Until when the recorded decision holds, if a verifier recorded one
+        that holds at `now`; else None."""
+        offset = self._offset(digest)
+        entry = self._map[offset:offset + _ENTRY.size]
+        stored, until, check = _ENTRY.unpack(entry)
+        if stored == digest and now < until and check == _check(entry[:24]):
+            self.hits += 1
+            return until
+        self.misses += 1
+        return None
+
+    def record(self, digest: bytes, until: float) -> None:
+        head = _ENTRY.pack(digest, until, b"")[:24]
+        offset = self._offset(digest)
+        self._map[offset:offset + _ENTRY.size] = head + _check(head)
+
+    def _offset(self, digest: bytes) -> int:
+        return (int.from_bytes(digest[:8], "little") % SLOTS) * _ENTRY.size
+
+
+def _check(head: bytes) -> bytes:
+    return hashlib.blake2b(head, digest_size=8, person=b"hessra-decision").digest()

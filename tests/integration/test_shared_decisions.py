@@ -1,0 +1,67 @@
+"""Backends of one database share positive decisions (hessra_pg.shared_cache):
+a token verified by one backend is not verified again by the others, and
+nothing a backend shares outlives a configuration change or the token."""
+
+import os
+import stat
+from pathlib import Path
+
+from hessra_pg.keys import generate_keypair
+from hessra_pg.mint import TokenTime, mint_authorization
+from tests.integration.conftest import scalar
+
+VERIFY = "SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read')"
+
+
+def shared_stats(conn):
+    return scalar(conn, "SELECT hessra_authz.cache_stats()")["shared_decisions"]
+
+
+def test_a_decision_made_by_one_backend_serves_another(hessra_db, root, app_role):
+    token = mint_authorization(root, "alice", "orders", "read")
+    with hessra_db.connect(app_role, autocommit=True) as first, \
+            hessra_db.connect(app_role, autocommit=True) as second:
+        assert scalar(first, VERIFY, (token,)) is True
+        assert shared_stats(first) == {"hits": 0, "misses": 1}
+        assert scalar(second, VERIFY, (token,)) is True
+        assert shared_stats(second) == {"hits": 1, "misses": 0}
+        stats = scalar(second, "SELECT hessra_authz.cache_stats()")
+        assert stats["tokens"]["size"] == 0  # the second backend never parsed the token
+        # explain reports the whole decision, never the shared yes.
+        explained = scalar(second, "SELECT hessra_authz.explain(%s, 'alice', 'orders', 'read')", (token,))
+        assert explained["valid"] is True and explained["kid"] == 100 and explained["expires_at"]
+
+
+def test_denials_are_not_shared(hessra_db, root, app_role):
+    token = mint_authorization(root, "bob", "orders", "read")
+    with hessra_db.connect(app_role, autocommit=True) as first, \
+            hessra_db.connect(app_role, autocommit=True) as second:
+        assert scalar(first, VERIFY, (token,)) is False
+        assert scalar(second, VERIFY, (token,)) is False
+        assert shared_stats(second) == {"hits": 0, "misses": 1}
+
+
+def test_a_configuration_change_ends_sharing(hessra_db, admin, root, app_role):
+    token = mint_authorization(root, "alice", "orders", "read")
+    other = mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(duration=900))
+    with hessra_db.connect(app_role, autocommit=True) as first, \
+            hessra_db.connect(app_role, autocommit=True) as second:
+        assert scalar(first, VERIFY, (token,)) is True
+        assert scalar(first, VERIFY, (other,)) is True
+        admin.execute("SELECT hessra_authz.revoke_token(%s)", (token,))
+        assert scalar(second, VERIFY, (token,)) is False
+        assert scalar(second, VERIFY, (other,)) is True
+        assert shared_stats(second)["hits"] == 0  # the entries were made under the old configuration
+        admin.execute("SELECT hessra_authz.add_key(%s)", (str(generate_keypair().public_key),))
+        admin.execute("SELECT hessra_authz.retire_key(100)")
+        assert scalar(first, VERIFY, (other,)) is False
+
+
+def test_the_table_is_a_private_file_in_the_data_directory(hessra_db, admin, root, app_role):
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        scalar(app, VERIFY, (mint_authorization(root, "alice", "orders", "read"),))
+    data = Path(scalar(admin, "SHOW data_directory"))
+    oid = scalar(admin, "SELECT oid FROM pg_database WHERE datname = current_database()")
+    table = data / "hessra_authz_cache" / str(oid)
+    assert stat.S_IMODE(os.stat(table.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(table).st_mode) == 0o600
