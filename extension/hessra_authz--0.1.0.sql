@@ -81,9 +81,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     UPDATE hessra_authz.config_state SET generation = generation + 1;
-    -- This backend's verifier must not trust its snapshot comparison while
-    -- this transaction is open (hessra_pg.server explains why).
-    PERFORM hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
     RETURN NULL;
 END
 $$;
@@ -103,9 +100,9 @@ CREATE TRIGGER bump_generation
 -- JSON result, or a JSON object with "error") instead of raising, because an
 -- exception escaping PL/Python shows the user a Python traceback; the public
 -- plpgsql wrappers below turn errors into a clean ERROR with _raise().
--- They stay revoked from PUBLIC: their `now`, `snapshot`, `xid` and `version`
--- arguments feed the per-backend caches, so only the wrappers (which compute
--- them from the statement itself) may call them.
+-- They stay revoked from PUBLIC: their `now` and `version` arguments feed
+-- the per-backend caches, so only the wrappers (which compute them from the
+-- statement itself) may call them.
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION hessra_authz._raise(outcome text) RETURNS void
@@ -134,71 +131,71 @@ return server.canonical_chain(plpy, nodes)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_token(
-    now float8, snapshot text, xid text, version text, token text, subject text, resource text, operation text, domain text, prefix text
+    now float8, version text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_token(plpy, now, snapshot, xid, version, token, subject, resource, operation, domain, prefix)
+return server.verify_token(plpy, now, version, token, subject, resource, operation, domain, prefix)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_capability(
-    now float8, snapshot text, xid text, version text, token text, resource text, operation text
+    now float8, version text, token text, resource text, operation text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_capability(plpy, now, snapshot, xid, version, token, resource, operation)
+return server.verify_capability(plpy, now, version, token, resource, operation)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_service_chain(
-    now float8, snapshot text, xid text, version text, token text, subject text, resource text, operation text, chain text, component text
+    now float8, version text, token text, subject text, resource text, operation text, chain text, component text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_service_chain(plpy, now, snapshot, xid, version, token, subject, resource, operation, chain, component)
+return server.verify_service_chain(plpy, now, version, token, subject, resource, operation, chain, component)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_service_chain_nodes(
-    now float8, snapshot text, xid text, version text, token text, subject text, resource text, operation text, nodes jsonb, component text
+    now float8, version text, token text, subject text, resource text, operation text, nodes jsonb, component text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_service_chain_nodes(plpy, now, snapshot, xid, version, token, subject, resource, operation, nodes, component)
+return server.verify_service_chain_nodes(plpy, now, version, token, subject, resource, operation, nodes, component)
 $$;
 
 CREATE FUNCTION hessra_authz._explain(
-    now float8, snapshot text, xid text, version text, token text, subject text, resource text, operation text, domain text, prefix text
+    now float8, version text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.explain(plpy, now, snapshot, xid, version, token, subject, resource, operation, domain, prefix)
+return server.explain(plpy, now, version, token, subject, resource, operation, domain, prefix)
 $$;
 
 CREATE FUNCTION hessra_authz._verify_identity(
-    now float8, snapshot text, xid text, version text, token text, identity text, domain text, ensure_subject_in_domain boolean
+    now float8, version text, token text, identity text, domain text, ensure_subject_in_domain boolean
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_identity(plpy, now, snapshot, xid, version, token, identity, domain, ensure_subject_in_domain)
+return server.verify_identity(plpy, now, version, token, identity, domain, ensure_subject_in_domain)
 $$;
 
-CREATE FUNCTION hessra_authz._verify_bearer(now float8, snapshot text, xid text, version text, token text, domain text) RETURNS text
+CREATE FUNCTION hessra_authz._verify_bearer(now float8, version text, token text, domain text) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.verify_bearer(plpy, now, snapshot, xid, version, token, domain)
+return server.verify_bearer(plpy, now, version, token, domain)
 $$;
 
-CREATE FUNCTION hessra_authz._token_identity(now float8, snapshot text, xid text, version text, token text, domain text) RETURNS text
+CREATE FUNCTION hessra_authz._token_identity(now float8, version text, token text, domain text) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.token_identity(plpy, now, snapshot, xid, version, token, domain)
+return server.token_identity(plpy, now, version, token, domain)
 $$;
 
 CREATE FUNCTION hessra_authz._authority_revocation_id(token text) RETURNS text
@@ -208,20 +205,20 @@ from hessra_pg import server
 return server.authority_revocation_id(plpy, token)
 $$;
 
-CREATE FUNCTION hessra_authz._identity_scope(now float8, snapshot text, xid text, version text, token text) RETURNS text[]
+CREATE FUNCTION hessra_authz._identity_scope(now float8, version text, token text) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.identity_scope(plpy, now, snapshot, xid, version, token)
+return server.identity_scope(plpy, now, version, token)
 $$;
 
 CREATE FUNCTION hessra_authz._authorized_resources(
-    now float8, snapshot text, xid text, version text, token text, subject text, operation text
+    now float8, version text, token text, subject text, operation text
 ) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-return server.authorized_resources(plpy, now, snapshot, xid, version, token, subject, operation)
+return server.authorized_resources(plpy, now, version, token, subject, operation)
 $$;
 
 -- The configuration reaches the verifier through plpgsql: PL/Python's own SPI
@@ -236,19 +233,12 @@ from hessra_pg import server
 return server.config_version()
 $$;
 
-CREATE FUNCTION hessra_authz._config_changed(xid text) RETURNS void
-LANGUAGE plpython3u VOLATILE SET search_path = pg_catalog, pg_temp
-AS $$
-from hessra_pg import server
-server.config_changed(plpy, xid)
-$$;
-
-CREATE FUNCTION hessra_authz._load_config(version text, keys jsonb, chains jsonb, revocations jsonb, database oid)
+CREATE FUNCTION hessra_authz._load_config(version text, keys jsonb, chains jsonb, revocations jsonb)
 RETURNS void
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 from hessra_pg import server
-server.load_config(plpy, version, keys, chains, revocations, database)
+server.load_config(plpy, version, keys, chains, revocations)
 $$;
 
 CREATE FUNCTION hessra_authz._sync() RETURNS text
@@ -273,10 +263,24 @@ BEGIN
             (SELECT jsonb_build_object(
                         'ids', coalesce(jsonb_agg(r.revocation_id) FILTER (WHERE r.revocation_id IS NOT NULL), '[]'),
                         'identities', coalesce(jsonb_agg(r.identity) FILTER (WHERE r.identity IS NOT NULL), '[]'))
-               FROM hessra_authz.revocations AS r),
-            (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()));
+               FROM hessra_authz.revocations AS r));
     END IF;
     RETURN version;
+END
+$$;
+
+-- Turn an outcome into a boolean, raising configuration errors.
+CREATE FUNCTION hessra_authz._decision(outcome text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF _decision.outcome = 't' THEN
+        RETURN true;
+    ELSIF _decision.outcome = 'f' THEN
+        RETURN false;
+    END IF;
+    PERFORM hessra_authz._raise(_decision.outcome);
+    RETURN false;
 END
 $$;
 
@@ -446,22 +450,22 @@ COMMENT ON FUNCTION hessra_authz.revoke_identity(text, text) IS
 REVOKE EXECUTE ON FUNCTION
     hessra_authz._bump_generation(),
     hessra_authz._config_version(),
-    hessra_authz._load_config(text, jsonb, jsonb, jsonb, oid),
+    hessra_authz._load_config(text, jsonb, jsonb, jsonb),
     hessra_authz._sync(),
     hessra_authz._raise(text),
-    hessra_authz._config_changed(text),
+    hessra_authz._decision(text),
     hessra_authz._canonical_key(text),
     hessra_authz._canonical_chain(jsonb),
-    hessra_authz._verify_token(float8, text, text, text, text, text, text, text, text, text),
-    hessra_authz._verify_capability(float8, text, text, text, text, text, text),
-    hessra_authz._verify_service_chain(float8, text, text, text, text, text, text, text, text, text),
-    hessra_authz._verify_service_chain_nodes(float8, text, text, text, text, text, text, text, jsonb, text),
-    hessra_authz._explain(float8, text, text, text, text, text, text, text, text, text),
-    hessra_authz._verify_identity(float8, text, text, text, text, text, text, boolean),
-    hessra_authz._verify_bearer(float8, text, text, text, text, text),
-    hessra_authz._token_identity(float8, text, text, text, text, text),
-    hessra_authz._identity_scope(float8, text, text, text, text),
-    hessra_authz._authorized_resources(float8, text, text, text, text, text, text),
+    hessra_authz._verify_token(float8, text, text, text, text, text, text, text),
+    hessra_authz._verify_capability(float8, text, text, text, text),
+    hessra_authz._verify_service_chain(float8, text, text, text, text, text, text, text),
+    hessra_authz._verify_service_chain_nodes(float8, text, text, text, text, text, jsonb, text),
+    hessra_authz._explain(float8, text, text, text, text, text, text, text),
+    hessra_authz._verify_identity(float8, text, text, text, text, boolean),
+    hessra_authz._verify_bearer(float8, text, text, text),
+    hessra_authz._token_identity(float8, text, text, text),
+    hessra_authz._identity_scope(float8, text, text),
+    hessra_authz._authorized_resources(float8, text, text, text, text),
     hessra_authz._authority_revocation_id(text),
     hessra_authz.revoke(text, text),
     hessra_authz.revoke_token(text, text),
@@ -485,12 +489,6 @@ TO hessra_admin;
 -- Verification (STABLE: the answer depends on time and configuration).
 -- Any token problem gives false; configuration problems raise an ERROR.
 -- SECURITY DEFINER so that callers need no access to the key tables.
---
--- Every wrapper has the same shape: call the internal function with the
--- statement's time, snapshot and transaction id and no version (the fast
--- path: the backend's configuration was confirmed with this very snapshot);
--- on 's' (stale) call it again with the version _sync() has just loaded;
--- raise an 'error' outcome as a clean ERROR.
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION hessra_authz.verify_token(
@@ -499,23 +497,12 @@ CREATE FUNCTION hessra_authz.verify_token(
 ) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    outcome text := hessra_authz._verify_token(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
-        verify_token.domain, verify_token.prefix);
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._verify_token(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
-            verify_token.domain, verify_token.prefix);
-    END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    PERFORM hessra_authz._raise(outcome);
-    RETURN NULL;
+    RETURN hessra_authz._decision(hessra_authz._verify_token(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
+        verify_token.domain, verify_token.prefix));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.verify_token(text, text, text, text, text, text) IS
@@ -524,21 +511,11 @@ COMMENT ON FUNCTION hessra_authz.verify_token(text, text, text, text, text, text
 CREATE FUNCTION hessra_authz.verify_capability(token text, resource text, operation text) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    outcome text := hessra_authz._verify_capability(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        verify_capability.token, verify_capability.resource, verify_capability.operation);
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._verify_capability(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            verify_capability.token, verify_capability.resource, verify_capability.operation);
-    END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    PERFORM hessra_authz._raise(outcome);
-    RETURN NULL;
+    RETURN hessra_authz._decision(hessra_authz._verify_capability(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        verify_capability.token, verify_capability.resource, verify_capability.operation));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.verify_capability(text, text, text) IS
@@ -550,23 +527,12 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
 ) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    outcome text := hessra_authz._verify_service_chain(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
-        verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._verify_service_chain(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
-            verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
-    END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    PERFORM hessra_authz._raise(outcome);
-    RETURN NULL;
+    RETURN hessra_authz._decision(hessra_authz._verify_service_chain(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
+        verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.verify_service_chain(text, text, text, text, text, text) IS
@@ -578,23 +544,12 @@ CREATE FUNCTION hessra_authz.verify_service_chain(
 ) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    outcome text := hessra_authz._verify_service_chain_nodes(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
-        verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._verify_service_chain_nodes(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
-            verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
-    END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    PERFORM hessra_authz._raise(outcome);
-    RETURN NULL;
+    RETURN hessra_authz._decision(hessra_authz._verify_service_chain_nodes(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
+        verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.verify_service_chain(text, text, text, text, jsonb, text) IS
@@ -607,21 +562,14 @@ CREATE FUNCTION hessra_authz.explain(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    outcome text := hessra_authz._explain(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        explain.token, explain.subject, explain.resource, explain.operation, explain.domain, explain.prefix);
-    result jsonb;
+    result jsonb := hessra_authz._explain(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        explain.token, explain.subject, explain.resource,
+                                          explain.operation, explain.domain, explain.prefix)::jsonb;
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._explain(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            explain.token, explain.subject, explain.resource, explain.operation, explain.domain, explain.prefix);
-    END IF;
-    result := outcome::jsonb;
     IF result ? 'error' THEN
-        PERFORM hessra_authz._raise(outcome);
+        PERFORM hessra_authz._raise(result::text);
     END IF;
     RETURN result;
 END
@@ -639,23 +587,12 @@ CREATE FUNCTION hessra_authz.verify_identity(
 ) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    outcome text := hessra_authz._verify_identity(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        verify_identity.token, verify_identity.identity, verify_identity.domain,
-        verify_identity.ensure_subject_in_domain);
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._verify_identity(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            verify_identity.token, verify_identity.identity, verify_identity.domain,
-            verify_identity.ensure_subject_in_domain);
-    END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    PERFORM hessra_authz._raise(outcome);
-    RETURN NULL;
+    RETURN hessra_authz._decision(hessra_authz._verify_identity(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        verify_identity.token, verify_identity.identity, verify_identity.domain,
+        verify_identity.ensure_subject_in_domain));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.verify_identity(text, text, text, boolean) IS
@@ -664,21 +601,11 @@ COMMENT ON FUNCTION hessra_authz.verify_identity(text, text, text, boolean) IS
 CREATE FUNCTION hessra_authz.verify_bearer(token text, domain text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    outcome text := hessra_authz._verify_bearer(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        verify_bearer.token, verify_bearer.domain);
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._verify_bearer(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            verify_bearer.token, verify_bearer.domain);
-    END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    PERFORM hessra_authz._raise(outcome);
-    RETURN NULL;
+    RETURN hessra_authz._decision(hessra_authz._verify_bearer(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        verify_bearer.token, verify_bearer.domain));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.verify_bearer(text, text) IS
@@ -688,21 +615,13 @@ CREATE FUNCTION hessra_authz.token_identity(token text, domain text DEFAULT NULL
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    outcome text := hessra_authz._token_identity(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        token_identity.token, token_identity.domain);
-    result jsonb;
+    result jsonb := hessra_authz._token_identity(
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        token_identity.token, token_identity.domain)::jsonb;
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._token_identity(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            token_identity.token, token_identity.domain);
-    END IF;
-    result := outcome::jsonb;
     IF result ? 'error' THEN
-        PERFORM hessra_authz._raise(outcome);
+        PERFORM hessra_authz._raise(result::text);
     END IF;
     RETURN result->>'identity';
 END
@@ -728,20 +647,10 @@ COMMENT ON FUNCTION hessra_authz.current_subject() IS
     'The subject in the hessra.subject setting, or NULL if unset or empty.';
 
 CREATE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    -- The fast path of verify_token, inlined: this runs in every policy.
-    outcome text := hessra_authz._verify_token(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
-        NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        authorized.resource, authorized.operation, NULL, NULL);
 BEGIN
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    RETURN hessra_authz.verify_token(NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
-                                     NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
+    RETURN hessra_authz.verify_token(hessra_authz.current_token(), hessra_authz.current_subject(),
                                      authorized.resource, authorized.operation);
 END
 $$;
@@ -765,18 +674,11 @@ CREATE FUNCTION hessra_authz._current_scope() RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    token text := NULLIF(pg_catalog.current_setting('hessra.token', true), '');
     result text[] := hessra_authz._identity_scope(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        token);
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
+        hessra_authz.current_token());
 BEGIN
-    IF result[1] = 's' THEN
-        result := hessra_authz._identity_scope(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            token);
-    END IF;
     IF result[1] <> 'ok' THEN
         PERFORM hessra_authz._raise(result[2]);
     END IF;
@@ -785,17 +687,11 @@ END
 $$;
 
 CREATE FUNCTION hessra_authz.current_identity_scope() RETURNS jsonb
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text[] := hessra_authz._identity_scope(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
+    s text[] := hessra_authz._current_scope();
 BEGIN
-    IF s[1] <> 'ok' THEN
-        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
-    END IF;
     RETURN pg_catalog.jsonb_build_object('identity', s[2], 'descendants', s[3] = 't',
                                          'revoked_below', pg_catalog.to_jsonb(coalesce(s[4:], '{}')));
 END
@@ -804,17 +700,11 @@ COMMENT ON FUNCTION hessra_authz.current_identity_scope() IS
     '{identity, descendants, revoked_below} for the token in hessra.token; verified once per statement.';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_start() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text[] := hessra_authz._identity_scope(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
+    s text[] := hessra_authz._current_scope();
 BEGIN
-    IF s[1] <> 'ok' THEN
-        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
-    END IF;
     RETURN CASE WHEN s[3] = 't' THEN s[2] || ':' END;
 END
 $$;
@@ -822,17 +712,11 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_start() IS
     'identity || '':'' if the current token may act for descendants of its identity, else NULL (inclusive lower bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_subtree_end() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s text[] := hessra_authz._identity_scope(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
+    s text[] := hessra_authz._current_scope();
 BEGIN
-    IF s[1] <> 'ok' THEN
-        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
-    END IF;
     RETURN CASE WHEN s[3] = 't' THEN s[2] || ';' END;
 END
 $$;
@@ -840,38 +724,18 @@ COMMENT ON FUNCTION hessra_authz.current_identity_subtree_end() IS
     'identity || '';'' if the current token may act for descendants of its identity, else NULL (exclusive upper bound, "C" collation).';
 
 CREATE FUNCTION hessra_authz.current_identity_revoked_below() RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    s text[] := hessra_authz._identity_scope(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
-    IF s[1] <> 'ok' THEN
-        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
-    END IF;
-    RETURN coalesce(s[4:], '{}');
+    RETURN coalesce((hessra_authz._current_scope())[4:], '{}');
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.current_identity_revoked_below() IS
     'Revoked identities below the current token''s identity (their rows must stay hidden).';
 
 CREATE FUNCTION hessra_authz.current_identity() RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    s text[] := hessra_authz._identity_scope(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
-BEGIN
-    IF s[1] <> 'ok' THEN
-        s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
-    END IF;
-    RETURN s[2];
-END
-$$;
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN (hessra_authz._current_scope())[2]; END $$;
 COMMENT ON FUNCTION hessra_authz.current_identity() IS
     'token_identity of the token in hessra.token (NULL if none or invalid).';
 
@@ -886,16 +750,10 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     result text[] := hessra_authz._authorized_resources(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()),
+        hessra_authz._sync(),
         token_resources.token, token_resources.subject, token_resources.operation);
 BEGIN
-    IF result[1] = 's' THEN
-        result := hessra_authz._authorized_resources(
-            pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-            pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
-            token_resources.token, token_resources.subject, token_resources.operation);
-    END IF;
     IF result[1] <> 'ok' THEN
         PERFORM hessra_authz._raise(result[2]);
     END IF;
@@ -906,40 +764,12 @@ COMMENT ON FUNCTION hessra_authz.token_resources(text, text, text) IS
     'Every resource r for which verify_token(token, subject, r, operation) is true (empty if none).';
 
 CREATE FUNCTION hessra_authz.authorized_resources(operation text) RETURNS text[]
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    -- The fast path of token_resources, inlined.
-    result text[] := hessra_authz._authorized_resources(
-        pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()), pg_catalog.pg_current_snapshot()::text,
-        pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
-        NULLIF(pg_catalog.current_setting('hessra.subject', true), ''), authorized_resources.operation);
 BEGIN
-    IF result[1] = 'ok' THEN
-        RETURN result[2:];
-    END IF;
-    RETURN hessra_authz.token_resources(NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
-                                        NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
+    RETURN hessra_authz.token_resources(hessra_authz.current_token(), hessra_authz.current_subject(),
                                         authorized_resources.operation);
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.authorized_resources(text) IS
     'token_resources for the current token and subject. In policies: col = ANY ((SELECT hessra_authz.authorized_resources(''read''))::text[]).';
-
--- ---------------------------------------------------------------------------
--- Observability
--- ---------------------------------------------------------------------------
-
-CREATE FUNCTION hessra_authz.cache_stats() RETURNS jsonb
-LANGUAGE plpython3u VOLATILE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
-AS $$
-from hessra_pg import server
-return server.cache_stats(plpy)
-$$;
-COMMENT ON FUNCTION hessra_authz.cache_stats() IS
-    'This backend''s verifier caches (sizes and bounds) and its hits and misses in the decision table shared by the database''s backends. Counts only, never tokens.';
-
--- A backend that re-creates the extension inside one transaction may hold the
--- configuration of the dropped one, and its snapshot need not have changed.
-SELECT hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);

@@ -1,12 +1,13 @@
 """Positive decisions shared by every backend of one database.
 
-Each backend keeps its own caches (hessra_pg.server), so with a connection
+Each backend keeps its own caches (hessra_pg.backend), so with a connection
 pool of N backends every token is verified N times, and a pool that sees
 many distinct tokens spends most of its CPU on signatures. This file-backed
 table lets the first backend's answer serve the others.
 
 What is stored is only "under configuration version V, token T with
-arguments A is allowed until U" (U: the token's expiry or its key's end):
+arguments A is allowed until U" (U: the token's expiry or its key's end; the
+key also holds the hessra_pg version, so a package upgrade starts afresh):
 a pure function of V, T, A and the time, computed by the one verifier and
 kept under the same rules as a backend's own decision cache. Entries are 32
 bytes: a 16-byte digest of (V, A, T), U, and an 8-byte checksum. Writers
@@ -27,6 +28,8 @@ import mmap
 import os
 import struct
 from pathlib import Path
+
+from . import __version__
 
 #: Entries per database (a slot per digest; a newer entry replaces an older).
 SLOTS = 1 << 16
@@ -62,7 +65,11 @@ class SharedDecisions:
 
     @staticmethod
     def digest(version: str, arguments: str, token_digest: bytes) -> bytes:
-        return hashlib.blake2b(f"{version}\0{arguments}\0".encode() + token_digest, digest_size=16).digest()
+        """The entry key: configuration version, arguments and token, and the
+        package version (a backend still running older verifier code must
+        not answer for a newer one, or the reverse)."""
+        text = f"{__version__}\0{version}\0{arguments}\0"
+        return hashlib.blake2b(text.encode() + token_digest, digest_size=16).digest()
 
     def allowed_until(self, digest: bytes, now: float) -> float | None:
         """Until when the recorded decision holds, if a verifier recorded one

@@ -1,5 +1,5 @@
 """Pure verification decisions for Hessra tokens, shared by the server side
-(PL/Python, through hessra_pg.server) and the client side (CLI, tests).
+(PL/Python, through hessra_pg.backend) and the client side (CLI, tests).
 
 The authorizer is the "compat" one of spec §2.3: the newest Hessra facts with
 the G1/G2 policy instead of `allow if true`, so G3 tokens verify exactly as
@@ -457,7 +457,7 @@ def verify(
 
     `now` is the Unix time (a float keeps key windows exact; Datalog gets
     the integer part). `load` replaces load_token(token, keys, now), e.g.
-    with a cached one (hessra_pg.server).
+    with a cached one (hessra_pg.backend).
     """
     if chain is not None:
         chain_nodes_required(chain, component)  # an unknown component is loud even with no token

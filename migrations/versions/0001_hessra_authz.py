@@ -2,7 +2,8 @@
 
 Upgrade (as a superuser):
 - ``hessra_admin`` (created first if missing, marked as ours), then
-  ``CREATE EXTENSION hessra_authz CASCADE``;
+  ``CREATE EXTENSION hessra_authz VERSION '0.1.0' CASCADE`` (the version
+  this revision was written for; later revisions update it in place);
 - ``GRANT hessra_admin`` to the ``admin_roles`` setting;
 - the application role (``app_role``, default ``hessra_app``): NOLOGIN unless
   ``app_login``, never superuser nor BYPASSRLS; an existing role is kept as
@@ -119,7 +120,7 @@ def upgrade() -> None:
     if repo and not Path(repo).is_dir():
         raise ConfigurationError(f"policy_repo {repo} is not a directory")
     _create_role("hessra_admin", "NOLOGIN")
-    op.create_hessra_extension()
+    op.create_hessra_extension(version="0.1.0")
     for role in settings.get("admin_roles", []):
         run_sql(f"GRANT hessra_admin TO {quote_ident(role)}")
     app_role = settings.get("app_role") or "hessra_app"

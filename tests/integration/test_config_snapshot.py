@@ -1,5 +1,5 @@
 """The verifier's fast path trusts the configuration it holds while the
-statement snapshot is the one it last read it with (hessra_pg.server). These
+statement snapshot is the one it last read it with (hessra_pg.backend). These
 are the cases where a snapshot alone would mislead: changes made by the
 backend's own transaction, rolled back whole or to a savepoint, a snapshot
 held for a whole REPEATABLE READ transaction, and an extension re-created in

@@ -319,7 +319,7 @@ def test_version_mismatch_is_a_warning(good: HessraDatabase, app_role: str, monk
         report = run_checks(conn)
     checks = {check.name: check for check in report.checks}
     extension = checks["extension"]
-    assert (extension.status, extension.message) == ("warn", "hessra_authz 0.1.0 in this database, but this "
+    assert (extension.status, extension.message) == ("warn", "hessra_authz 0.2.0 in this database, but this "
                                                               "hessra_pg is 99.0.0")
     assert extension.hint.startswith("run `hessra-pg install` (hessra_pg 99.0.0) on the database host")
     assert checks["server Python"].status == "warn"

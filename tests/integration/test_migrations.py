@@ -20,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg import sql
 from sqlalchemy import create_engine, pool
 
+import hessra_pg
 import hessra_pg.alembic  # noqa: F401  (op.update_hessra_extension)
 from hessra_pg.cluster import LocalCluster
 from hessra_pg.config import load_resources
@@ -113,14 +114,14 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(bare_db, policy_repo, 
         alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)
         ready = _state(bare_db.dsn, app_role)
         assert ready["extensions"] == ["hessra_authz", "plpgsql", "plpython3u"]
-        assert ready["version"] == ("0002_demo_schema",)
+        assert ready["version"] == ("0003_hessra_authz_0_2_0",)
         assert ready["keys"] == [(str(root.public_key),)]
         assert ready["chains"] == load_resources(policy_repo)
         assert set(ready["chains"]) == {"order_service", "payments"}
         assert ready["role"] == (True, False, False)
         assert len(ready["policies"]) == 12 and {p[0] for p in ready["policies"]} == {"orders", "documents",
                                                                                        "catalog"}
-        assert "0002_demo_schema (head)" in alembic(bare_db.dsn, "current", app_role=app_role)
+        assert "0003_hessra_authz_0_2_0 (head)" in alembic(bare_db.dsn, "current", app_role=app_role)
 
         alembic(bare_db.dsn, "downgrade", "base", app_role=app_role)
         down = _state(bare_db.dsn, app_role)
@@ -158,7 +159,7 @@ def _visible(dsn_for_app: str, token: str | None, subject: str | None = None) ->
 
 
 def test_demo_data_survives_an_extension_update(bare_db, hessra_postgres, policy_repo, root, app_role):
-    alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)
+    alembic(bare_db.dsn, "upgrade", "0002_demo_schema", repo=policy_repo, app_role=app_role)  # hessra_authz 0.1.0
     with psycopg.connect(bare_db.dsn, autocommit=True) as admin:
         admin.execute("INSERT INTO demo.orders SELECT g, 'customer ' || g, 'item', 1 FROM generate_series(1, 500) g")
         admin.execute("INSERT INTO demo.documents (owner, title) VALUES ('alice', 'a'), ('alice:laptop', 'b'), "
@@ -186,23 +187,26 @@ def test_demo_data_survives_an_extension_update(bare_db, hessra_postgres, policy
         app.commit()
 
     # The extension update path: new files on the host (hessra-pg install), then
-    # ALTER EXTENSION ... UPDATE (op.update_hessra_extension) in a migration. With
-    # 0.1.0 the only version it is a no-op; the point is that nothing is dropped.
+    # ALTER EXTENSION ... UPDATE in a migration (0003: 0.1.0 -> 0.2.0), and the
+    # same through the Alembic operation at head (a no-op): nothing is dropped.
     if isinstance(hessra_postgres, LocalCluster) and os.environ.get("HESSRA_PG_TEST_INSTALL", "1") != "0":
         from hessra_pg.install import install
 
         install(pip=False)
+    with psycopg.connect(bare_db.dsn) as admin:
+        assert admin.execute("SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'").fetchone() == \
+            ("0.1.0",)
+    alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)
     engine = create_engine("postgresql+psycopg://", poolclass=pool.NullPool, creator=lambda: psycopg.connect(bare_db.dsn))
     try:
         with engine.begin() as connection:
             Operations(MigrationContext.configure(connection)).update_hessra_extension()
     finally:
         engine.dispose()
-    alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)  # already at head: nothing to do
 
     with psycopg.connect(bare_db.dsn) as admin:
         assert admin.execute("SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'").fetchone() == \
-            ("0.1.0",)
+            (hessra_pg.__version__,)
         after_rows = admin.execute("SELECT (SELECT count(*) FROM demo.orders), (SELECT count(*) FROM demo.documents),"
                                    " (SELECT count(*) FROM demo.catalog)").fetchone()
     assert after_rows == (before_rows[0], before_rows[1] + 1, before_rows[2])

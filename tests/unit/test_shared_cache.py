@@ -82,3 +82,12 @@ def test_two_tables_of_one_database_see_each_other(table, tmp_path):
     table.record(digest, 99.0)
     assert other.allowed_until(digest, 0.0) == 99.0
     assert os.path.getsize(tmp_path / DIRECTORY / "16384") == SLOTS * 32
+
+
+def test_another_package_version_does_not_read_the_entries(table, monkeypatch):
+    from hessra_pg import shared_cache
+
+    digest = SharedDecisions.digest("7/100", "args", b"t" * 16)
+    table.record(digest, 50.0)
+    monkeypatch.setattr(shared_cache, "__version__", "99.0.0")
+    assert SharedDecisions.digest("7/100", "args", b"t" * 16) != digest

@@ -1,4 +1,4 @@
-"""Per-backend caches of hessra_pg.server: bounded, keyed by configuration
+"""Per-backend caches of hessra_pg.backend: bounded, keyed by configuration
 generation, never serving a decision past the token's expiry or its key's
 end. (The SQL-level freshness tests are in tests/integration.)"""
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from hessra_pg import server
+from hessra_pg import backend
 from hessra_pg.keys import generate_keypair
 from hessra_pg.mint import TokenTime, mint_authorization
 from hessra_pg.verify import NO_REVOCATIONS, RootKey, verify
@@ -14,31 +14,31 @@ from hessra_pg.verify import NO_REVOCATIONS, RootKey, verify
 
 @pytest.fixture(autouse=True)
 def empty_caches():
-    server._tokens.clear()
-    server._decisions.clear()
+    backend._tokens.clear()
+    backend._decisions.clear()
     yield
-    server._tokens.clear()
-    server._decisions.clear()
+    backend._tokens.clear()
+    backend._decisions.clear()
 
 
 def decide(config, token, now):
-    return server._remembered(
+    return backend._remembered(
         config, token, now, ("authorization", "alice", "orders", "read"),
         lambda: verify(token, config.keys, now=now, subject="alice", resource="orders", operation="read",
-                       load=lambda text, at: server._load(text, config, at), revoked=config.revocations),
+                       load=lambda text, at: backend._load(text, config, at), revoked=config.revocations),
     )
 
 
 def test_caches_stay_within_their_bounds():
     root = generate_keypair()
-    config = server._Config(1, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
+    config = backend._Config(1, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
     now = time.time()
-    count = server.TOKEN_CACHE_SIZE + server.DECISION_CACHE_SIZE + 10
+    count = backend.TOKEN_CACHE_SIZE + backend.DECISION_CACHE_SIZE + 10
     for i in range(count):
         token = mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(duration=600 + i))
         assert decide(config, token, now).valid
-    assert len(server._tokens) == server.TOKEN_CACHE_SIZE
-    assert len(server._decisions) <= server.DECISION_CACHE_SIZE
+    assert len(backend._tokens) == backend.TOKEN_CACHE_SIZE
+    assert len(backend._decisions) <= backend.DECISION_CACHE_SIZE
 
 
 def test_cached_decision_ends_at_expiry_and_key_end():
@@ -46,13 +46,13 @@ def test_cached_decision_ends_at_expiry_and_key_end():
     now = time.time()
     token = mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(start=int(now), duration=10))
     spare = RootKey(2, str(generate_keypair().public_key))
-    config = server._Config(1, (RootKey(1, str(root.public_key), not_after=now + 5), spare), {}, NO_REVOCATIONS)
+    config = backend._Config(1, (RootKey(1, str(root.public_key), not_after=now + 5), spare), {}, NO_REVOCATIONS)
     assert decide(config, token, now).valid
-    assert len(server._decisions) == 1
+    assert len(backend._decisions) == 1
     assert decide(config, token, now + 4).valid
     later = decide(config, token, now + 6)  # the key ended at now + 5
     assert later.reason == "bad_signature"
-    config = server._Config(2, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
+    config = backend._Config(2, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
     assert decide(config, token, now + 9).valid
     assert decide(config, token, now + 10).reason == "expired"
 
@@ -61,7 +61,7 @@ def test_denials_and_unrecognised_time_checks_are_not_cached():
     import biscuit_auth
 
     root = generate_keypair()
-    config = server._Config(1, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
+    config = backend._Config(1, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
     now = time.time()
     token = mint_authorization(root, "bob", "orders", "read")
     assert not decide(config, token, now).valid
@@ -69,7 +69,7 @@ def test_denials_and_unrecognised_time_checks_are_not_cached():
         'right("alice", "orders", "read"); check if time($t), $t <= {limit};', {"limit": int(now) + 100}
     ).build(root.private_key).to_base64()
     assert decide(config, odd, now).valid
-    assert not server._decisions
+    assert not backend._decisions
     assert not decide(config, odd, now + 200).valid
 
 
