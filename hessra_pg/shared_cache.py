@@ -27,7 +27,6 @@ import hashlib
 import mmap
 import os
 import struct
-from pathlib import Path
 
 from . import __version__
 
@@ -40,11 +39,13 @@ DIRECTORY = "hessra_authz_cache"
 class SharedDecisions:
     """A fixed-size table of positive decisions in a shared memory map."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
+        # os.path, not pathlib: this runs in every backend's first verification,
+        # and pathlib's imports cost milliseconds there.
         self.path = path
         self.hits = 0
         self.misses = 0
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             size = SLOTS * _ENTRY.size
@@ -59,7 +60,7 @@ class SharedDecisions:
         """The table of database `database` (an OID), or None if the file
         can't be used (sharing is an optimisation, never a requirement)."""
         try:
-            return cls(Path.cwd() / DIRECTORY / str(int(database)))
+            return cls(os.path.join(os.getcwd(), DIRECTORY, str(int(database))))
         except (OSError, ValueError):
             return None
 

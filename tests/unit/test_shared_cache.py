@@ -77,7 +77,7 @@ def test_an_unusable_directory_means_no_sharing(tmp_path, monkeypatch):
 
 
 def test_two_tables_of_one_database_see_each_other(table, tmp_path):
-    other = SharedDecisions(tmp_path / DIRECTORY / "16384")
+    other = SharedDecisions(str(tmp_path / DIRECTORY / "16384"))
     digest = SharedDecisions.digest("v", "a", b"t" * 16)
     table.record(digest, 99.0)
     assert other.allowed_until(digest, 0.0) == 99.0
