@@ -17,7 +17,7 @@ decision the verifier made.
 
 The file lives in the cluster's data directory (a backend's working
 directory), one per database, readable and writable only by the server's OS
-user, fixed in size (SLOTS entries, a sparse file of 2 MiB), and removed
+user, fixed in size (SLOTS entries, 2 MiB), and removed
 with the cluster. If it can't be opened, backends just don't share.
 """
 
@@ -50,8 +50,14 @@ class SharedDecisions:
         try:
             size = SLOTS * _ENTRY.size
             if os.fstat(descriptor).st_size < size:
-                os.ftruncate(descriptor, size)
-            self._map = mmap.mmap(descriptor, size)
+                # Written out, not sparse: a store into a hole of a full disk
+                # would be a SIGBUS (a crashed backend), not an error.
+                os.pwrite(descriptor, bytes(size), 0)
+            if os.fstat(descriptor).st_size < size:
+                raise OSError(f"{path} is shorter than {size} bytes")  # never map past its end
+            # Populated: every page mapped at once, not one fault per first use.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(descriptor, size, flags=flags)
         finally:
             os.close(descriptor)
 

@@ -59,7 +59,7 @@ def test_a_newer_entry_in_the_same_slot_replaces_the_older(table):
     assert table.allowed_until(second, 0.0) == 20.0
 
 
-def test_the_file_is_private_sparse_and_fixed_in_size(table, tmp_path):
+def test_the_file_is_private_and_fixed_in_size(table, tmp_path):
     directory = tmp_path / DIRECTORY
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     path = directory / "16384"
