@@ -258,8 +258,9 @@ IDENTITY_POLICY = """(owner COLLATE "C" = (SELECT hessra_authz.current_identity(
      OR (owner COLLATE "C" >= (SELECT hessra_authz.current_identity_subtree_start())
          AND owner COLLATE "C" < (SELECT hessra_authz.current_identity_subtree_end())))
     AND ((SELECT cardinality(hessra_authz.current_identity_revoked_below()) = 0)
-         OR NOT EXISTS (SELECT 1 FROM unnest((SELECT hessra_authz.current_identity_revoked_below())) AS r(id)
-                        WHERE owner = r.id OR starts_with(owner, r.id || ':')))"""
+         OR NOT (owner = ANY ((SELECT hessra_authz.current_identity_revoked_below())::text[])
+                 OR owner ^@ ANY ((SELECT coalesce(array_agg(r || ':'), '{}')
+                                   FROM unnest(hessra_authz.current_identity_revoked_below()) AS r)::text[])))"""
 
 
 def policies(prefix: str) -> str:

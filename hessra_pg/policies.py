@@ -295,21 +295,23 @@ class PolicySpec:
 
     def _identity_condition(self) -> str:
         # README "Rows owned by identities", with the column qualified by the
-        # table so no name in the subquery can capture it. The revocation test
-        # is one boolean InitPlan; the NOT EXISTS runs only when some identity
-        # below the token's is revoked.
+        # table. Every subquery is uncorrelated: each is one InitPlan that the
+        # leader evaluates (a parallel scan stays parallel), and the two
+        # revocation arrays are read only when some identity below the
+        # token's is revoked.
         assert self.owner_column is not None
         owner = f"{self.target}.{quote_ident(self.owner_column)}"
         c = f'{owner} COLLATE "C"'
-        revoked = _call("current_identity_revoked_below")
+        below = f"{_SCHEMA}.current_identity_revoked_below()"
         return (
             f"({c} = {_call('current_identity')}\n"
             f"         OR ({c} >= {_call('current_identity_subtree_start')}\n"
             f"             AND {c} < {_call('current_identity_subtree_end')}))\n"
-            f"        AND ((SELECT pg_catalog.cardinality({_SCHEMA}.current_identity_revoked_below()) = 0)\n"
-            f"             OR NOT EXISTS (SELECT 1 FROM pg_catalog.unnest({revoked}) AS hessra_revoked(identity)\n"
-            f"                            WHERE {owner} = hessra_revoked.identity\n"
-            f"                               OR pg_catalog.starts_with({owner}, hessra_revoked.identity || ':')))"
+            f"        AND ((SELECT pg_catalog.cardinality({below}) = 0)\n"
+            f"             OR NOT ({owner} = ANY ((SELECT {below})::text[])\n"
+            f"                     OR {owner} OPERATOR(pg_catalog.^@) ANY ((SELECT coalesce(pg_catalog.array_agg("
+            f"hessra_revoked.identity || ':'), '{{}}')\n"
+            f"                                 FROM pg_catalog.unnest({below}) AS hessra_revoked(identity))::text[])))"
         )
 
     def policies(self) -> list[Policy]:
