@@ -254,9 +254,9 @@ INSERT INTO look_identity SELECT g, 'alice:' || g, g FROM generate_series(1, {ro
 CREATE INDEX ON look_identity (owner COLLATE "C");
 """
 
-IDENTITY_POLICY = """(owner COLLATE "C" = (SELECT hessra_authz.current_identity())
-     OR (owner COLLATE "C" >= (SELECT hessra_authz.current_identity_subtree_start())
-         AND owner COLLATE "C" < (SELECT hessra_authz.current_identity_subtree_end())))
+IDENTITY_POLICY = """((owner COLLATE "C" >= (SELECT hessra_authz.current_identity_subtree_start())
+      AND owner COLLATE "C" < (SELECT hessra_authz.current_identity_subtree_end()))
+     OR owner COLLATE "C" = (SELECT hessra_authz.current_identity()))
     AND ((SELECT cardinality(hessra_authz.current_identity_revoked_below()) = 0)
          OR NOT (owner = ANY ((SELECT hessra_authz.current_identity_revoked_below())::text[])
                  OR owner ^@ ANY ((SELECT coalesce(array_agg(r || ':'), '{}')

@@ -298,15 +298,16 @@ class PolicySpec:
         # table. Every subquery is uncorrelated: each is one InitPlan that the
         # leader evaluates (a parallel scan stays parallel), and the two
         # revocation arrays are read only when some identity below the
-        # token's is revoked.
+        # token's is revoked. The range comes first: a row found by owner
+        # then needs three helper calls, not four (InitPlans run on demand).
         assert self.owner_column is not None
         owner = f"{self.target}.{quote_ident(self.owner_column)}"
         c = f'{owner} COLLATE "C"'
         below = f"{_SCHEMA}.current_identity_revoked_below()"
         return (
-            f"({c} = {_call('current_identity')}\n"
-            f"         OR ({c} >= {_call('current_identity_subtree_start')}\n"
-            f"             AND {c} < {_call('current_identity_subtree_end')}))\n"
+            f"(({c} >= {_call('current_identity_subtree_start')}\n"
+            f"          AND {c} < {_call('current_identity_subtree_end')})\n"
+            f"         OR {c} = {_call('current_identity')})\n"
             f"        AND ((SELECT pg_catalog.cardinality({below}) = 0)\n"
             f"             OR NOT ({owner} = ANY ((SELECT {below})::text[])\n"
             f"                     OR {owner} OPERATOR(pg_catalog.^@) ANY ((SELECT coalesce(pg_catalog.array_agg("

@@ -14,9 +14,9 @@ from tests.integration.conftest import scalar
 POLICY = """
 CREATE POLICY documents_owner ON public.documents FOR ALL
 USING (
-    (owner COLLATE "C" = (SELECT hessra_authz.current_identity())
-     OR (owner COLLATE "C" >= (SELECT hessra_authz.current_identity_subtree_start())
-         AND owner COLLATE "C" < (SELECT hessra_authz.current_identity_subtree_end())))
+    ((owner COLLATE "C" >= (SELECT hessra_authz.current_identity_subtree_start())
+      AND owner COLLATE "C" < (SELECT hessra_authz.current_identity_subtree_end()))
+     OR owner COLLATE "C" = (SELECT hessra_authz.current_identity()))
     AND ((SELECT cardinality(hessra_authz.current_identity_revoked_below()) = 0)
          OR NOT (owner = ANY ((SELECT hessra_authz.current_identity_revoked_below())::text[])
                  OR owner ^@ ANY ((SELECT coalesce(array_agg(r || ':'), '{}')
