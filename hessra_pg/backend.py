@@ -354,6 +354,7 @@ def _decide(
             capability=capability,
             load=lambda text, at: _load(text, config, at),
             revoked=config.revocations,
+            diagnose=detailed,
         ),
         shared=not detailed,
     )

@@ -332,12 +332,15 @@ def authorize(
     chain: Sequence[ChainNode] | None = None,
     component: str | None = None,
     capability: bool = False,
+    diagnose: bool = True,
 ) -> Decision:
     """Run the compat authorizer on a signature-checked token.
 
     `capability=True` does not check the subject (verify_capability).
     With `chain`, the nodes before `component` must have attested (§3.3);
-    an unknown component raises ConfigurationError.
+    an unknown component raises ConfigurationError. `diagnose=False` skips
+    working out why a denied token is denied (reason "denied"): the
+    diagnosis queries the authorizer again, and yes/no callers don't need it.
     """
     required = chain_nodes_required(chain, component) if chain is not None else []
     source = ["time({now}); resource({resource}); operation({operation});"]
@@ -378,6 +381,8 @@ def authorize(
         return decision(True, "ok")
     except BISCUIT_ERRORS as error:
         message = str(error)
+    if not diagnose:
+        return decision(False, "denied", "not diagnosed")
     reason, detail = _diagnose(message, authorizer, verified, now, subject, resource, operation, required, capability)
     return decision(False, reason, detail)
 
@@ -451,13 +456,14 @@ def verify(
     capability: bool = False,
     load: Callable[[str | None, float], VerifiedToken] | None = None,
     revoked: Revocations = NO_REVOCATIONS,
+    diagnose: bool = True,
 ) -> Decision:
     """Verify a token end to end; a token problem is a Decision, never an
     exception. Configuration problems raise ConfigurationError.
 
     `now` is the Unix time (a float keeps key windows exact; Datalog gets
     the integer part). `load` replaces load_token(token, keys, now), e.g.
-    with a cached one (hessra_pg.backend).
+    with a cached one (hessra_pg.backend). `diagnose=False`: see authorize().
     """
     if chain is not None:
         chain_nodes_required(chain, component)  # an unknown component is loud even with no token
@@ -486,6 +492,7 @@ def verify(
         chain=chain,
         component=component,
         capability=capability,
+        diagnose=diagnose,
     )
 
 

@@ -104,3 +104,15 @@ def test_reused_authorizers_keep_tokens_apart():
         verify(alice, keys, now=now, subject=f"user{i}", resource="orders", operation="read")
     assert len(verifier._builders) == verifier.AUTHORIZER_CACHE_SIZE
     assert verify(alice, keys, **args).valid
+
+
+def test_yes_no_answers_skip_the_diagnosis_that_explain_gives():
+    root = generate_keypair()
+    keys = (RootKey(1, str(root.public_key)),)
+    token = mint_authorization(root, "bob", "orders", "read")
+    args = dict(now=time.time(), subject="alice", resource="orders", operation="read")
+    assert verify(token, keys, **args).reason == "subject_mismatch"
+    quick = verify(token, keys, diagnose=False, **args)
+    assert (quick.valid, quick.reason) == (False, "denied")
+    good = mint_authorization(root, "alice", "orders", "read")
+    assert verify(good, keys, diagnose=False, **args).valid
