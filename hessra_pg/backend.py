@@ -60,6 +60,7 @@ TOKEN_CACHE_SIZE = 1024
 #: generation (a key, chain or revocation change drops them all).
 DECISION_CACHE_SIZE = 4096
 
+
 class _Config:
     """Keys and chains of one configuration generation."""
 
@@ -105,7 +106,8 @@ def _sql_errors(function: Callable[..., str]) -> Callable[..., str]:
     An exception escaping PL/Python shows the user a Python traceback; the
     thin plpgsql wrappers of extension/ raise these outcomes as a clean
     ERROR (hessra_authz._raise) instead. Outcomes: 't', 'f', a JSON result,
-    or a JSON object with an "error" member.
+    a JSON object with an "error" member, or STALE (call again after
+    hessra_authz._sync()).
     """
 
     def wrapper(plpy: Any, *args: Any, **kwargs: Any) -> str:
