@@ -67,7 +67,7 @@ class SharedDecisions:
         can't be used (sharing is an optimisation, never a requirement)."""
         try:
             return cls(os.path.join(os.getcwd(), DIRECTORY, str(int(database))))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             return None
 
     @staticmethod

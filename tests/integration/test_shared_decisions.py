@@ -65,3 +65,41 @@ def test_the_table_is_a_private_file_in_the_data_directory(hessra_db, admin, roo
     table = data / "hessra_authz_cache" / str(oid)
     assert stat.S_IMODE(os.stat(table.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(table).st_mode) == 0o600
+
+
+def test_concurrent_backends_share_without_wrong_answers(hessra_db, root, app_role):
+    """Four backends verify overlapping tokens at once (writers never lock):
+    every answer stays right, denials included, and later backends hit."""
+    import threading
+
+    good = [mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(duration=600 + i))
+            for i in range(60)]
+    bad = [mint_authorization(root, "bob", "orders", "read", time_config=TokenTime(duration=600 + i))
+           for i in range(20)]
+    tokens = good + bad
+    expected = [True] * len(good) + [False] * len(bad)
+    query = ("SELECT array_agg(hessra_authz.verify_token(t, 'alice', 'orders', 'read') ORDER BY n) "
+             "FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n)")
+    failures: list[str] = []
+
+    def worker(offset: int) -> None:
+        try:
+            with hessra_db.connect(app_role, autocommit=True) as conn:
+                order = tokens[offset:] + tokens[:offset]
+                wanted = expected[offset:] + expected[:offset]
+                for _ in range(3):
+                    if scalar(conn, query, (order,)) != wanted:
+                        failures.append(f"worker {offset}: wrong answers")
+        except Exception as error:  # reported below, with the thread's name
+            failures.append(f"worker {offset}: {error!r}")
+
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in (0, 20, 40, 60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+    with hessra_db.connect(app_role, autocommit=True) as late:
+        assert scalar(late, query, (tokens,)) == expected
+        stats = shared_stats(late)
+        assert stats["hits"] == len(good) and stats["misses"] == len(bad)
