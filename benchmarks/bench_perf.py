@@ -376,9 +376,12 @@ def section_pgbench(cluster: LocalCluster, results: Results, quick: bool, root) 
                             [(n + 1, f"u{n + 1}", t) for n, t in enumerate(tokens)])
         admin.execute(f"GRANT SELECT ON bench_tokens TO {APP}")
     scripts = {
-        "hessra": ("SELECT set_config('hessra.token', token, true), set_config('hessra.subject', subject, true)"
+        # Both set their settings without echoing the values back, as the
+        # hessra_pg helpers do (SET_CONTEXT_SQL).
+        "hessra": ("SELECT set_config('hessra.token', token, true) IS NULL, "
+                   "set_config('hessra.subject', subject, true) IS NULL"
                    " FROM bench_tokens WHERE n = :n;\nSELECT * FROM look_table WHERE id = :n;"),
-        "plain": ("SELECT set_config('app.user_id', subject, true) FROM bench_tokens WHERE n = :n;\n"
+        "plain": ("SELECT set_config('app.user_id', subject, true) IS NULL FROM bench_tokens WHERE n = :n;\n"
                   "SELECT * FROM look_plain WHERE id = :n;"),
     }
     seconds = 8 if quick else 20

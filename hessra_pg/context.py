@@ -4,10 +4,11 @@ The database reads the token from the settings ``hessra.token`` and
 ``hessra.subject``. The application sets both at the start of every
 transaction, transaction-locally and with bound parameters::
 
-    SELECT pg_catalog.set_config('hessra.token', $1, true),
-           pg_catalog.set_config('hessra.subject', $2, true)
+    SELECT FROM pg_catalog.set_config('hessra.token', $1, true) AS hessra_token,
+                pg_catalog.set_config('hessra.subject', $2, true) AS hessra_subject
 
-(:data:`SET_CONTEXT_SQL`). ``is_local = true`` makes the values vanish at
+(:data:`SET_CONTEXT_SQL`; an empty select list, so the token is not sent
+back to the client). ``is_local = true`` makes the values vanish at
 COMMIT or ROLLBACK, so a pooled connection never carries them to its next
 user; binding keeps the token out of the query text (``pg_stat_activity``,
 ``log_statement``). Both settings are always set, to ``''`` when absent, so a
@@ -46,8 +47,8 @@ __all__ = [
 # psycopg / DB-API "format" placeholders. Only placeholders, never values:
 # the token is always sent as a bound parameter.
 SET_CONTEXT_SQL = (
-    "SELECT pg_catalog.set_config('hessra.token', %s, true), "
-    "pg_catalog.set_config('hessra.subject', %s, true)"
+    "SELECT FROM pg_catalog.set_config('hessra.token', %s, true) AS hessra_token, "
+    "pg_catalog.set_config('hessra.subject', %s, true) AS hessra_subject"
 )
 """Set both settings for the current transaction only (parameters: token, subject)."""
 

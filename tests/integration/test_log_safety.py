@@ -27,7 +27,8 @@ from hessra_pg.psycopg import hessra_transaction
 from hessra_pg.sqlalchemy import hessra_context, install_hessra
 from tests.app_helpers import PROBE, AppEnv, probe_row
 
-PLACEHOLDERS = re.compile(r"set_config\('hessra\.token', \$1, true\), pg_catalog\.set_config\('hessra\.subject', \$2, true\)")
+PLACEHOLDERS = re.compile(r"set_config\('hessra\.token', \$1, true\) AS hessra_token, "
+                          r"pg_catalog\.set_config\('hessra\.subject', \$2, true\)")
 
 
 def activity(admin: psycopg.Connection, pid: int) -> tuple[list[str], str]:

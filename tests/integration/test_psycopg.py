@@ -51,6 +51,17 @@ def test_commit_clears_token(app_env: AppEnv) -> None:
         assert conn.execute("SELECT count(*) FROM public.orders").fetchone()[0] == 0
 
 
+def test_setting_the_token_does_not_send_it_back(app_env: AppEnv) -> None:
+    from hessra_pg.context import SET_CONTEXT_SQL
+
+    with psycopg.connect(app_env.dsn) as conn:
+        cursor = conn.execute(SET_CONTEXT_SQL, (app_env.orders_token, "alice"))
+        assert not cursor.description  # no columns: the token does not travel back
+        assert cursor.fetchall() == [()]
+        assert probe(conn).token == app_env.orders_token
+        conn.rollback()
+
+
 def test_rollback_clears_token(app_env: AppEnv) -> None:
     with psycopg.connect(app_env.dsn) as conn:
         with hessra_transaction(conn, token=app_env.orders_token, subject="alice") as tx:
