@@ -330,19 +330,20 @@ def _decide(
     detailed: bool = False,
 ) -> Decision:
     """`detailed`: the caller reports the whole Decision (explain), so it is
-    cached apart from the yes/no answers, which other backends may supply."""
+    cached apart from the yes/no answers, which other backends may supply.
+
+    The chain is keyed by its name or its nodes' JSON text and resolved only
+    when the decision is computed: a cached "yes" implies it resolved under
+    this configuration, and a cache hit must stay cheap.
+    """
     config = _statement_config(plpy, *statement)
-    chain: tuple[ChainNode, ...] | None = None
-    if use_chain:
-        if nodes_json is not None:
-            chain = parse_chain(json.loads(nodes_json))
-        else:
-            chain = _chain(config, chain_name)
-    return _remembered(
-        config, token, now,
-        ("explain" if detailed else "authorization", subject, resource, operation, domain, prefix, chain, component,
-         capability),
-        lambda: verify(
+    chain_key = None if not use_chain else ("nodes", nodes_json) if nodes_json is not None else ("named", chain_name)
+
+    def compute() -> Decision:
+        chain: tuple[ChainNode, ...] | None = None
+        if use_chain:
+            chain = parse_chain(json.loads(nodes_json)) if nodes_json is not None else _chain(config, chain_name)
+        return verify(
             token,
             config.keys,
             now=now,
@@ -357,7 +358,13 @@ def _decide(
             load=lambda text, at: _load(text, config, at),
             revoked=config.revocations,
             diagnose=detailed,
-        ),
+        )
+
+    return _remembered(
+        config, token, now,
+        ("explain" if detailed else "authorization", subject, resource, operation, domain, prefix, chain_key,
+         component, capability),
+        compute,
         shared=not detailed,
     )
 

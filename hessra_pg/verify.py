@@ -169,6 +169,10 @@ class VerifiedToken:
     #: can't turn invalid before expires_at (decisions may be cached).
     expiry_known: bool = True
 
+    def decision(self, valid: bool, reason: str, detail: str | None = None) -> Decision:
+        """A Decision about this token (its key id, expiry and revocation ids)."""
+        return Decision(valid, reason, self.key.kid, self.expires_at, self.revocation_ids, detail)
+
 
 # -- configuration ---------------------------------------------------------
 
@@ -364,17 +368,7 @@ def authorize(
     source.append(_POLICY)
 
     builder = _authorizer(source, params, scope)
-
-    def decision(valid: bool, reason: str, detail: str | None = None) -> Decision:
-        return Decision(
-            valid=valid,
-            reason=reason,
-            kid=verified.key.kid,
-            expires_at=verified.expires_at,
-            revocation_ids=verified.revocation_ids,
-            detail=detail,
-        )
-
+    decision = verified.decision
     authorizer = builder.build(verified.biscuit)
     try:
         authorizer.authorize()
@@ -472,15 +466,12 @@ def verify(
     except TokenRejected as rejected:
         return Decision(False, rejected.reason, detail=rejected.detail)
     if resource is None or operation is None or (not capability and subject is None):
-        return Decision(
-            False, "denied", verified.key.kid, verified.expires_at, verified.revocation_ids,
-            "subject, resource and operation are required",
-        )
+        return verified.decision(False, "denied", "subject, resource and operation are required")
     detail = revoked.revoked_block(verified)
     if detail is None and subject is not None and revoked.covers_identity(subject):
         detail = "the subject is a revoked identity"
     if detail is not None:
-        return Decision(False, "revoked", verified.key.kid, verified.expires_at, verified.revocation_ids, detail)
+        return verified.decision(False, "revoked", detail)
     return authorize(
         verified,
         now=int(now),
@@ -529,10 +520,7 @@ def authorize_identity(
         params["domain"] = domain
     source.append(_DOMAIN_MEMBER_POLICY if ensure_subject_in_domain else _IDENTITY_POLICY)
     builder = _authorizer(source, params)
-
-    def decision(valid: bool, reason: str, detail: str | None = None) -> Decision:
-        return Decision(valid, reason, verified.key.kid, verified.expires_at, verified.revocation_ids, detail)
-
+    decision = verified.decision
     try:
         builder.build(verified.biscuit).authorize()
         return decision(True, "ok")
@@ -574,7 +562,7 @@ def verify_identity(
         return Decision(False, rejected.reason, detail=rejected.detail)
     detail = _revoked_identity_token(verified, revoked, identity)
     if detail is not None:
-        return Decision(False, "revoked", verified.key.kid, verified.expires_at, verified.revocation_ids, detail)
+        return verified.decision(False, "revoked", detail)
     return authorize_identity(verified, now=int(now), identity=identity, domain=domain,
                               ensure_subject_in_domain=ensure_subject_in_domain)
 

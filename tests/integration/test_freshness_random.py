@@ -24,6 +24,16 @@ class Model:
     def answers(self) -> list[bool]:
         return [self.active[kid] and not self.revoked[kid] for kid in KIDS]
 
+    def after(self, kind: str, kid: int) -> "Model":
+        """This model with one change applied (self untouched)."""
+        changed = Model()
+        changed.active, changed.revoked = dict(self.active), dict(self.revoked)
+        if kind in ("retire", "restore"):
+            changed.active[kid] = kind == "restore"
+        else:
+            changed.revoked[kid] = kind == "revoke"
+        return changed
+
 
 def change(conn, kind: str, kid: int, tokens: dict[int, str]) -> None:
     if kind == "retire":
@@ -35,13 +45,6 @@ def change(conn, kind: str, kid: int, tokens: dict[int, str]) -> None:
     else:  # unrevoke
         conn.execute("DELETE FROM hessra_authz.revocations WHERE revocation_id = "
                      "(hessra_authz.explain(%s, 'alice', 'orders', 'read')->'revocation_ids'->>0)", (tokens[kid],))
-
-
-def apply(model: Model, kind: str, kid: int) -> None:
-    if kind in ("retire", "restore"):
-        model.active[kid] = kind == "restore"
-    else:
-        model.revoked[kid] = kind == "revoke"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -64,18 +67,14 @@ def test_every_backend_follows_random_changes(hessra_db, admin, seed):
             if ending == "savepoint":
                 writer.execute("SAVEPOINT s")
                 change(writer, kind, kid, tokens)
-                pending = Model()
-                pending.active, pending.revoked = dict(model.active), dict(model.revoked)
-                apply(pending, kind, kid)
+                pending = model.after(kind, kid)
                 assert scalar(writer, ALL, (listed,)) == pending.answers(), (step, "inside savepoint")
                 writer.execute("ROLLBACK TO SAVEPOINT s")
                 assert scalar(writer, ALL, (listed,)) == model.answers(), (step, "after rollback to savepoint")
                 writer.commit()
             else:
                 change(writer, kind, kid, tokens)
-                pending = Model()
-                pending.active, pending.revoked = dict(model.active), dict(model.revoked)
-                apply(pending, kind, kid)
+                pending = model.after(kind, kid)
                 assert scalar(writer, ALL, (listed,)) == pending.answers(), (step, "own change")
                 for other in conns:
                     if other is not writer:
