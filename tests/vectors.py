@@ -4,19 +4,43 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 
-#: ../shared/vectors beside the checkout; HESSRA_VECTORS_DIR overrides.
-VECTORS = Path(os.environ.get("HESSRA_VECTORS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "vectors")
+def _vectors_dir() -> Path:
+    """HESSRA_VECTORS_DIR, else ../shared/vectors beside this checkout, else
+    beside the local repository this checkout was cloned from (a scratch
+    clone in a temporary directory has no ../shared of its own)."""
+    if os.environ.get("HESSRA_VECTORS_DIR"):
+        return Path(os.environ["HESSRA_VECTORS_DIR"])
+    checkout = Path(__file__).resolve().parents[1]
+    beside = checkout.parent / "shared" / "vectors"
+    if beside.exists():
+        return beside
+    try:
+        origin = subprocess.run(["git", "-C", str(checkout), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin.startswith("file://"):
+        origin = origin[len("file://"):]
+    if origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared" / "vectors"
+        if cloned_from.exists():
+            return cloned_from
+    return beside
+
+
+VECTORS = _vectors_dir()
 SETS = ("hessra-postgres", "hessra-sdk")
 
 
 def _load(path: Path):
     if not path.exists():
         raise FileNotFoundError(f"interop vectors not found at {path}: tests expect ../shared/vectors beside the checkout "
-                                "(or set HESSRA_VECTORS_DIR)")
+                                "or beside the repository it was cloned from (or set HESSRA_VECTORS_DIR)")
     return path
 
 
