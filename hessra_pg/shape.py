@@ -13,9 +13,10 @@ Limits for every block after the authority block:
 - at most MAX_FACTS_PER_BLOCK facts and MAX_CHECKS_PER_BLOCK check queries;
 - strings it introduces are at most MAX_SYMBOL_BYTES long;
 - each check query: at most MAX_QUERY_PREDICATES body predicates and
-  MAX_EXPRESSION_OPS expression operations (closure bodies included), no
-  regex, no set iteration (.any/.all) and no extern functions; the closures of
-  lazy `&&` / `||` (which Hessra's identity checks use) are allowed;
+  MAX_EXPRESSION_OPS expression operations (closure bodies included, nested
+  at most MAX_CLOSURE_DEPTH deep), no regex, no set iteration (.any/.all)
+  and no extern functions; the closures of lazy `&&` / `||` (which Hessra's
+  identity checks use) are allowed;
 - a join budget: sum over queries of (facts in the token + authorizer facts)
   ** (body predicates) stays under MAX_JOIN_WORK.
 Together these keep the worst appended block to a few milliseconds
@@ -35,6 +36,9 @@ MAX_CHECKS_PER_BLOCK = 16
 MAX_QUERY_PREDICATES = 2
 MAX_EXPRESSION_OPS = 16
 MAX_SYMBOL_BYTES = 512
+#: Closures nested in closures. Hessra's lazy `||` / `&&` use depth 1; the
+#: reader walks no deeper than this, whatever the token holds.
+MAX_CLOSURE_DEPTH = 8
 MAX_JOIN_WORK = 2_000
 #: Facts the verifier itself adds (time, subject, resource, operation, domain,
 #: prefix, capability rule output) and a margin.
@@ -129,22 +133,31 @@ def _fields(data: bytes) -> list[tuple[int, int, "bytes | int"]]:
 
 
 def _ops_shape(ops: Iterable[bytes]) -> tuple[int, bool]:
-    """Count operations (recursing into closures) and spot unbounded ones."""
+    """Count operations (closure bodies included) and spot unbounded ones.
+
+    An explicit stack, not recursion: a forged block can nest thousands of
+    closures (RecursionError, an ERROR and a traceback in the server log).
+    The depth limit also bounds the bytes copied, since each level's body
+    is a copy of its slice.
+    """
     count, unbounded = 0, False
-    for op in ops:
+    pending: list[tuple[bytes, int]] = [(op, 0) for op in ops]  # (op, closure depth)
+    while pending:
+        op, depth = pending.pop()
         count += 1
         for kind, _, value in _fields(op):
             if kind == _OP_CLOSURE:
-                inner_count, inner_unbounded = _ops_shape(
-                    body for number, _, body in _fields(value) if number == _CLOSURE_OPS
-                )
-                count += inner_count
-                unbounded = unbounded or inner_unbounded
+                if depth >= MAX_CLOSURE_DEPTH:
+                    raise TokenShapeError(f"an expression nests closures more than {MAX_CLOSURE_DEPTH} deep")
+                pending.extend((body, depth + 1) for number, _, body in _fields(value) if number == _CLOSURE_OPS)
             elif kind == _OP_BINARY:
-                for sub, wire, binary_kind in _fields(value):
-                    if sub == _OP_BINARY_KIND and wire == 0 and binary_kind in _UNBOUNDED_BINARY:
-                        unbounded = True
+                unbounded = _is_unbounded_binary(value) or unbounded
     return count, unbounded
+
+
+def _is_unbounded_binary(binary: bytes) -> bool:
+    return any(number == _OP_BINARY_KIND and wire == 0 and kind in _UNBOUNDED_BINARY
+               for number, wire, kind in _fields(binary))
 
 
 def _expression_shape(expression: bytes) -> tuple[int, bool]:
