@@ -17,17 +17,26 @@ values bound, always both, ``''`` when absent. The values are, first found:
    options; both live exactly as long as that Session / Connection object);
 2. the innermost ``with hessra_context(token=..., subject=...)``;
 3. none.
+
+``sqlalchemy.ext.asyncio`` is never imported here: since SQLAlchemy 2.1 it
+needs greenlet (the ``sqlalchemy[asyncio]`` extra), which a sync application
+need not have. The async types are looked up only once the application has
+loaded that module, which it must have done to hold one of them.
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from hessra_pg.context import (
     SET_CONTEXT_SQL,
@@ -59,6 +68,49 @@ _STATEMENTS: dict[str, tuple[str, bool]] = {
 _T = TypeVar("_T")
 
 
+def _loaded_asyncio() -> ModuleType | None:
+    """``sqlalchemy.ext.asyncio`` if the application has imported it, else None.
+
+    Every AsyncEngine / AsyncSession / AsyncConnection / async_sessionmaker
+    is an instance of a class of that module, so when it is not loaded no
+    target can be one: nothing async to unwrap, and no greenlet needed.
+    """
+    return sys.modules.get("sqlalchemy.ext.asyncio")
+
+
+def _sync_target(target: Any) -> Any:
+    """The sync object behind an AsyncSession or AsyncConnection; anything else unchanged.
+
+    Raises HessraContextError for an AsyncConnection not connected yet.
+    """
+    asyncio = _loaded_asyncio()
+    if asyncio is None:
+        return target
+    if isinstance(target, asyncio.AsyncSession):
+        return target.sync_session
+    if isinstance(target, asyncio.AsyncConnection):
+        if target.sync_connection is None:
+            raise HessraContextError("this AsyncConnection is not connected yet: await it first")
+        return target.sync_connection
+    return target
+
+
+def _install_async(target: Any) -> bool:
+    """Install on an AsyncEngine, async_sessionmaker or AsyncSession; False if it is none of them."""
+    asyncio = _loaded_asyncio()
+    if asyncio is None:
+        return False
+    if isinstance(target, asyncio.AsyncEngine):
+        _install_engine(target.sync_engine)
+    elif isinstance(target, asyncio.async_sessionmaker):
+        _install_async_sessionmaker(target)
+    elif isinstance(target, asyncio.AsyncSession):
+        _install_session(target.sync_session)
+    else:
+        return False
+    return True
+
+
 def install_hessra(target: _T) -> _T:
     """Set the token at the start of every transaction of ``target``; returns ``target``.
 
@@ -68,14 +120,10 @@ def install_hessra(target: _T) -> _T:
     the session factory *or* on the engine: on both, each transaction sets
     the values twice (the session's win).
     """
-    if isinstance(target, AsyncEngine):
-        _install_engine(target.sync_engine)
-    elif isinstance(target, Engine):
+    if _install_async(target):
+        return target
+    if isinstance(target, Engine):
         _install_engine(target)
-    elif isinstance(target, async_sessionmaker):
-        _install_async_sessionmaker(target)
-    elif isinstance(target, AsyncSession):
-        _install_session(target.sync_session)
     elif isinstance(target, (sessionmaker, scoped_session, Session)) or (
         isinstance(target, type) and issubclass(target, Session)
     ):
@@ -103,12 +151,7 @@ def set_hessra_context(
     commit or roll back first.
     """
     context = HessraContext(token, subject)
-    if isinstance(target, AsyncSession):
-        target = target.sync_session
-    elif isinstance(target, AsyncConnection):
-        target = target.sync_connection  # type: ignore[assignment]
-        if target is None:
-            raise HessraContextError("this AsyncConnection is not connected yet: await it first")
+    target = _sync_target(target)
     if isinstance(target, Session):
         applied = target.info.get(_APPLIED_KEY)
         if applied is not None and applied != context:
@@ -128,12 +171,10 @@ def set_hessra_context(
 
 def clear_hessra_context(target: Session | AsyncSession | Connection | AsyncConnection) -> None:
     """Drop the explicit setting of :func:`set_hessra_context`: ``hessra_context`` applies again."""
-    if isinstance(target, AsyncSession):
-        target = target.sync_session
-    elif isinstance(target, AsyncConnection):
-        target = target.sync_connection  # type: ignore[assignment]
-        if target is None:
-            return
+    try:
+        target = _sync_target(target)
+    except HessraContextError:
+        return  # an AsyncConnection not connected yet has no setting to drop
     if isinstance(target, Session):
         target.info.pop(SESSION_INFO_KEY, None)
     elif isinstance(target, Connection):
