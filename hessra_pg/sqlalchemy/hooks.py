@@ -35,15 +35,15 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
-
 from hessra_pg.context import (
     SET_CONTEXT_SQL,
     HessraContext,
     HessraContextError,
     current_context,
 )
+
+if TYPE_CHECKING:  # only for annotations: importing it needs greenlet
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 __all__ = ["clear_hessra_context", "install_hessra", "set_hessra_context"]
 
