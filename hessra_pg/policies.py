@@ -29,6 +29,18 @@ Commands map to operations: SELECT -> ``read``, INSERT/UPDATE/DELETE ->
 ``expression`` is SQL written by the DBA and is inserted as is (trusted
 input: never build it from user data).
 
+Names are bound when a policy is created, and an operator whose argument
+types match exactly wins over pg_catalog's polymorphic one wherever it sits
+in the search_path: a role that can create objects in a schema on the
+creating session's path (``public`` in a database upgraded from PG 14 or
+older) could otherwise plant ``public.||(text, integer)`` into a policy. So
+every script runs with ``search_path = pg_catalog, pg_temp`` (pg_temp is
+never searched for operators or functions), the table is always
+schema-qualified (``public`` when no schema is given) and every operator,
+type, collation and function the generator writes is pg_catalog- or
+hessra_authz-qualified. The row ``expression`` then resolves only
+pg_catalog names: qualify your own functions in it (``shop.order_key(id)``).
+
 The same specs load from TOML (:func:`load_specs`) and back
 ``hessra-pg policy generate`` and the Alembic operations.
 """
@@ -47,7 +59,9 @@ from hessra_pg.errors import HessraError
 __all__ = [
     "COMMANDS",
     "DEFAULT_OPERATIONS",
+    "DEFAULT_SCHEMA",
     "MODES",
+    "SAFE_SEARCH_PATH",
     "Policy",
     "PolicySpec",
     "PolicySpecError",
@@ -56,7 +70,9 @@ __all__ = [
     "load_specs",
     "quote_ident",
     "quote_literal",
+    "session_search_path_pin",
     "spec_from_mapping",
+    "with_safe_search_path",
 ]
 
 COMMANDS: tuple[str, ...] = ("SELECT", "INSERT", "UPDATE", "DELETE")
@@ -66,6 +82,14 @@ MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
 _USING_COMMANDS = frozenset({"SELECT", "UPDATE", "DELETE"})
 _CHECK_COMMANDS = frozenset({"INSERT", "UPDATE"})
 _SCHEMA = "hessra_authz"
+#: The schema of a spec that names none: the generated SQL always qualifies the table.
+DEFAULT_SCHEMA = "public"
+#: The search_path generated statements run with: no schema a user can create
+#: objects in (pg_temp is never searched for operators or functions, and last
+#: for tables and types).
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
+#: Where a script without its own transaction keeps the caller's search_path.
+_SAVED_SEARCH_PATH = "hessra_pg.saved_search_path"
 
 
 class PolicySpecError(HessraError, ValueError):
@@ -103,7 +127,19 @@ def quote_literal(value: str) -> str:
 
 
 def _qualified(schema: str | None, name: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
+    """``"schema"."name"``: always qualified, since the statements run with
+    search_path pinned to pg_catalog."""
+    return f"{quote_ident(schema if schema is not None else DEFAULT_SCHEMA)}.{quote_ident(name)}"
+
+
+def _op(symbol: str) -> str:
+    """``OPERATOR(pg_catalog.=)``: the operator of pg_catalog, whatever
+    operators other schemas hold."""
+    return f"OPERATOR(pg_catalog.{symbol})"
+
+
+_TEXT = "pg_catalog.text"
+_COLLATE_C = 'COLLATE pg_catalog."C"'
 
 
 def _bounded_name(*parts: str) -> str:
@@ -251,7 +287,7 @@ class PolicySpec:
 
     @property
     def target(self) -> str:
-        """The quoted, schema-qualified table."""
+        """The quoted, schema-qualified table (schema ``public`` if none is given)."""
         return _qualified(self.schema, self.table)
 
     def operation(self, command: str) -> str:
@@ -282,15 +318,15 @@ class PolicySpec:
             assert self.resource is not None
             return _call("authorized", quote_literal(self.resource), operation)
         if self.mode == "row":
-            return (f"({self.expression}) = ANY ("
-                    f"{_call('authorized_resources', operation)}::text[])")
+            return (f"({self.expression}) {_op('=')} ANY ("
+                    f"{_call('authorized_resources', operation)}::{_TEXT}[])")
         assert self.resource is not None and self.chain is not None
-        component = quote_literal(self.component) + "::text" if self.component is not None else "NULL::text"
+        component = f"{quote_literal(self.component)}::{_TEXT}" if self.component is not None else f"NULL::{_TEXT}"
         return _call(
             "verify_service_chain",
             f"{_SCHEMA}.current_token()", f"{_SCHEMA}.current_subject()",
-            quote_literal(self.resource) + "::text", operation + "::text",
-            quote_literal(self.chain) + "::text", component,
+            f"{quote_literal(self.resource)}::{_TEXT}", f"{operation}::{_TEXT}",
+            f"{quote_literal(self.chain)}::{_TEXT}", component,
         )
 
     def _identity_condition(self) -> str:
@@ -300,19 +336,22 @@ class PolicySpec:
         # revocation arrays are read only when some identity below the
         # token's is revoked. The range comes first: a row found by owner
         # then needs three helper calls, not four (InitPlans run on demand).
+        # Every operator is pg_catalog's: an owner column of type varchar
+        # would otherwise bind a planted `=(varchar, text)`, an exact match.
         assert self.owner_column is not None
         owner = f"{self.target}.{quote_ident(self.owner_column)}"
-        c = f'{owner} COLLATE "C"'
+        c = f"{owner} {_COLLATE_C}"
         below = f"{_SCHEMA}.current_identity_revoked_below()"
         return (
-            f"(({c} >= {_call('current_identity_subtree_start')}\n"
-            f"          AND {c} < {_call('current_identity_subtree_end')})\n"
-            f"         OR {c} = {_call('current_identity')})\n"
-            f"        AND ((SELECT pg_catalog.cardinality({below}) = 0)\n"
-            f"             OR NOT ({owner} = ANY ((SELECT {below})::text[])\n"
-            f"                     OR {owner} OPERATOR(pg_catalog.^@) ANY ((SELECT coalesce(pg_catalog.array_agg("
-            f"hessra_revoked.identity || ':'), '{{}}')\n"
-            f"                                 FROM pg_catalog.unnest({below}) AS hessra_revoked(identity))::text[])))"
+            f"(({c} {_op('>=')} {_call('current_identity_subtree_start')}\n"
+            f"          AND {c} {_op('<')} {_call('current_identity_subtree_end')})\n"
+            f"         OR {c} {_op('=')} {_call('current_identity')})\n"
+            f"        AND ((SELECT pg_catalog.cardinality({below}) {_op('=')} 0)\n"
+            f"             OR NOT ({owner} {_op('=')} ANY ((SELECT {below})::{_TEXT}[])\n"
+            f"                     OR {owner} {_op('^@')} ANY ((SELECT coalesce(pg_catalog.array_agg("
+            f"hessra_revoked.identity {_op('||')} ':'), '{{}}')\n"
+            f"                                 FROM pg_catalog.unnest({below}) AS hessra_revoked(identity))"
+            f"::{_TEXT}[])))"
         )
 
     def policies(self) -> list[Policy]:
@@ -344,7 +383,7 @@ class PolicySpec:
             key = f"(({self.expression}))"
         else:
             assert self.owner_column is not None
-            key = f'({quote_ident(self.owner_column)} COLLATE "C")'
+            key = f"({quote_ident(self.owner_column)} {_COLLATE_C})"
         return [f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {self.target} {key};"]
 
     def drop_index_sql(self) -> list[str]:
@@ -356,7 +395,10 @@ class PolicySpec:
 
     def create_statements(self, *, indexes: bool = True) -> list[str]:
         """ENABLE (and FORCE) RLS, then DROP POLICY IF EXISTS + CREATE POLICY
-        per command (so re-running replaces them), then the suggested index."""
+        per command (so re-running replaces them), then the suggested index.
+        Run them with search_path pinned (:func:`with_safe_search_path`), as
+        :func:`generate_sql` and the Alembic operations do: the row
+        expression is bound in the session that creates the policy."""
         statements = [f"ALTER TABLE {self.target} ENABLE ROW LEVEL SECURITY;"]
         if self.force:
             statements.append(f"ALTER TABLE {self.target} FORCE ROW LEVEL SECURITY;")
@@ -409,17 +451,48 @@ def _command(value: object) -> str:
 
 # -- whole scripts -------------------------------------------------------------
 
-def _script(statements: Iterable[str], transaction: bool) -> str:
+_PIN_COMMENT = f"-- hessra-pg: names resolve in pg_catalog only (search_path = {SAFE_SEARCH_PATH})"
+
+
+def session_search_path_pin() -> tuple[list[str], list[str]]:
+    """Statements that pin search_path to :data:`SAFE_SEARCH_PATH` for what
+    runs between them, and give the caller's value back after. Session-level
+    (``set_config(..., false)``), so they work inside a transaction and in
+    autocommit alike, where ``SET LOCAL`` would silently do nothing; a
+    rolled-back transaction undoes them with everything else."""
+    before = [
+        f"SELECT pg_catalog.set_config({quote_literal(_SAVED_SEARCH_PATH)}, "
+        "pg_catalog.current_setting('search_path'), false);",
+        f"SELECT pg_catalog.set_config('search_path', {quote_literal(SAFE_SEARCH_PATH)}, false);",
+    ]
+    after = [
+        "SELECT pg_catalog.set_config('search_path', "
+        f"pg_catalog.current_setting({quote_literal(_SAVED_SEARCH_PATH)}), false);",
+    ]
+    return before, after
+
+
+def with_safe_search_path(statements: Iterable[str], *, transaction: bool = True) -> list[str]:
+    """``statements`` run with search_path = pg_catalog, pg_temp: in their
+    own transaction (``BEGIN; SET LOCAL ...; COMMIT;``), or, with
+    ``transaction=False``, between :func:`session_search_path_pin`'s
+    statements (the caller's search_path is restored at the end)."""
     body = list(statements)
     if transaction:
-        body = ["BEGIN;", *body, "COMMIT;"]
-    return "\n".join(body) + "\n"
+        return ["BEGIN;", _PIN_COMMENT, f"SET LOCAL search_path = {SAFE_SEARCH_PATH};", *body, "COMMIT;"]
+    before, after = session_search_path_pin()
+    return [_PIN_COMMENT, *before, *body, *after]
+
+
+def _script(statements: Iterable[str], transaction: bool) -> str:
+    return "\n".join(with_safe_search_path(statements, transaction=transaction)) + "\n"
 
 
 def generate_sql(specs: PolicySpec | Iterable[PolicySpec], *, indexes: bool = True,
                  transaction: bool = True) -> str:
     """The SQL script that creates (or replaces) the policies of one or more
-    specs, wrapped in BEGIN/COMMIT unless ``transaction=False``."""
+    specs, wrapped in BEGIN/COMMIT unless ``transaction=False``, with
+    search_path pinned to pg_catalog (:func:`with_safe_search_path`)."""
     specs = [specs] if isinstance(specs, PolicySpec) else list(specs)
     statements: list[str] = []
     for spec in specs:

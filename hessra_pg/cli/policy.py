@@ -46,7 +46,11 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
             "Commands map to operations: SELECT -> read, INSERT/UPDATE/DELETE -> write unless "
             "--operation, --select-op, --write-op or --insert-op/--update-op/--delete-op say otherwise.\n\n"
             "The --expression is SQL inserted as written: it comes from the DBA, never from users. "
-            "Names and literals are quoted."
+            "Names and literals are quoted.\n\n"
+            "The script runs with search_path = pg_catalog, pg_temp (SET LOCAL inside its transaction; "
+            "with --no-transaction, set and then restored), so an operator or function someone created "
+            "in a writable schema such as public can't bind into a policy: qualify your own functions "
+            "in --expression."
         ),
         examples=(
             "  hessra-pg policy generate --table orders --resource orders | psql\n"
@@ -64,7 +68,8 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
                         help="read the specs from a TOML file (one spec at the top level, or [[policies]] tables); "
                              "the spec flags below are then not allowed")
     source.add_argument("--table", help="the table to guard")
-    source.add_argument("--schema", help="its schema (default: unqualified, i.e. the search_path)")
+    source.add_argument("--schema", help="its schema (default: public); the SQL always names it, since it runs "
+                                         "with search_path = pg_catalog, pg_temp")
     source.add_argument("--mode", choices=MODES, default=None, help="how rows are checked (default: table)")
     source.add_argument("--resource", help="the resource checked (modes table and service_chain)")
     source.add_argument("--expression", metavar="SQL",
@@ -94,7 +99,9 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
                        help="leave out FORCE ROW LEVEL SECURITY (the table owner then bypasses the policies)")
     out = p.add_argument_group("output")
     out.add_argument("--no-index", action="store_true", help="leave out the suggested index")
-    out.add_argument("--no-transaction", action="store_true", help="no BEGIN/COMMIT around the statements")
+    out.add_argument("--no-transaction", action="store_true",
+                     help="no BEGIN/COMMIT around the statements (search_path is then pinned with set_config() "
+                          "and restored at the end)")
     out.add_argument("--drop", action="store_true",
                      help="print the SQL that drops the policies instead (RLS stays enabled: fail closed)")
     out.add_argument("--disable", action="store_true",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -463,3 +465,141 @@ def test_plan_check_catches_a_per_row_policy(hessra_db, admin, root, app_role):
         assert _verifier_outside_initplans(plan["Plan"]) != []
         with pytest.raises(AssertionError):
             assert_once_per_statement(app, "SELECT * FROM public.bare")
+
+
+# -- planted operators (issue 11, hole 8) ------------------------------------------------
+#
+# Where `public` is writable (a database upgraded from PG 14 or older keeps CREATE for
+# PUBLIC), an application role can create an operator whose argument types match a
+# policy's operands exactly: PostgreSQL then prefers it to pg_catalog's polymorphic or
+# coercing one whatever the search_path order. The generated SQL must bind none of them.
+
+
+@pytest.fixture
+def plant(hessra_db, admin: psycopg.Connection, app_role: str) -> Iterator[Any]:
+    """``plant(*definitions)``: the application role creates objects in public, as an old
+    upgraded database lets it. Dropped with CASCADE afterwards (a failing test may have
+    left a policy depending on them)."""
+    admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app_role)))
+
+    def run(*definitions: str) -> None:
+        with hessra_db.connect(app_role, autocommit=True) as app:
+            for definition in definitions:
+                app.execute(definition)
+
+    yield run
+    admin.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(app_role)))
+
+
+def _app_owned_dependencies(admin: psycopg.Connection, app_role: str) -> list[str]:
+    """Functions, operators and types owned by the app role that a policy or index depends on."""
+    return [r[0] for r in admin.execute("""
+        SELECT pg_describe_object(d.classid, d.objid, 0) || ' -> ' || pg_describe_object(d.refclassid, d.refobjid, 0)
+          FROM pg_depend d
+          LEFT JOIN pg_proc f ON d.refclassid = 'pg_proc'::regclass AND f.oid = d.refobjid
+          LEFT JOIN pg_operator o ON d.refclassid = 'pg_operator'::regclass AND o.oid = d.refobjid
+          LEFT JOIN pg_type t ON d.refclassid = 'pg_type'::regclass AND t.oid = d.refobjid
+         WHERE d.classid IN ('pg_policy'::regclass, 'pg_class'::regclass)
+           AND coalesce(f.proowner, o.oprowner, t.typowner) = %s::regrole
+    """, (app_role,)).fetchall()]
+
+
+PLANTED_CONCAT = (
+    "CREATE FUNCTION public.planted_concat(text, integer) RETURNS text LANGUAGE sql IMMUTABLE "
+    "AS $$ SELECT 'orders/42' $$",
+    "CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.planted_concat)",
+)
+
+
+def test_row_mode_binds_no_planted_operator(hessra_db, admin, root, app_role, plant):
+    """The app role's `public.||(text, integer)` would give every row the resource its
+    token grants; the generated script (run as psql runs it) binds pg_catalog's."""
+    admin.execute("CREATE TABLE public.orders (id int PRIMARY KEY, item text)")
+    admin.execute("INSERT INTO public.orders SELECT g, 'item' FROM generate_series(1, 50) g")
+    plant(*PLANTED_CONCAT)
+    _apply(admin, PolicySpec("orders", mode="row", schema="public", expression="'orders/' || id"), app_role)
+    assert _app_owned_dependencies(admin, app_role) == []
+    with _as_app(hessra_db, app_role, mint_authorization(root, "alice", "orders/42", "read"), "alice") as app:
+        assert _ids(app, "SELECT id FROM public.orders") == [42]
+    # The session that ran the script gets its search_path back.
+    assert scalar(admin, "SHOW search_path") == '"$user", public'
+
+
+def test_identity_mode_binds_no_planted_operator(hessra_db, admin, root, app_role, plant):
+    """A varchar owner column: `public.=(varchar, text)` is an exact match where
+    pg_catalog's text = text needs a coercion, so it would win."""
+    admin.execute("CREATE TABLE public.documents (id int PRIMARY KEY, owner varchar NOT NULL)")
+    admin.cursor().executemany("INSERT INTO public.documents VALUES (%s, %s)", list(enumerate(OWNERS, 1)))
+    planted = []
+    for op in ("=", ">=", "<", "^@"):
+        function = f"public.planted_{len(planted)}"
+        planted += [f"CREATE FUNCTION {function}(varchar, text) RETURNS boolean LANGUAGE sql IMMUTABLE "
+                    "AS $$ SELECT true $$",
+                    f"CREATE OPERATOR public.{op} (LEFTARG = varchar, RIGHTARG = text, FUNCTION = {function})"]
+    plant(*planted)
+    _apply(admin, PolicySpec("documents", mode="identity", schema="public", owner_column="owner"), app_role)
+    assert _app_owned_dependencies(admin, app_role) == []
+    with _as_app(hessra_db, app_role, mint_identity(root, "bob")) as app:
+        assert _ids(app, "SELECT owner FROM public.documents") == ["bob", "bob:alice"]  # bob and below
+    with _as_app(hessra_db, app_role, None) as app:
+        assert _ids(app, "SELECT owner FROM public.documents") == []
+
+
+@pytest.mark.parametrize("mode", ["table", "row", "identity", "service_chain"])
+def test_no_mode_binds_objects_from_the_callers_search_path(hessra_db, admin, root, app_role, plant, mode):
+    """Worst case: the DBA's session searches public before pg_catalog, where the app
+    role planted same-signature operators, functions and a type named text. Nothing the
+    generated SQL binds (policies, index) belongs to the app role."""
+    admin.execute("CREATE TABLE public.t (id int PRIMARY KEY, owner text)")
+    admin.execute("SELECT hessra_authz.set_service_chain('c', %s::jsonb)",
+                  (json.dumps([{"component": "a", "public_key": str(generate_keypair().public_key)}]),))
+    planted = []
+    for i, (op, left, right) in enumerate([("=", "text", "text"), (">=", "text", "text"), ("<", "text", "text"),
+                                          ("||", "text", "text"), ("||", "text", "integer"),
+                                          ("^@", "text", "text"), ("=", "integer", "integer")]):
+        planted += [f"CREATE FUNCTION public.planted_{i}({left}, {right}) RETURNS "
+                    f"{'text' if op == '||' else 'boolean'} LANGUAGE sql IMMUTABLE "
+                    f"AS $$ SELECT {'$1::text' if op == '||' else 'true'} $$",
+                    f"CREATE OPERATOR public.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = public.planted_{i})"]
+    planted += ["CREATE FUNCTION public.cardinality(text[]) RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 0 $$",
+                "CREATE FUNCTION public.array_agg(text) RETURNS text[] LANGUAGE sql AS $$ SELECT '{}'::text[] $$",
+                # a type named text: `::text` would resolve to it in that session
+                "CREATE DOMAIN public.text AS pg_catalog.text"]
+    plant(*planted)
+    spec = {
+        "table": PolicySpec("t", schema="public", resource="docs"),
+        "row": PolicySpec("t", mode="row", schema="public", expression="'t/' || id"),
+        "identity": PolicySpec("t", mode="identity", schema="public", owner_column="owner"),
+        "service_chain": PolicySpec("t", mode="service_chain", schema="public", resource="r", chain="c",
+                                    component="a"),
+    }[mode]
+    admin.execute("SET search_path = public, pg_catalog")
+    admin.execute(generate_sql(spec))
+    assert scalar(admin, "SHOW search_path") == "public, pg_catalog"
+    admin.execute("RESET search_path")
+    assert _app_owned_dependencies(admin, app_role) == []
+
+
+@pytest.mark.parametrize("no_transaction", [False, True], ids=["transaction", "no-transaction"])
+def test_cli_script_through_psql_binds_no_planted_operator(hessra_db, admin, root, app_role, plant,
+                                                           no_transaction):
+    """`hessra-pg policy generate ... | psql`, the documented path, as psql runs it; with
+    --no-transaction the session's own search_path comes back at the end."""
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql is not installed")
+    admin.execute("CREATE TABLE public.orders (id int PRIMARY KEY)")
+    admin.execute("INSERT INTO public.orders SELECT g FROM generate_series(1, 50) g")
+    admin.execute(sql.SQL("GRANT SELECT ON public.orders TO {}").format(sql.Identifier(app_role)))
+    plant(*PLANTED_CONCAT)
+    code, script, _ = _run_cli(["policy", "generate", "--table", "orders", "--mode", "row",
+                                "--expression", "'orders/' || id", "--commands", "SELECT",
+                                *(["--no-transaction"] if no_transaction else [])])
+    assert code == 0 and '"public"."orders"' in script  # no --schema: public, named
+    done = subprocess.run([psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", hessra_db.dsn],
+                          input="SET search_path = public;\n" + script + "SHOW search_path;\n",
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "public"
+    assert _app_owned_dependencies(admin, app_role) == []
+    with _as_app(hessra_db, app_role, mint_authorization(root, "alice", "orders/42", "read"), "alice") as app:
+        assert _ids(app, "SELECT id FROM public.orders") == [42]
