@@ -15,6 +15,15 @@ Statements are complete SQL with quoted identifiers and literals (no bind
 parameters), executed as written online and printed as written in offline
 (``--sql``) mode. Key, chain and policy inputs are validated when the
 operation is built, before anything runs.
+
+Every operation but the extension ones runs with ``search_path = pg_catalog,
+pg_temp``, set before its statements and set back to the migration's value
+after them (:func:`hessra_pg.policies.session_search_path_pin`), online and
+in the ``--sql`` output alike: names in a policy are bound when it is
+created, and a role that can create objects in a schema on the migration's
+path (``public`` in a database upgraded from PG 14 or older) could otherwise
+plant an operator an exact argument-type match makes PostgreSQL prefer to
+pg_catalog's. The statements qualify the operators and types they write too.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
 
 from hessra_pg.keys import canonical_public_key
-from hessra_pg.policies import PolicySpec, quote_literal
+from hessra_pg.policies import PolicySpec, quote_literal, session_search_path_pin
 from hessra_pg.verify import ChainNode, parse_chain
 
 __all__ = [
@@ -102,7 +111,12 @@ def _timestamp(value: datetime | str | None, what: str) -> str | None:
 
 
 def _ts_sql(value: str) -> str:
-    return f"{quote_literal(value)}::timestamptz"
+    return f"{quote_literal(value)}::pg_catalog.timestamptz"
+
+
+def _equals(column: str, value: str) -> str:
+    """``column OPERATOR(pg_catalog.=) value``: pg_catalog's operator, not a planted one."""
+    return f"{column} OPERATOR(pg_catalog.=) {value}"
 
 
 def _kid(value: Any) -> int:
@@ -126,6 +140,8 @@ class HessraOperation(MigrateOperation):
     and equality)."""
 
     op_name: ClassVar[str]
+    #: Run :meth:`statements` with search_path pinned to pg_catalog (see the module docstring).
+    pin_search_path: ClassVar[bool] = True
 
     def arguments(self) -> tuple[list[Any], dict[str, Any]]:
         """Positional and keyword arguments of ``op.<op_name>(...)`` (defaults left out)."""
@@ -134,6 +150,15 @@ class HessraOperation(MigrateOperation):
     def statements(self) -> list[str]:
         """The SQL statements this operation runs."""
         raise NotImplementedError
+
+    def executed_statements(self) -> list[str]:
+        """:meth:`statements` as they run: between the statements that pin
+        search_path and set the migration's value back."""
+        statements = self.statements()
+        if not self.pin_search_path:
+            return statements
+        before, after = session_search_path_pin()
+        return [*before, *statements, *after]
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.arguments() == other.arguments()  # type: ignore[attr-defined]
@@ -148,7 +173,7 @@ class HessraOperation(MigrateOperation):
 
 
 def _implementation(operations: Operations, operation: HessraOperation) -> None:
-    run_sql(operation.statements(), operations)
+    run_sql(operation.executed_statements(), operations)
 
 
 # -- extension -----------------------------------------------------------------------
@@ -159,6 +184,8 @@ class CreateHessraExtensionOp(HessraOperation):
     (CASCADE creates plpython3u; needs a superuser)."""
 
     op_name = "create_hessra_extension"
+    # Names no object: the extension's script runs with its own search_path.
+    pin_search_path = False
 
     def __init__(self, *, version: str | None = None, cascade: bool = True) -> None:
         self.version = version
@@ -197,6 +224,7 @@ class DropHessraExtensionOp(HessraOperation):
     still use its functions: drop them first."""
 
     op_name = "drop_hessra_extension"
+    pin_search_path = False
 
     def __init__(self, *, cascade: bool = False) -> None:
         self.cascade = cascade
@@ -226,6 +254,7 @@ class UpdateHessraExtensionOp(HessraOperation):
     files are there."""
 
     op_name = "update_hessra_extension"
+    pin_search_path = False
 
     def __init__(self, version: str | None = None, *, from_version: str | None = None) -> None:
         self.version = version
@@ -409,9 +438,9 @@ class DeleteHessraKeyOp(HessraOperation):
     def statements(self) -> list[str]:
         where = []
         if self.public_key is not None:
-            where.append(f"public_key = {quote_literal(self.public_key)}")
+            where.append(_equals("public_key", quote_literal(self.public_key)))
         if self.kid is not None:
-            where.append(f"kid = {self.kid}")
+            where.append(_equals("kid", str(self.kid)))
         return [f"DELETE FROM {EXTENSION}.keys WHERE {' AND '.join(where)}"]
 
     def reverse(self) -> AddHessraKeyOp:
@@ -468,7 +497,7 @@ class UnretireHessraKeyOp(HessraOperation):
 
     def statements(self) -> list[str]:
         value = _ts_sql(self.not_after) if self.not_after is not None else "NULL"
-        return [f"UPDATE {EXTENSION}.keys SET not_after = {value} WHERE kid = {self.kid}"]
+        return [f"UPDATE {EXTENSION}.keys SET not_after = {value} WHERE {_equals('kid', str(self.kid))}"]
 
     def reverse(self) -> RetireHessraKeyOp:
         return RetireHessraKeyOp(self.kid, self.not_after)
@@ -504,7 +533,7 @@ class SetHessraServiceChainOp(HessraOperation):
 
     def statements(self) -> list[str]:
         nodes = quote_literal(json.dumps(self.nodes))
-        return [f"SELECT {EXTENSION}.set_service_chain({quote_literal(self.name)}, {nodes}::jsonb)"]
+        return [f"SELECT {EXTENSION}.set_service_chain({quote_literal(self.name)}, {nodes}::pg_catalog.jsonb)"]
 
     def reverse(self) -> HessraOperation:
         if self.previous_nodes is not None:

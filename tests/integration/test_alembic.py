@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from alembic import command
 from alembic.autogenerate import render_python_code
 from alembic.config import Config
@@ -26,7 +27,9 @@ import hessra_pg.alembic as ha
 from hessra_pg.alembic.operations import OPERATIONS
 from hessra_pg.alembic.render import IMPORT, render_operation
 from hessra_pg.keys import generate_keypair, public_key_pem
+from hessra_pg.mint import mint_authorization
 from hessra_pg.policies import PolicySpec
+from tests.integration.test_policies import PLANTED_CONCAT, app_owned_dependencies, plant  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -304,3 +307,77 @@ def test_importing_hessra_pg_stays_light():
             "heavy = [m for m in ('sqlalchemy', 'alembic', 'psycopg') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- planted operators (issue 11, hole 8) ---------------------------------------------
+
+PLANTING_REVISION = '''
+"""policies over a writable public"""
+from alembic import op
+
+import hessra_pg.alembic  # noqa: F401
+
+revision = "p1"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_hessra_policies("orders", mode="row", expression="'orders/' || id", create_index=True)
+    op.add_hessra_key("{key}", 9, not_after="2100-01-01T00:00:00Z")
+    op.unretire_hessra_key(9)
+    op.execute("CREATE TABLE after_pin (id int)")  # the migration's own search_path again
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE after_pin")
+    op.delete_hessra_key(kid=9)
+    op.drop_hessra_policies("orders", mode="row", expression="'orders/' || id", drop_index=True)
+'''
+
+
+def _orders_with_planted_concat(admin: psycopg.Connection, app_role: str, plant: Any) -> None:
+    admin.execute("CREATE TABLE public.orders (id int PRIMARY KEY)")
+    admin.execute("INSERT INTO public.orders SELECT g FROM generate_series(1, 50) g")
+    admin.execute(sql.SQL("GRANT SELECT ON public.orders TO {}").format(sql.Identifier(app_role)))
+    plant(*PLANTED_CONCAT)
+
+
+def _app_sees(hessra_db: Any, app_role: str, token: str) -> list[int]:
+    with hessra_db.connect(app_role) as app:
+        app.execute("SELECT set_config('hessra.token', %s, true), set_config('hessra.subject', 'alice', true)",
+                    (token,))
+        return [row[0] for row in app.execute("SELECT id FROM public.orders ORDER BY id")]
+
+
+def test_online_migration_binds_no_planted_operator(hessra_db, admin, root, app_role, plant, script_dir):
+    """The app role's public.||(text, integer) is not bound by op.create_hessra_policies,
+    and the revision's later statements run with the migration's search_path."""
+    _orders_with_planted_concat(admin, app_role, plant)
+    (script_dir / "versions" / "p1_planted.py").write_text(
+        PLANTING_REVISION.replace("{key}", str(generate_keypair().public_key)))
+    engine = _engine(hessra_db.dsn)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(_config(script_dir, connection), "p1")
+            assert connection.exec_driver_sql("SHOW search_path").scalar() == '"$user", public'
+    finally:
+        engine.dispose()
+    assert app_owned_dependencies(admin, app_role) == []
+    assert admin.execute("SELECT to_regclass('public.after_pin') IS NOT NULL").fetchone()[0]
+    assert admin.execute("SELECT not_after FROM hessra_authz.keys WHERE kid = 9").fetchone() == (None,)
+    assert _app_sees(hessra_db, app_role, mint_authorization(root, "alice", "orders/42", "read")) == [42]
+
+
+def test_offline_sql_binds_no_planted_operator(hessra_db, admin, root, app_role, plant):
+    """`alembic upgrade --sql` output, run by a session that searches public first."""
+    _orders_with_planted_concat(admin, app_role, plant)
+    script = _offline_sql(lambda operations: operations.create_hessra_policies(
+        "orders", mode="row", expression="'orders/' || id", create_index=True))
+    assert "'orders/' || id" in script and '"public"."orders"' in script
+    admin.execute("SET search_path = public, pg_catalog")
+    admin.execute(script)
+    assert admin.execute("SHOW search_path").fetchone()[0] == "public, pg_catalog"
+    assert app_owned_dependencies(admin, app_role) == []
+    assert _app_sees(hessra_db, app_role, mint_authorization(root, "alice", "orders/42", "read")) == [42]

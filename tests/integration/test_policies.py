@@ -491,7 +491,7 @@ def plant(hessra_db, admin: psycopg.Connection, app_role: str) -> Iterator[Any]:
     admin.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(app_role)))
 
 
-def _app_owned_dependencies(admin: psycopg.Connection, app_role: str) -> list[str]:
+def app_owned_dependencies(admin: psycopg.Connection, app_role: str) -> list[str]:
     """Functions, operators and types owned by the app role that a policy or index depends on."""
     return [r[0] for r in admin.execute("""
         SELECT pg_describe_object(d.classid, d.objid, 0) || ' -> ' || pg_describe_object(d.refclassid, d.refobjid, 0)
@@ -518,7 +518,7 @@ def test_row_mode_binds_no_planted_operator(hessra_db, admin, root, app_role, pl
     admin.execute("INSERT INTO public.orders SELECT g, 'item' FROM generate_series(1, 50) g")
     plant(*PLANTED_CONCAT)
     _apply(admin, PolicySpec("orders", mode="row", schema="public", expression="'orders/' || id"), app_role)
-    assert _app_owned_dependencies(admin, app_role) == []
+    assert app_owned_dependencies(admin, app_role) == []
     with _as_app(hessra_db, app_role, mint_authorization(root, "alice", "orders/42", "read"), "alice") as app:
         assert _ids(app, "SELECT id FROM public.orders") == [42]
     # The session that ran the script gets its search_path back.
@@ -538,7 +538,7 @@ def test_identity_mode_binds_no_planted_operator(hessra_db, admin, root, app_rol
                     f"CREATE OPERATOR public.{op} (LEFTARG = varchar, RIGHTARG = text, FUNCTION = {function})"]
     plant(*planted)
     _apply(admin, PolicySpec("documents", mode="identity", schema="public", owner_column="owner"), app_role)
-    assert _app_owned_dependencies(admin, app_role) == []
+    assert app_owned_dependencies(admin, app_role) == []
     with _as_app(hessra_db, app_role, mint_identity(root, "bob")) as app:
         assert _ids(app, "SELECT owner FROM public.documents") == ["bob", "bob:alice"]  # bob and below
     with _as_app(hessra_db, app_role, None) as app:
@@ -577,7 +577,7 @@ def test_no_mode_binds_objects_from_the_callers_search_path(hessra_db, admin, ro
     admin.execute(generate_sql(spec))
     assert scalar(admin, "SHOW search_path") == "public, pg_catalog"
     admin.execute("RESET search_path")
-    assert _app_owned_dependencies(admin, app_role) == []
+    assert app_owned_dependencies(admin, app_role) == []
 
 
 @pytest.mark.parametrize("no_transaction", [False, True], ids=["transaction", "no-transaction"])
@@ -600,6 +600,6 @@ def test_cli_script_through_psql_binds_no_planted_operator(hessra_db, admin, roo
                           input="SET search_path = public;\n" + script + "SHOW search_path;\n",
                           capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "public"
-    assert _app_owned_dependencies(admin, app_role) == []
+    assert app_owned_dependencies(admin, app_role) == []
     with _as_app(hessra_db, app_role, mint_authorization(root, "alice", "orders/42", "read"), "alice") as app:
         assert _ids(app, "SELECT id FROM public.orders") == [42]
