@@ -9,9 +9,15 @@ One report of checks, each ``ok``, ``warn``, ``FAIL`` or ``skip``:
 - the ``hessra_authz`` extension is created, at this package's version;
 - keys: at least one active key (FAIL if none), none expiring within
   :data:`EXPIRY_WARNING` (warn);
+- the server log: no setting writes the application's bound parameters
+  (the token it binds into ``set_config()``) to it;
 - every table with a policy that calls ``hessra_authz``: RLS enabled and
   FORCED, every such call evaluated once per statement (inside an
-  uncorrelated ``(SELECT ...)``), no permissive policy that checks no token;
+  uncorrelated ``(SELECT ...)``), no permissive policy that applies to the
+  role and checks no token, no operator, function or type in a policy or
+  index that the role owns (one planted before the policy was created);
+- no view (without ``security_invoker``) or materialized view the role can
+  use reads those tables with another role's rights;
 - the connecting role: not superuser, no BYPASSRLS, not (a member of) the
   owner of those tables, cannot SET ROLE to a role that bypasses RLS, not a
   member of ``hessra_admin``.
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -39,13 +45,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXPIRY_WARNING",
+    "LOG_SETTINGS",
     "Check",
     "DoctorConnectionError",
+    "LogRisk",
     "Report",
     "connect",
     "diagnose",
+    "log_risks",
     "per_row_calls",
     "run_checks",
+    "verifying_calls",
 ]
 
 #: Active keys ending within this window are reported (warn).
@@ -209,7 +219,11 @@ def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[
         extension = _check_extension(conn, report)
         _check_server_python(conn, report, superuser=superuser, plpython=plpython, extension=extension)
         _check_keys(conn, report, admin_conn=admin_conn, extension=extension)
+        _check_server_log(conn, report)
         tables = _check_tables(conn, report)
+        if tables:
+            _check_bound_objects(conn, report, tables, superuser=superuser)
+            _check_views(conn, report, tables)
         _check_role(conn, report, role=role, superuser=superuser, bypassrls=bypassrls, tables=tables)
     return report
 
@@ -400,6 +414,108 @@ def _probe_keys(conn: psycopg.Connection[Any], report: Report, *, admin_conn_giv
                                              f"this role can't read hessra_authz.keys ({why})"))
 
 
+# -- the server log ----------------------------------------------------------
+
+#: The settings that decide whether bound parameters reach the server log.
+LOG_SETTINGS = ("log_statement", "log_min_duration_statement", "log_min_duration_sample",
+                "log_statement_sample_rate", "log_transaction_sample_rate", "log_parameter_max_length",
+                "log_parameter_max_length_on_error")
+
+
+@dataclass(frozen=True)
+class LogRisk:
+    """One way tokens bound as parameters reach the server log, and the
+    setting whose 0 stops it."""
+
+    status: str
+    message: str
+    setting: str
+
+
+def _statement_logging(settings: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """What logs this role's statements: (every statement, or a random share
+    of them; only slow ones). Each is logged with its bound parameters
+    unless log_parameter_max_length = 0."""
+    every, slow = [], []
+    if settings["log_statement"] == "all":
+        every.append("log_statement = 'all' logs every statement")
+    duration = int(settings["log_min_duration_statement"])
+    if duration == 0:
+        every.append("log_min_duration_statement = 0 logs every statement")
+    elif duration > 0:
+        slow.append(f"log_min_duration_statement = {duration} logs statements slower than {duration} ms")
+    if float(settings["log_transaction_sample_rate"]) > 0:
+        every.append(f"log_transaction_sample_rate = {settings['log_transaction_sample_rate']} logs every "
+                     "statement of that share of transactions")
+    sample, rate = int(settings["log_min_duration_sample"]), settings["log_statement_sample_rate"]
+    if sample == 0 and float(rate) > 0:
+        every.append(f"log_min_duration_sample = 0 with log_statement_sample_rate = {rate} logs that share of "
+                     "every statement")
+    elif sample > 0 and float(rate) > 0:
+        slow.append(f"log_min_duration_sample = {sample} with log_statement_sample_rate = {rate} logs that share "
+                    f"of the statements slower than {sample} ms")
+    return every, slow
+
+
+def log_risks(settings: Mapping[str, str]) -> list[LogRisk]:
+    """The ways the token an application binds into ``set_config()`` reaches
+    the server log under these settings (``pg_settings.setting`` values of
+    :data:`LOG_SETTINGS`). The statement text shows only ``$1``; the
+    parameters come with every logged statement unless
+    log_parameter_max_length = 0, and with a failing one when
+    log_parameter_max_length_on_error is not 0 (even a truncated token is
+    more than the log should hold)."""
+    risks = []
+    limit = int(settings["log_parameter_max_length"])
+    every, slow = _statement_logging(settings)
+    if limit != 0 and every:
+        risks.append(LogRisk(FAIL, f"{' and '.join(every)} with its bound parameters (log_parameter_max_length = "
+                                   f"{limit}): the token the application binds into set_config() is written to "
+                                   "the server log", "log_parameter_max_length"))
+    elif limit != 0 and slow:
+        risks.append(LogRisk(WARN, f"{' and '.join(slow)} with their bound parameters (log_parameter_max_length = "
+                                   f"{limit}): a slow statement that binds a token writes it to the server log",
+                             "log_parameter_max_length"))
+    on_error = int(settings["log_parameter_max_length_on_error"])
+    if on_error != 0:
+        risks.append(LogRisk(WARN, f"log_parameter_max_length_on_error = {on_error} logs a failing statement with "
+                                   "its bound parameters: a failing statement that binds a token writes it to the "
+                                   "server log", "log_parameter_max_length_on_error"))
+    return risks
+
+
+def _check_server_log(conn: psycopg.Connection[Any], report: Report) -> None:
+    # The values of this session are the application's: they include what
+    # ALTER DATABASE / ALTER ROLE ... SET give this role in this database.
+    rows = conn.execute("SELECT name, setting, source FROM pg_settings WHERE name = ANY (%s)",
+                        (list(LOG_SETTINGS),)).fetchall()
+    settings = {name: setting for name, setting, _ in rows}
+    sources = {name: source for name, _, source in rows}
+    missing = [name for name in LOG_SETTINGS if name not in settings]
+    if missing:
+        report.checks.append(Check("server log", SKIP, f"not checked: this role can't read {', '.join(missing)}"))
+        return
+    risks = log_risks(settings)
+    if not risks:
+        report.checks.append(Check("server log", OK, (
+            f"no setting logs this role's bound parameters (log_statement = '{settings['log_statement']}', "
+            f"log_min_duration_statement = {settings['log_min_duration_statement']}, "
+            f"log_parameter_max_length = {settings['log_parameter_max_length']}, "
+            f"log_parameter_max_length_on_error = {settings['log_parameter_max_length_on_error']})")))
+        return
+    role, database = conn.execute("SELECT quote_ident(current_user), quote_ident(current_database())").fetchone()
+    fixes = []
+    for risk in risks:
+        if sources[risk.setting] in ("client", "session"):
+            fixes.append(f"remove {risk.setting} from the connection's options")
+        else:
+            # ROLE IN DATABASE wins over the database, role and server values.
+            fixes.append(f"ALTER ROLE {role} IN DATABASE {database} SET {risk.setting} = 0")
+    status = FAIL if any(risk.status == FAIL for risk in risks) else WARN
+    report.checks.append(Check("server log", status, "; ".join(risk.message for risk in risks),
+                               "; ".join(fixes) + " (as a superuser; new sessions pick it up)"))
+
+
 # -- policies --------------------------------------------------------------
 
 _POLICIES_SQL = r"""
@@ -407,7 +523,10 @@ SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS qualifi
        quote_ident(c.relname) AS alias, c.relrowsecurity, c.relforcerowsecurity,
        pg_get_userbyid(c.relowner) AS owner, pg_has_role(c.relowner, 'MEMBER') AS acts_as_owner,
        p.polname, p.polcmd, p.polpermissive,
-       pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS with_check
+       pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS with_check,
+       0 = ANY (p.polroles) OR EXISTS (SELECT FROM unnest(p.polroles) AS r(oid)
+                                        WHERE r.oid <> 0 AND pg_has_role(r.oid, 'MEMBER')) AS applies,
+       quote_ident(p.polname) AS quoted_name
   FROM pg_policy p
   JOIN pg_class c ON c.oid = p.polrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -422,6 +541,7 @@ _COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "A
 
 @dataclass
 class _Table:
+    oid: int
     qualified: str
     owner: str
     acts_as_owner: bool
@@ -439,8 +559,8 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> list[_Table]
         tables.setdefault(row[0], []).append(row)
     result = []
     for policies in tables.values():
-        _, qualified, alias, enabled, forced, owner, acts_as_owner = policies[0][:7]
-        result.append(_Table(qualified, owner, acts_as_owner))
+        oid, qualified, alias, enabled, forced, owner, acts_as_owner = policies[0][:7]
+        result.append(_Table(oid, qualified, owner, acts_as_owner))
         problems = []
         if not enabled:
             problems.append("row level security is not enabled (its policies are ignored)")
@@ -454,16 +574,19 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> list[_Table]
             report.checks.append(Check(f"table {qualified}", OK, "row level security enabled and forced"))
         good, bad = 0, []
         for row in policies:
-            name, command, permissive, qual, with_check = row[7:12]
+            name, command, permissive, qual, with_check, applies, quoted_name = row[7:14]
             label = f"policy {name} on {qualified}"
             texts = [(clause, text) for clause, text in (("USING", qual), ("WITH CHECK", with_check)) if text]
-            if not any("hessra_authz." in text for _, text in texts):
-                if permissive:
+            if not any(verifying_calls(text) for _, text in texts):
+                # Permissive policies are OR-ed: one this role passes without
+                # a token opens the table as far as it reaches.
+                if permissive and applies:
                     report.checks.append(Check(
-                        label, WARN,
-                        f"permissive FOR {_COMMANDS[command]} policy without a token check: what it allows needs "
-                        "no token (permissive policies are OR-ed with the token policies)",
-                        "make it RESTRICTIVE (AS RESTRICTIVE) or add the token check to it"))
+                        label, FAIL,
+                        f"permissive FOR {_COMMANDS[command]} policy without a token check: this role passes it "
+                        "with no token (permissive policies are OR-ed with the token policies)",
+                        f"DROP POLICY {quoted_name} ON {qualified}; or re-create it AS RESTRICTIVE, TO roles other "
+                        "than this one, or with a token check"))
                 continue
             slow = [f"{call} in {clause}" for clause, text in texts for call in per_row_calls(text, alias)]
             if slow:
@@ -486,6 +609,14 @@ _PER_STATEMENT_HINT = ("wrap each call in (SELECT ...) with no column of the row
 
 _CALL = re.compile(r'\bhessra_authz\.("?)([A-Za-z_][A-Za-z0-9_$]*)\1\s*\(')
 _SUBQUERY = re.compile(r"\(\s*SELECT\b", re.IGNORECASE)
+
+
+def verifying_calls(expression: str) -> list[str]:
+    """The hessra_authz functions a deparsed policy expression calls that
+    verify a token: current_token() and current_subject() only read the
+    settings, so a policy with nothing else checks no token."""
+    masked = _mask(expression, identifiers=True)
+    return [match.group(2) for match in _CALL.finditer(masked) if match.group(2) not in _CHEAP_FUNCTIONS]
 
 
 def _mask(text: str, *, identifiers: bool) -> str:
@@ -551,6 +682,184 @@ def per_row_calls(expression: str, table_alias: str) -> list[str]:
         where = " (its subquery refers to the row)" if enclosing else ""
         found.append(f"hessra_authz.{function}(){where}")
     return found
+
+
+# -- objects the role controls inside policies and indexes -------------------
+
+# What the policies and indexes of the token tables depend on (names are
+# bound when they are created). An object this role owns, or a role it is in,
+# is code it wrote and can replace: an operator planted in a writable schema
+# before the policy was created without a pinned search_path, say. Objects of
+# superusers (pg_catalog, hessra_authz) are not this role's.
+_BOUND_OBJECTS_SQL = """
+WITH used AS (
+    SELECT d.classid, d.objid, d.refclassid, d.refobjid,
+           coalesce(p.polrelid, x.indrelid) AS table_oid,
+           coalesce(f.proowner, o.oprowner, ty.typowner) AS owner, oc.proowner AS code_owner
+      FROM pg_depend d
+      LEFT JOIN pg_policy p ON d.classid = 'pg_policy'::regclass AND p.oid = d.objid
+      LEFT JOIN pg_index x ON d.classid = 'pg_class'::regclass AND x.indexrelid = d.objid
+      LEFT JOIN pg_proc f ON d.refclassid = 'pg_proc'::regclass AND f.oid = d.refobjid
+      LEFT JOIN pg_operator o ON d.refclassid = 'pg_operator'::regclass AND o.oid = d.refobjid
+      LEFT JOIN pg_proc oc ON oc.oid = o.oprcode
+      LEFT JOIN pg_type ty ON d.refclassid = 'pg_type'::regclass AND ty.oid = d.refobjid
+     WHERE d.classid IN ('pg_policy'::regclass, 'pg_class'::regclass)
+       AND d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass)
+), controlled AS (
+    SELECT used.*, CASE WHEN pg_has_role(owner, 'MEMBER') THEN owner ELSE code_owner END AS controller
+      FROM used
+     WHERE table_oid = ANY (%s::oid[])
+       AND (pg_has_role(owner, 'MEMBER') OR pg_has_role(code_owner, 'MEMBER'))
+)
+SELECT DISTINCT
+       CASE WHEN c.classid = 'pg_policy'::regclass THEN 'policy ' || p.polname
+            ELSE 'index ' || i.relname END AS label,
+       quote_ident(n.nspname) || '.' || quote_ident(t.relname) AS qualified,
+       pg_describe_object(c.refclassid, c.refobjid, 0) AS object,
+       quote_ident(r.rolname) AS controller
+  FROM controlled c
+  JOIN pg_roles r ON r.oid = c.controller AND NOT r.rolsuper
+  JOIN pg_class t ON t.oid = c.table_oid
+  JOIN pg_namespace n ON n.oid = t.relnamespace
+  LEFT JOIN pg_policy p ON c.classid = 'pg_policy'::regclass AND p.oid = c.objid
+  LEFT JOIN pg_class i ON c.classid = 'pg_class'::regclass AND i.oid = c.objid
+ ORDER BY qualified, label, object
+"""
+
+
+def _check_bound_objects(conn: psycopg.Connection[Any], report: Report, tables: list[_Table], *,
+                         superuser: bool) -> None:
+    if superuser:
+        return  # a member of every role: the role check already fails
+    rows = conn.execute(_BOUND_OBJECTS_SQL, ([table.oid for table in tables],)).fetchall()
+    found: dict[tuple[str, str], list[str]] = {}
+    for label, qualified, what, controller in rows:
+        found.setdefault((label, qualified), []).append(f"{what}, owned by {controller}")
+    for (label, qualified), objects in found.items():
+        report.checks.append(Check(
+            f"{label} on {qualified}", FAIL,
+            f"uses {'; '.join(objects)} (this role or one it is a member of): it decides what the expression "
+            "computes",
+            "re-create it with search_path = pg_catalog, pg_temp (`hessra-pg policy generate` scripts and the "
+            "Alembic operations do), then drop what this role planted; and REVOKE CREATE ON SCHEMA public "
+            "FROM PUBLIC"))
+
+
+# -- views -------------------------------------------------------------------
+
+# Every view and materialized view that reads a token table, directly or
+# through other views: (view, table, the views in between, nearest the
+# table first). A view's _RETURN rule depends on what it reads.
+_VIEWS_SQL = """
+WITH RECURSIVE reads(view_oid, table_oid, via) AS (
+    SELECT r.ev_class, d.refobjid, ARRAY[]::oid[]
+      FROM pg_depend d
+      JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = ANY (%s::oid[]) AND r.ev_class <> d.refobjid
+    UNION
+    SELECT r.ev_class, reads.table_oid, reads.via || reads.view_oid
+      FROM reads
+      JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = reads.view_oid
+      JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+     WHERE r.ev_class <> reads.view_oid AND r.ev_class <> ALL (reads.via)
+)
+SELECT v.oid, quote_ident(vn.nspname) || '.' || quote_ident(v.relname), v.relkind,
+       quote_ident(o.rolname), o.rolsuper, o.rolbypassrls, o.rolname = current_user,
+       coalesce(v.reloptions, '{}'), has_table_privilege(v.oid, 'SELECT, INSERT, UPDATE, DELETE'),
+       quote_ident(tn.nspname) || '.' || quote_ident(t.relname), reads.via
+  FROM reads
+  JOIN pg_class v ON v.oid = reads.view_oid
+  JOIN pg_namespace vn ON vn.oid = v.relnamespace
+  JOIN pg_roles o ON o.oid = v.relowner
+  JOIN pg_class t ON t.oid = reads.table_oid
+  JOIN pg_namespace tn ON tn.oid = t.relnamespace
+ WHERE v.relkind IN ('v', 'm')
+ ORDER BY vn.nspname, v.relname, 10
+"""
+
+_TRUE_WORDS = frozenset({"t", "tr", "tru", "true", "y", "ye", "yes", "on", "1"})  # PostgreSQL's parse_bool
+
+
+@dataclass
+class _View:
+    qualified: str
+    materialized: bool
+    owner: str
+    bypass: str | None  # why the owner bypasses row level security, if it does
+    own: bool  # owned by the connecting role: it runs with this role's rights anyway
+    invoker: bool
+    usable: bool
+    paths: list[tuple[str, list[int]]] = field(default_factory=list)  # (table, views in between)
+
+
+def _security_invoker(options: list[str]) -> bool:
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "security_invoker":
+            return value.strip().lower() in _TRUE_WORDS
+    return False
+
+
+def _views(conn: psycopg.Connection[Any], tables: list[_Table]) -> dict[int, _View]:
+    views: dict[int, _View] = {}
+    for (oid, qualified, kind, owner, superuser, bypassrls, own, options, usable, table,
+         via) in conn.execute(_VIEWS_SQL, ([table.oid for table in tables],)):
+        bypass = "a superuser" if superuser else "BYPASSRLS" if bypassrls else None
+        view = views.setdefault(oid, _View(qualified, kind == "m", owner, bypass, own, _security_invoker(options),
+                                           usable))
+        view.paths.append((table, list(via)))
+    return views
+
+
+def _check_views(conn: psycopg.Connection[Any], report: Report, tables: list[_Table]) -> None:
+    views = _views(conn, tables)
+    problems = [check for check in (_view_check(view, views, conn) for view in views.values()) if check]
+    report.checks.extend(problems)
+    if not problems:
+        report.checks.append(Check("views", OK, "no view or materialized view this role can use reads a table "
+                                                "with token policies with another role's rights"))
+
+
+def _view_check(view: _View, views: dict[int, _View], conn: psycopg.Connection[Any]) -> Check | None:
+    """A FAIL for a view this role can use that reads a token table with
+    another role's rights, else None. (A security_invoker view reads what it
+    reads as this role, which then needs privileges on those views itself:
+    the ones it has are checked on their own.)"""
+    if not view.usable or view.own:
+        return None
+    read = _unique(table for table, _ in view.paths)
+    if view.materialized:
+        role = conn.execute("SELECT quote_ident(current_user)").fetchone()[0]
+        return Check(f"materialized view {view.qualified}", FAIL,
+                     f"holds the rows of {', '.join(read)} that its owner {view.owner} read at its last REFRESH: "
+                     "row level security doesn't apply to reading it",
+                     f"REVOKE ALL ON {view.qualified} FROM PUBLIC, {role} (or drop it: a view WITH "
+                     "(security_invoker = true) is filtered per reader)")
+    if view.invoker:
+        return None
+    # Rights switch at every view that is not security_invoker; the table is
+    # read with those of the last one before it (the one nearest the table).
+    chains = [[views[oid] for oid in via] for _, via in view.paths]
+    definers = [next((v for v in chain if not v.invoker), view) for chain in chains]
+    reader = next((v for v in definers if v.bypass), definers[0])
+    between = _unique(v.qualified for chain in chains for v in chain)
+    through = f" (through {', '.join(between)})" if between else ""
+    rights = (f"its owner {reader.owner}" if reader.owner == view.owner
+              else f"{reader.owner}, the owner of {reader.qualified}")
+    if reader.bypass:
+        effect = f", who bypasses row level security ({reader.bypass}): this role reads every row through it"
+    else:
+        effect = ": the policies are checked for that role, not for this one"
+    to_fix = [view] + [v for chain in chains for v in reversed(chain) if not v.invoker and not v.materialized]
+    fixes = _unique(f"ALTER VIEW {v.qualified} SET (security_invoker = true)" for v in to_fix)
+    return Check(f"view {view.qualified}", FAIL,
+                 f"not security_invoker: reads {', '.join(read)}{through} with the rights of {rights}{effect}",
+                 "; ".join(fixes))
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
 
 
 # -- the role --------------------------------------------------------------

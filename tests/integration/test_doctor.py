@@ -14,7 +14,7 @@ from psycopg import sql
 
 import hessra_pg
 from hessra_pg.cli import main
-from hessra_pg.doctor import connect, per_row_calls, run_checks
+from hessra_pg.doctor import connect, log_risks, per_row_calls, run_checks
 from hessra_pg.keys import generate_keypair
 from hessra_pg.policies import PolicySpec, generate_sql
 from hessra_pg.testing import HessraDatabase
@@ -100,6 +100,8 @@ def test_good_database(good: HessraDatabase, app_role: str, capsys: pytest.Captu
         "keys": "ok",
         **{f"table {table}": "ok" for table in TABLES},
         **{f"policies on {table}": "ok" for table in TABLES},
+        "server log": "ok",
+        "views": "ok",
         f"role {app_role}": "ok",
     }
     assert checks["extension"][1] == f"hessra_authz {hessra_pg.__version__} (same as hessra_pg {hessra_pg.__version__})"
@@ -175,15 +177,182 @@ def test_per_row_policy(good: HessraDatabase, admin: psycopg.Connection, app_rol
 
 
 def test_permissive_policy_without_a_token_check(good: HessraDatabase, admin: psycopg.Connection, app_role: str,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 make_role, capsys: pytest.CaptureFixture[str]) -> None:
+    """Permissive policies are OR-ed: one that checks no token opens the table to this
+    role without a token. Reading the settings (current_token()) is no check either."""
+    admin.execute("INSERT INTO public.orders VALUES (1, 'c'), (2, 'd')")
     admin.execute("CREATE POLICY everyone ON public.orders FOR SELECT USING (true)")
     admin.execute("CREATE POLICY narrowing ON public.orders AS RESTRICTIVE FOR SELECT USING (id > 0)")
+    admin.execute("CREATE POLICY any_token ON public.payments FOR ALL "
+                  "USING (hessra_authz.current_token() <> '') WITH CHECK (true)")
+    other = make_role("NOLOGIN")
+    admin.execute(sql.SQL("CREATE POLICY for_other ON public.documents FOR SELECT TO {} USING (true)")
+                  .format(sql.Identifier(other)))
+    with good.connect(app_role) as app:  # the hole the check is about
+        assert app.execute("SELECT count(*) FROM public.orders").fetchone()[0] == 2
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert code == 1
+    assert failing(checks) == {
+        "policy everyone on public.orders":
+            "permissive FOR SELECT policy without a token check: this role passes it with no token "
+            "(permissive policies are OR-ed with the token policies)",
+        "policy any_token on public.payments":
+            "permissive FOR ALL policy without a token check: this role passes it with no token "
+            "(permissive policies are OR-ed with the token policies)",
+    }
+    assert "policy narrowing on public.orders" not in checks  # restrictive: AND-ed
+    assert "policy for_other on public.documents" not in checks  # not this role's
+
+
+# -- views ------------------------------------------------------------------
+
+
+def test_views_without_security_invoker(good: HessraDatabase, admin: psycopg.Connection, app_role: str,
+                                        make_role, capsys: pytest.CaptureFixture[str]) -> None:
+    """A view runs with its owner's rights unless security_invoker: the app reads every
+    row through one owned by the (superuser) table owner. Views over such views too."""
+    admin.execute("INSERT INTO public.orders VALUES (1, 'c'), (2, 'd')")
+    owner = make_role("NOLOGIN")
+    admin.execute(sql.SQL("GRANT SELECT ON shop.items TO {}; GRANT USAGE ON SCHEMA shop TO {}")
+                  .format(sql.Identifier(owner), sql.Identifier(owner)))
+    admin.execute(sql.SQL("""
+        CREATE VIEW public.all_orders AS SELECT * FROM public.orders;
+        CREATE VIEW public.order_ids WITH (security_invoker = true) AS SELECT id FROM public.all_orders;
+        CREATE VIEW public.order_count AS SELECT count(*) FROM public.order_ids;
+        CREATE VIEW public.safe_orders WITH (security_invoker = on) AS SELECT * FROM public.orders;
+        CREATE VIEW public.not_granted AS SELECT * FROM public.orders;
+        CREATE VIEW shop.item_names AS SELECT name FROM shop.items;
+        ALTER VIEW shop.item_names OWNER TO {owner};
+        CREATE MATERIALIZED VIEW public.order_snapshot AS SELECT * FROM public.orders;
+        CREATE VIEW public.unrelated AS SELECT 1 AS one;
+        GRANT SELECT ON public.all_orders, public.order_ids, public.order_count, public.safe_orders,
+                        shop.item_names, public.order_snapshot, public.unrelated TO {app};
+    """).format(owner=sql.Identifier(owner), app=sql.Identifier(app_role)))
+    with good.connect(app_role) as app:  # the hole the check is about: no token, every row
+        assert app.execute("SELECT count(*) FROM public.all_orders").fetchone()[0] == 2
+        assert app.execute("SELECT * FROM public.order_count").fetchone()[0] == 2
+        assert app.execute("SELECT count(*) FROM public.safe_orders").fetchone()[0] == 0
+    with connect(good.dsn_for(app_role)) as conn:
+        report = run_checks(conn)
+    checks = {check.name: check for check in report.checks if check.status == "fail"}
+    assert sorted(checks) == ["materialized view public.order_snapshot", "view public.all_orders",
+                              "view public.order_count", "view shop.item_names"]
+    assert checks["view public.all_orders"].message == (
+        "not security_invoker: reads public.orders with the rights of its owner postgres, who bypasses row "
+        "level security (a superuser): this role reads every row through it")
+    assert checks["view public.all_orders"].hint == "ALTER VIEW public.all_orders SET (security_invoker = true)"
+    assert checks["view public.order_count"].message == (
+        "not security_invoker: reads public.orders (through public.all_orders, public.order_ids) with the "
+        "rights of its owner postgres, who bypasses row level security (a superuser): this role reads every "
+        "row through it")
+    assert checks["view public.order_count"].hint == ("ALTER VIEW public.order_count SET (security_invoker = true); "
+                                                      "ALTER VIEW public.all_orders SET (security_invoker = true)")
+    assert checks["view shop.item_names"].message == (
+        f"not security_invoker: reads shop.items with the rights of its owner {owner}: the policies are checked "
+        "for that role, not for this one")
+    assert checks["materialized view public.order_snapshot"].message == (
+        "holds the rows of public.orders that its owner postgres read at its last REFRESH: row level security "
+        "doesn't apply to reading it")
+    assert checks["materialized view public.order_snapshot"].hint == (
+        f"REVOKE ALL ON public.order_snapshot FROM PUBLIC, {app_role} (or drop it: a view WITH "
+        "(security_invoker = true) is filtered per reader)")
+    # The fix lines fix it.
+    for name in ("view public.all_orders", "view public.order_count", "view shop.item_names"):
+        for statement in checks[name].hint.split("; "):
+            admin.execute(statement)
+    admin.execute(sql.SQL("GRANT SELECT ON public.all_orders TO {}").format(sql.Identifier(owner)))
+    admin.execute(checks["materialized view public.order_snapshot"].hint.split(" (")[0])
+    with good.connect(app_role) as app:
+        assert app.execute("SELECT * FROM public.order_count").fetchone()[0] == 0
+    code, after = doctor(capsys, good.dsn_for(app_role))
+    assert code == 0 and failing(after) == {}
+    assert after["views"] == ("ok", "no view or materialized view this role can use reads a table with token "
+                                    "policies with another role's rights")
+
+
+# -- the server log ----------------------------------------------------------
+
+
+def _database_setting(admin: psycopg.Connection, database: str, setting: str, value: str | None) -> None:
+    query = "ALTER DATABASE {} RESET {}" if value is None else "ALTER DATABASE {} SET {} = " + value
+    admin.execute(sql.SQL(query).format(sql.Identifier(database), sql.Identifier(setting)))
+
+
+def test_statement_logging_with_bound_parameters(good: HessraDatabase, admin: psycopg.Connection, app_role: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The token is bound into set_config(): logged statements carry it in their
+    parameters unless log_parameter_max_length = 0."""
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert checks["server log"] == ("ok", "no setting logs this role's bound parameters (log_statement = 'none', "
+                                          "log_min_duration_statement = -1, log_parameter_max_length = -1, "
+                                          "log_parameter_max_length_on_error = 0)")
+    _database_setting(admin, good.name, "log_statement", "'all'")
+    with connect(good.dsn_for(app_role)) as conn:
+        report = run_checks(conn)
+    log = next(check for check in report.checks if check.name == "server log")
+    assert (log.status, log.message) == (
+        "fail", "log_statement = 'all' logs every statement with its bound parameters (log_parameter_max_length = "
+                "-1): the token the application binds into set_config() is written to the server log")
+    fix = f'ALTER ROLE {app_role} IN DATABASE {good.name} SET log_parameter_max_length = 0'
+    assert log.hint == f"{fix} (as a superuser; new sessions pick it up)"
+    admin.execute(fix)
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert code == 0 and checks["server log"][0] == "ok"
+
+    admin.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET log_parameter_max_length")
+                  .format(sql.Identifier(app_role), sql.Identifier(good.name)))
+    _database_setting(admin, good.name, "log_statement", "'mod'")  # SELECT set_config(...) is not logged
+    _database_setting(admin, good.name, "log_min_duration_statement", "0")
+    _database_setting(admin, good.name, "log_parameter_max_length", "64")
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert code == 1
+    assert failing(checks) == {"server log": "log_min_duration_statement = 0 logs every statement with its bound "
+                                             "parameters (log_parameter_max_length = 64): the token the application "
+                                             "binds into set_config() is written to the server log"}
+
+    _database_setting(admin, good.name, "log_min_duration_statement", "250")
+    _database_setting(admin, good.name, "log_parameter_max_length_on_error", "-1")
     code, checks = doctor(capsys, good.dsn_for(app_role))
     assert code == 0
-    assert checks["policy everyone on public.orders"] == (
-        "warn", "permissive FOR SELECT policy without a token check: what it allows needs no token "
-                "(permissive policies are OR-ed with the token policies)")
-    assert "policy narrowing on public.orders" not in checks
+    assert checks["server log"] == (
+        "warn", "log_min_duration_statement = 250 logs statements slower than 250 ms with their bound parameters "
+                "(log_parameter_max_length = 64): a slow statement that binds a token writes it to the server log; "
+                "log_parameter_max_length_on_error = -1 logs a failing statement with its bound parameters: a "
+                "failing statement that binds a token writes it to the server log")
+
+    _database_setting(admin, good.name, "log_min_duration_statement", None)
+    _database_setting(admin, good.name, "log_parameter_max_length_on_error", None)
+    _database_setting(admin, good.name, "log_transaction_sample_rate", "0.01")
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert code == 1
+    assert failing(checks)["server log"].startswith("log_transaction_sample_rate = 0.01 logs every statement of "
+                                                    "that share of transactions with its bound parameters")
+
+
+# -- objects the role controls inside policies ------------------------------
+
+
+def test_policy_bound_to_an_operator_this_role_owns(good: HessraDatabase, admin: psycopg.Connection, app_role: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """What a policy created without a pinned search_path (hessra-pg 0.2.0, or by hand)
+    may have bound where public is writable: an operator the app role planted."""
+    admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app_role)))
+    with good.connect(app_role, autocommit=True) as app:
+        app.execute("CREATE FUNCTION public.planted(text, integer) RETURNS text LANGUAGE sql IMMUTABLE "
+                    "AS $$ SELECT 'orders/1' $$")
+        app.execute("CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.planted)")
+    admin.execute("CREATE POLICY legacy ON public.orders FOR SELECT USING (('orders/' || id) = ANY "
+                  "((SELECT hessra_authz.authorized_resources('read'))::text[]))")
+    admin.execute("CREATE INDEX legacy_resource ON public.orders (('orders/' || id))")
+    try:
+        code, checks = doctor(capsys, good.dsn_for(app_role))
+    finally:
+        admin.execute("DROP OPERATOR public.||(text, integer) CASCADE")
+    assert code == 1
+    message = (f"uses operator public.||(text,integer), owned by {app_role} (this role or one it is a member of): "
+               "it decides what the expression computes")
+    assert failing(checks) == {"policy legacy on public.orders": message,
+                               "index legacy_resource on public.orders": message}
 
 
 def test_no_token_policies(hessra_db: HessraDatabase, root, app_role: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -316,11 +485,12 @@ def test_extension_not_created(hessra_postgres, capsys: pytest.CaptureFixture[st
 def test_version_mismatch_is_a_warning(good: HessraDatabase, app_role: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hessra_pg, "__version__", "99.0.0")
     with connect(good.dsn) as conn:
+        installed = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'").fetchone()[0]
         report = run_checks(conn)
     checks = {check.name: check for check in report.checks}
     extension = checks["extension"]
-    assert (extension.status, extension.message) == ("warn", "hessra_authz 0.2.0 in this database, but this "
-                                                              "hessra_pg is 99.0.0")
+    assert (extension.status, extension.message) == ("warn", f"hessra_authz {installed} in this database, but "
+                                                              "this hessra_pg is 99.0.0")
     assert extension.hint.startswith("run `hessra-pg install` (hessra_pg 99.0.0) on the database host")
     assert checks["server Python"].status == "warn"
     assert checks["server Python"].message.endswith("; this hessra_pg is 99.0.0")
@@ -366,3 +536,26 @@ def test_per_row_calls(expression: str, expected: list[str]) -> None:
 def test_per_row_calls_with_a_quoted_table_name() -> None:
     expression = "( SELECT hessra_authz.authorized(\"Order Items\".name, 'r'::text) AS authorized)"
     assert per_row_calls(expression, '"Order Items"') == ["hessra_authz.authorized() (its subquery refers to the row)"]
+
+
+_DEFAULT_LOG = {"log_statement": "none", "log_min_duration_statement": "-1", "log_min_duration_sample": "-1",
+                "log_statement_sample_rate": "1", "log_transaction_sample_rate": "0",
+                "log_parameter_max_length": "-1", "log_parameter_max_length_on_error": "0"}
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({}, []),
+    ({"log_statement": "mod"}, []),  # SELECT set_config(...) is not a modification
+    ({"log_statement": "ddl", "log_min_duration_sample": "100", "log_statement_sample_rate": "0"}, []),
+    ({"log_statement": "all", "log_parameter_max_length": "0"}, []),  # the text shows only $1
+    ({"log_statement": "all"}, [("fail", "log_parameter_max_length")]),
+    ({"log_min_duration_sample": "0", "log_statement_sample_rate": "0.1"}, [("fail", "log_parameter_max_length")]),
+    ({"log_min_duration_sample": "500"}, [("warn", "log_parameter_max_length")]),
+    ({"log_min_duration_statement": "1000", "log_parameter_max_length_on_error": "100"},
+     [("warn", "log_parameter_max_length"), ("warn", "log_parameter_max_length_on_error")]),
+    ({"log_transaction_sample_rate": "0.5", "log_parameter_max_length": "0",
+      "log_parameter_max_length_on_error": "-1"}, [("warn", "log_parameter_max_length_on_error")]),
+])
+def test_log_risks(changes: dict[str, str], expected: list[tuple[str, str]]) -> None:
+    risks = log_risks({**_DEFAULT_LOG, **changes})
+    assert [(risk.status, risk.setting) for risk in risks] == expected
