@@ -17,8 +17,17 @@ decision the verifier made.
 
 The file lives in the cluster's data directory (a backend's working
 directory), one per database, readable and writable only by the server's OS
-user, fixed in size (SLOTS entries, 2 MiB), and removed
+user, fixed in size (SLOTS entries, 2 MiB, and a 64-byte trailer), and removed
 with the cluster. If it can't be opened, backends just don't share.
+
+The trailer holds the newest configuration generation that some backend of
+the database has read outside a transaction that changed it, i.e. a
+committed one (hessra_pg.plpython.runtime): a backend whose snapshot shows an
+older generation (a REPEATABLE READ transaction that started before a
+revocation, an imported snapshot) refuses to verify instead of using keys
+and revocations older than ones already in force. It is tagged with the
+database's identity (OID and pg_database row xmin), so a database that
+reuses the OID of a dropped one never inherits its value.
 """
 
 from __future__ import annotations
@@ -33,26 +42,34 @@ from . import __version__
 #: Entries per database (a slot per digest; a newer entry replaces an older).
 SLOTS = 1 << 16
 _ENTRY = struct.Struct("<16sd8s")
+#: Trailer: database tag digest, published generation and its complement
+#: (a torn write fails the complement and reads as "nothing published").
+_TRAILER = struct.Struct("<16sqq")
+_TRAILER_OFFSET = SLOTS * _ENTRY.size
+_SIZE = _TRAILER_OFFSET + 64
 DIRECTORY = "hessra_authz_cache"
 
 
 class SharedDecisions:
     """A fixed-size table of positive decisions in a shared memory map."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tag: str = "") -> None:
         # os.path, not pathlib: this runs in every backend's first verification,
         # and pathlib's imports cost milliseconds there.
         self.path = path
         self.hits = 0
         self.misses = 0
+        self._tag = hashlib.blake2b(tag.encode(), digest_size=16).digest()
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            size = SLOTS * _ENTRY.size
-            if os.fstat(descriptor).st_size < size:
+            size = _SIZE
+            current = os.fstat(descriptor).st_size
+            if current < size:
                 # Written out, not sparse: a store into a hole of a full disk
-                # would be a SIGBUS (a crashed backend), not an error.
-                os.pwrite(descriptor, bytes(size), 0)
+                # would be a SIGBUS (a crashed backend), not an error. (A file
+                # of hessra_pg 0.2.0 lacks only the trailer.)
+                os.pwrite(descriptor, bytes(size - current), current)
             if os.fstat(descriptor).st_size < size:
                 raise OSError(f"{path} is shorter than {size} bytes")  # never map past its end
             # Populated: every page mapped at once, not one fault per first use.
@@ -62,13 +79,28 @@ class SharedDecisions:
             os.close(descriptor)
 
     @classmethod
-    def for_database(cls, database: int) -> "SharedDecisions | None":
-        """The table of database `database` (an OID), or None if the file
-        can't be used (sharing is an optimisation, never a requirement)."""
+    def for_database(cls, database: int, tag: str = "") -> "SharedDecisions | None":
+        """The table of database `database` (an OID; `tag` tells this
+        database apart from a dropped one with the same OID), or None if the
+        file can't be used (sharing is an optimisation, never a requirement)."""
         try:
-            return cls(os.path.join(os.getcwd(), DIRECTORY, str(int(database))))
+            return cls(os.path.join(os.getcwd(), DIRECTORY, str(int(database))), f"{int(database)}/{tag}")
         except (OSError, ValueError, TypeError):
             return None
+
+    def published_generation(self) -> int:
+        """The newest committed configuration generation a backend of this
+        database has published (0: none)."""
+        tag, generation, complement = _TRAILER.unpack_from(self._map, _TRAILER_OFFSET)
+        if tag != self._tag or complement != ~generation:
+            return 0
+        return generation
+
+    def publish_generation(self, generation: int) -> None:
+        """Raise the published generation to `generation` (never lower it;
+        a lost race with another writer only delays the raise)."""
+        if generation > self.published_generation():
+            _TRAILER.pack_into(self._map, _TRAILER_OFFSET, self._tag, generation, ~generation)
 
     @staticmethod
     def digest(version: str, arguments: str, token_digest: bytes) -> bytes:

@@ -11,16 +11,16 @@ Nothing here touches a database; callers pass the keys, chains and time.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import biscuit_auth
 
 from .encoding import decode_token
 from .errors import ConfigurationError, KeyFormatError, TokenFormatError, TokenShapeError
 from .keys import parse_public_key
+from .lru import ByteBoundedLRU, text_size
 from .shape import check_shape, read_shape
 
 #: Biscuit's default max_time (1 ms) denies valid tokens on a busy machine
@@ -51,6 +51,9 @@ REASONS = (
     "check_failed",
     "limits",
 )
+
+#: The detail explain() gives roles without admin rights.
+REDACTED_DETAIL = "details are shown to hessra_authz administrators only"
 
 # A whole printed line, so a string term that merely contains this text
 # (say an operation name) can't pose as a time check.
@@ -135,6 +138,16 @@ class Decision:
     revocation_ids: tuple[str, ...] = ()
     detail: str | None = None
 
+    def redacted(self) -> "Decision":
+        """What a role that doesn't administer the keys may learn (README
+        "What an application role can learn"): the reason code, with the
+        key reasons folded into bad_signature (which keys exist or were
+        retired is the DBA's business) and no chain component names; no kid
+        and no detail (failed Datalog may quote the database's chain keys)."""
+        reason = "bad_signature" if self.reason in ("unknown_key", "key_inactive") else self.reason
+        reason = reason.split(":", 1)[0]
+        return Decision(self.valid, reason, None, self.expires_at, self.revocation_ids, REDACTED_DETAIL)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready; never contains the token."""
         return {
@@ -212,7 +225,9 @@ def chain_nodes_required(nodes: Sequence[ChainNode], component: str | None) -> l
     components = [node.component for node in nodes]
     if component not in components:
         raise ConfigurationError(
-            f"component {component!r} is not in the service chain (components: {', '.join(components)})"
+            f"component {component!r} is not in the service chain",
+            detail=f"components: {', '.join(components)}",
+            hint="Pass one of the chain's components, or NULL to require every node.",
         )
     return list(nodes[: components.index(component)])
 
@@ -296,8 +311,10 @@ def _time_checks(sources: Iterable[str]) -> tuple[int | None, bool]:
 #: Datalog costs about as much as evaluating it, and a builder can build any
 #: number of authorizers. Parameters include the time (whole seconds), so in
 #: steady use the entries of one second serve every token checked in it.
-AUTHORIZER_CACHE_SIZE = 256
-_builders: "OrderedDict[tuple[Any, ...], biscuit_auth.AuthorizerBuilder]" = OrderedDict()
+#: Bounded by (estimated) bytes, not entries: parameters are caller-supplied
+#: text of any length (a subject of megabytes must not be kept 256 times).
+AUTHORIZER_CACHE_BYTES = 4 * 1024 * 1024
+_builders = ByteBoundedLRU(AUTHORIZER_CACHE_BYTES)
 
 
 def _authorizer(source: list[str], params: dict[str, Any],
@@ -309,7 +326,6 @@ def _authorizer(source: list[str], params: dict[str, Any],
     cache_key = (tuple(source), tuple(params.items()), tuple(scope.items()) if scope else ())
     builder = _builders.get(cache_key)
     if builder is not None:
-        _builders.move_to_end(cache_key)
         return builder
     builder = biscuit_auth.AuthorizerBuilder(
         "\n".join(source), params, {name: parse_public_key(key) for name, key in (scope or {}).items()})
@@ -318,9 +334,9 @@ def _authorizer(source: list[str], params: dict[str, Any],
     limits.max_facts = RUN_LIMIT_FACTS
     limits.max_iterations = RUN_LIMIT_ITERATIONS
     builder.set_limits(limits)
-    _builders[cache_key] = builder
-    while len(_builders) > AUTHORIZER_CACHE_SIZE:
-        _builders.popitem(last=False)
+    # The parsed builder holds the source and every parameter (Rust side):
+    # charge a few times their text.
+    _builders.put(cache_key, builder, 4096 + 4 * text_size(cache_key))
     return builder
 
 
@@ -451,14 +467,22 @@ def verify(
     load: Callable[[str | None, float], VerifiedToken] | None = None,
     revoked: Revocations = NO_REVOCATIONS,
     diagnose: bool = True,
+    chains: Mapping[str, Any] | None = None,
 ) -> Decision:
     """Verify a token end to end; a token problem is a Decision, never an
     exception. Configuration problems raise ConfigurationError.
 
     `now` is the Unix time (a float keeps key windows exact; Datalog gets
     the integer part). `load` replaces load_token(token, keys, now), e.g.
-    with a cached one (hessra_pg.backend). `diagnose=False`: see authorize().
+    with a cached one (hessra_pg.plpython.runtime). `diagnose=False`: see
+    authorize(). `chains`: the service chains this database knows, by name
+    (a tuple of ChainNode, or the ConfigurationError of an invalid one);
+    without an explicit `chain`, a chain named like the resource is
+    enforced in full (every node must have attested): a token minted for a
+    service chain can't skip it where the chain is known.
     """
+    if chain is None and chains and resource is not None:
+        chain, component = enforced_chain(chains, resource), None
     if chain is not None:
         chain_nodes_required(chain, component)  # an unknown component is loud even with no token
     try:
@@ -468,8 +492,14 @@ def verify(
     if resource is None or operation is None or (not capability and subject is None):
         return verified.decision(False, "denied", "subject, resource and operation are required")
     detail = revoked.revoked_block(verified)
-    if detail is None and subject is not None and revoked.covers_identity(subject):
-        detail = "the subject is a revoked identity"
+    if detail is None and revoked.identities:
+        if subject is not None and revoked.covers_identity(subject):
+            detail = "the subject is a revoked identity"
+        elif capability and any(revoked.covers_identity(holder)
+                                for holder in rights_holders(verified, resource, operation)):
+            # Whoever presents a capability acts for the identities it grants
+            # the right to: revoking one of them revokes the capability.
+            detail = "the token grants this right to a revoked identity"
     if detail is not None:
         return verified.decision(False, "revoked", detail)
     return authorize(
@@ -485,6 +515,26 @@ def verify(
         capability=capability,
         diagnose=diagnose,
     )
+
+
+def enforced_chain(chains: Mapping[str, Any], resource: str) -> tuple[ChainNode, ...] | None:
+    """The configured service chain named `resource`, if any (raising the
+    ConfigurationError of an invalid one)."""
+    configured = chains.get(resource)
+    if isinstance(configured, ConfigurationError):
+        raise configured
+    return configured
+
+
+def rights_holders(verified: VerifiedToken, resource: str, operation: str) -> list[str]:
+    """The subjects the token's authority grants `operation` on `resource`."""
+    authorizer = _authorizer(["allow if true;"], {}).build(verified.biscuit)  # our run limits, not 1 ms
+    try:
+        rights = authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))
+    except BISCUIT_ERRORS:
+        return []
+    return [fact.terms[0] for fact in rights
+            if fact.terms[1:] == [resource, operation] and isinstance(fact.terms[0], str)]
 
 
 # -- identity tokens (spec §6.4) --------------------------------------------
@@ -652,9 +702,10 @@ def authorized_resources(
     operation: str | None,
     load: Callable[[str | None, float], VerifiedToken] | None = None,
     revoked: Revocations = NO_REVOCATIONS,
+    chains: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Every resource for which verify(token, subject, resource, operation)
-    is valid, sorted. The compat policy needs a `right(subject, resource,
+    is valid (with the same `chains`), sorted. The compat policy needs a `right(subject, resource,
     operation)` fact of the authority block, so those facts are the complete
     candidate list; each candidate then goes through the full verification.
     """
@@ -676,5 +727,5 @@ def authorized_resources(
     return [
         resource for resource in candidates
         if verify(token, keys, now=now, subject=subject, resource=resource, operation=operation,
-                  load=lambda text, at: verified, revoked=revoked).valid
+                  load=lambda text, at: verified, revoked=revoked, chains=chains, diagnose=False).valid
     ]

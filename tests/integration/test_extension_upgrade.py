@@ -74,7 +74,9 @@ def check_update(admin, bare_db, app_role, good, bad, revoked, chained, identity
         assert scalar(admin, "SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'") == \
             hessra_pg.__version__
         assert probe(app, good, bad, revoked, chained, identity) == expected  # same connection, updated
-        assert scalar(app, "SELECT hessra_authz.cache_stats()")["configuration_version"]
+        assert scalar(app, "SELECT hessra_authz.cache_stats()")["configuration_version"] is None  # admins only
+        assert scalar(admin, VERIFY, (good,)) is True
+        assert scalar(admin, "SELECT hessra_authz.cache_stats()")["configuration_version"]
     with psycopg.connect(bare_db.server.dsn(bare_db.name, app_role), autocommit=True) as fresh:
         assert probe(fresh, good, bad, revoked, chained, identity) == expected
         for internal in ("SELECT hessra_authz._verify_token(0, '', NULL, NULL, 't', 's', 'r', 'o', NULL, NULL)",
@@ -98,18 +100,29 @@ SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.p
   FROM pg_proc AS p WHERE p.pronamespace = 'hessra_authz'::regnamespace ORDER BY 1"""
 
 
-def test_downgrade_and_upgrade_scripts_reproduce_each_version(hessra_postgres):
+TRIGGERS = """
+SELECT c.relname, t.tgname, t.tgenabled FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+ WHERE c.relnamespace = 'hessra_authz'::regnamespace AND NOT t.tgisinternal
+UNION ALL
+SELECT '', e.evtname, e.evtenabled FROM pg_event_trigger AS e ORDER BY 1, 2"""
+
+
+@pytest.mark.parametrize("older", ["0.2.0", "0.1.0"])
+def test_downgrade_and_upgrade_scripts_reproduce_each_version(hessra_postgres, older):
     """Every function (body, security, volatility, settings, comment, grants)
-    after 0.2.0 -> 0.1.0 is what a fresh 0.1.0 has, and after 0.1.0 -> 0.2.0
-    what a fresh default install has."""
+    and trigger after a downgrade to an older version is what a fresh install
+    of that version has, and after the update back what a fresh default
+    install has."""
     with scratch_database(hessra_postgres, "hessra_v") as old, scratch_database(hessra_postgres, "hessra_v") as new:
         with psycopg.connect(old.dsn, autocommit=True) as fresh_old, \
                 psycopg.connect(new.dsn, autocommit=True) as moving:
-            fresh_old.execute("CREATE EXTENSION hessra_authz VERSION '0.1.0' CASCADE")
+            fresh_old.execute(f"CREATE EXTENSION hessra_authz VERSION '{older}' CASCADE")
             moving.execute("CREATE EXTENSION hessra_authz CASCADE")
-            newest = moving.execute(FUNCTIONS).fetchall()
-            moving.execute("ALTER EXTENSION hessra_authz UPDATE TO '0.1.0'")
+            newest = moving.execute(FUNCTIONS).fetchall(), moving.execute(TRIGGERS).fetchall()
+            moving.execute(f"ALTER EXTENSION hessra_authz UPDATE TO '{older}'")
             assert moving.execute(FUNCTIONS).fetchall() == fresh_old.execute(FUNCTIONS).fetchall()
+            assert moving.execute(TRIGGERS).fetchall() == fresh_old.execute(TRIGGERS).fetchall()
             moving.execute("ALTER EXTENSION hessra_authz UPDATE")
-            assert moving.execute(FUNCTIONS).fetchall() == newest
-            assert any(row[0] == "cache_stats()" for row in newest)
+            assert (moving.execute(FUNCTIONS).fetchall(), moving.execute(TRIGGERS).fetchall()) == newest
+            assert any(row[0] == "cache_stats()" for row in newest[0])
+            assert ("", "hessra_authz_config_ddl", "A") in newest[1]

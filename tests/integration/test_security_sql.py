@@ -1,6 +1,8 @@
 """Security model (design §4): an ordinary role is filtered by RLS, can't
 touch keys or chains, can't shadow hessra_authz, can't run admin functions."""
 
+import re
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -70,7 +72,11 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz.drop_service_chain('x')", ()),
             ("SELECT hessra_authz._verify_token(0, '', NULL, '', 't', 's', 'r', 'o', NULL, NULL)", ()),
             ("SELECT hessra_authz._config_changed('1')", ()),
-            ("SELECT hessra_authz._load_config('1/1', '[]', '{}', '{\"ids\": [], \"identities\": []}', 1)", ()),
+            ("SELECT hessra_authz._load_config('1/1', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 1, '')", ()),
+            ("SELECT hessra_authz._explain(0, '', NULL, '', true, 't', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._cache_stats(true)", ()),
+            ("SELECT hessra_authz.grant_admin(current_user)", ()),
+            ("SELECT hessra_authz.revoke_admin('hessra_admin')", ()),
             ("SELECT hessra_authz._sync()", ()),
             ("SELECT hessra_authz._config_version()", ()),
             ("SELECT hessra_authz._identity_scope(0, '', NULL, 'forged', 't')", ()),
@@ -118,23 +124,31 @@ def test_hessra_admin_members_manage_keys(hessra_db, admin, app_role):
 
 def test_function_attributes(admin):
     rows = admin.execute("""
-        SELECT p.proname, p.provolatile, p.prosecdef, coalesce(array_to_string(p.proconfig, ','), '')
-          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        SELECT p.proname, p.provolatile, p.prosecdef, coalesce(array_to_string(p.proconfig, ','), ''),
+               l.lanname, p.prosrc
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
          WHERE n.nspname = 'hessra_authz'""").fetchall()
     by_name = {}
-    for name, volatile, secdef, config in rows:
-        by_name.setdefault(name, []).append((volatile, secdef, config))
+    for name, volatile, secdef, config, language, source in rows:
+        by_name.setdefault(name, []).append((volatile, secdef, config, language, source))
     for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "authorized",
                  "current_token", "current_subject", "verify_identity", "verify_bearer", "token_identity",
                  "current_identity"):
-        for volatile, secdef, config in by_name[name]:
+        for volatile, secdef, config, _, _ in by_name[name]:
             assert volatile == "s", name  # STABLE, never IMMUTABLE
             assert "search_path=pg_catalog, pg_temp" in config, name
     for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "verify_identity",
                  "verify_bearer", "token_identity", "add_key", "retire_key", "set_service_chain"):
-        assert all(secdef for _, secdef, _ in by_name[name]), name
+        assert all(entry[1] for entry in by_name[name]), name
     for name, entries in by_name.items():
-        assert all("search_path=" in config for _, _, config in entries), name
+        entries = [entry[2:] for entry in entries]
+        for config, language, source in entries:
+            if language == "plpython3u":
+                # PL/Python bodies only call into hessra_pg and run no SQL: no
+                # name to resolve, so no pin (it costs a GUC save/restore per call).
+                assert not re.search(r"plpy\.(execute|prepare|cursor)", source), name
+            else:
+                assert "search_path=pg_catalog, pg_temp" in config, name
 
 
 def test_policies_work_where_the_planner_would_go_parallel(hessra_db, root, orders, app_role, admin):

@@ -1,44 +1,80 @@
-"""Per-backend caches of hessra_pg.backend: bounded, keyed by configuration
-generation, never serving a decision past the token's expiry or its key's
-end. (The SQL-level freshness tests are in tests/integration.)"""
+"""Per-backend caches of the in-database runtime (hessra_pg.plpython.runtime):
+bounded by bytes, keyed by configuration version, never serving a decision
+past the token's expiry or its key's end. (The SQL-level freshness tests
+are in tests/integration.)"""
 
+import sys
 import time
 
 import pytest
 
-from hessra_pg import backend
 from hessra_pg.keys import generate_keypair
+from hessra_pg.lru import ByteBoundedLRU
 from hessra_pg.mint import TokenTime, mint_authorization
+from hessra_pg.plpython import runtime as rt
 from hessra_pg.verify import NO_REVOCATIONS, RootKey, verify
 
 
-@pytest.fixture(autouse=True)
-def empty_caches():
-    backend._tokens.clear()
-    backend._decisions.clear()
-    yield
-    backend._tokens.clear()
-    backend._decisions.clear()
+def runtime_with(keys, version="1/1", revocations=NO_REVOCATIONS):
+    runtime = rt.Runtime()
+    runtime.load_config(version, tuple(keys), {}, revocations)
+    return runtime
 
 
-def decide(config, token, now):
-    return backend._remembered(
-        config, token, now, ("authorization", "alice", "orders", "read"),
-        lambda: verify(token, config.keys, now=now, subject="alice", resource="orders", operation="read",
-                       load=lambda text, at: backend._load(text, config, at), revoked=config.revocations),
-    )
+def decide(runtime, token, now):
+    call = runtime.statement(int(now * 1_000_000), "snap", None, runtime.config.version)
+    call.now = now  # a fixed time, not the clock
+    return call.decide(token, subject="alice", resource="orders", operation="read")
 
 
-def test_caches_stay_within_their_bounds():
+def test_caches_stay_within_their_byte_bounds():
     root = generate_keypair()
-    config = backend._Config(1, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
+    runtime = runtime_with([RootKey(1, str(root.public_key))])
+    runtime.tokens = ByteBoundedLRU(200_000)
+    runtime.decisions = ByteBoundedLRU(50_000)
     now = time.time()
-    count = backend.TOKEN_CACHE_SIZE + backend.DECISION_CACHE_SIZE + 10
-    for i in range(count):
+    for i in range(400):
         token = mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(duration=600 + i))
-        assert decide(config, token, now).valid
-    assert len(backend._tokens) == backend.TOKEN_CACHE_SIZE
-    assert len(backend._decisions) <= backend.DECISION_CACHE_SIZE
+        assert decide(runtime, token, now).valid
+    assert 0 < runtime.tokens.bytes <= 200_000 and len(runtime.tokens) < 400
+    assert 0 < runtime.decisions.bytes <= 50_000 and len(runtime.decisions) < 400
+
+
+def test_an_entry_heavier_than_an_eighth_of_the_bound_is_not_kept():
+    cache = ByteBoundedLRU(8000)
+    assert cache.put("small", 1, 100)
+    assert not cache.put("huge", 2, 1000)
+    assert cache.get("huge") is None and cache.get("small") == 1
+    assert cache.bytes == 100 + 256
+
+
+def test_huge_arguments_are_not_kept():
+    """A caller-supplied subject of megabytes is verified, never cached."""
+    from hessra_pg import verify as verifier
+
+    root = generate_keypair()
+    runtime = runtime_with([RootKey(1, str(root.public_key))])
+    token = mint_authorization(root, "alice", "orders", "read")
+    verifier._builders.clear()
+    for i in range(3):
+        call = runtime.statement(None, "snap", None, runtime.config.version)
+        assert not call.decide(token, subject=str(i) * 2_000_000, resource="orders", operation="read").valid
+    assert verifier._builders.bytes == 0 and runtime.decisions.bytes == 0
+
+
+def test_a_malformed_token_is_remembered_as_a_reason_and_raised_fresh():
+    """Re-raising one cached exception grows its traceback on every raise
+    (0.2.0 leaked ~5 KB per call that way)."""
+    root = generate_keypair()
+    runtime = runtime_with([RootKey(1, str(root.public_key))])
+    reasons = set()
+    for _ in range(200):
+        call = runtime.statement(None, "snap", None, runtime.config.version)
+        reasons.add(call.decide("garbage!", subject="alice", resource="orders", operation="read").reason)
+    assert reasons == {"bad_token"}
+    (cached,) = [value for value, _ in runtime.tokens._items.values()]
+    assert isinstance(cached, rt._Rejection)
+    assert sys.getsizeof(cached) < 200
 
 
 def test_cached_decision_ends_at_expiry_and_key_end():
@@ -46,31 +82,60 @@ def test_cached_decision_ends_at_expiry_and_key_end():
     now = time.time()
     token = mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(start=int(now), duration=10))
     spare = RootKey(2, str(generate_keypair().public_key))
-    config = backend._Config(1, (RootKey(1, str(root.public_key), not_after=now + 5), spare), {}, NO_REVOCATIONS)
-    assert decide(config, token, now).valid
-    assert len(backend._decisions) == 1
-    assert decide(config, token, now + 4).valid
-    later = decide(config, token, now + 6)  # the key ended at now + 5
+    runtime = runtime_with([RootKey(1, str(root.public_key), not_after=now + 5), spare])
+    assert decide(runtime, token, now).valid
+    assert len(runtime.decisions) == 1
+    assert decide(runtime, token, now + 4).valid
+    later = decide(runtime, token, now + 6)  # the key ended at now + 5
     assert later.reason == "bad_signature"
-    config = backend._Config(2, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
-    assert decide(config, token, now + 9).valid
-    assert decide(config, token, now + 10).reason == "expired"
+    runtime.load_config("2/1", (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
+    assert decide(runtime, token, now + 9).valid
+    assert not decide(runtime, token, now + 10).valid  # expired
 
 
 def test_denials_and_unrecognised_time_checks_are_not_cached():
     import biscuit_auth
 
     root = generate_keypair()
-    config = backend._Config(1, (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)
+    runtime = runtime_with([RootKey(1, str(root.public_key))])
     now = time.time()
     token = mint_authorization(root, "bob", "orders", "read")
-    assert not decide(config, token, now).valid
+    assert not decide(runtime, token, now).valid
     odd = biscuit_auth.BiscuitBuilder(
         'right("alice", "orders", "read"); check if time($t), $t <= {limit};', {"limit": int(now) + 100}
     ).build(root.private_key).to_base64()
-    assert decide(config, odd, now).valid
-    assert not backend._decisions
-    assert not decide(config, odd, now + 200).valid
+    assert decide(runtime, odd, now).valid
+    assert not len(runtime.decisions)
+    assert not decide(runtime, odd, now + 200).valid
+
+
+def test_the_clock_bounds_the_statement_time_from_above():
+    """A long statement (a DO block) keeps one statement_timestamp(); the
+    verification time still moves with the clock."""
+    root = generate_keypair()
+    runtime = runtime_with([RootKey(1, str(root.public_key))])
+    long_ago = int((time.time() - 3600) * 1_000_000)
+    call = runtime.statement(long_ago, "snap", None, runtime.config.version)
+    assert abs(call.now - time.time()) < 5
+    future = int((time.time() + 3600) * 1_000_000)
+    assert runtime.statement(future, "snap", None, None).now == future / 1_000_000
+
+
+def test_an_older_generation_than_one_committed_is_refused():
+    root = generate_keypair()
+    runtime = runtime_with([RootKey(1, str(root.public_key))], version="7/100")
+    runtime.statement(None, "snap-a", None, "7/100")  # confirmed outside a changing transaction
+    runtime.load_config("6/90", (), {}, NO_REVOCATIONS)  # an old snapshot's configuration
+    assert runtime.config.version == "7/100"  # not taken
+    with pytest.raises(rt.StaleSnapshotError):
+        runtime.statement(None, "snap-old", None, "6/90")
+    # A changing transaction's own (uncommitted) generation is not "committed".
+    runtime.config_changed("55")
+    runtime.load_config("8/200", (), {}, NO_REVOCATIONS)
+    runtime.statement(None, "snap-b", "55", "8/200")
+    assert runtime.committed_generation == 7
+    runtime.load_config("7/100", (RootKey(1, str(root.public_key)),), {}, NO_REVOCATIONS)  # after its rollback
+    assert runtime.statement(None, "snap-c", None, "7/100").config.version == "7/100"
 
 
 def test_reused_authorizers_keep_tokens_apart():
@@ -100,9 +165,9 @@ def test_reused_authorizers_keep_tokens_apart():
     assert verify(attested, keys, chain=chain, **args).valid
     assert verify(forged, keys, chain=chain, **args).reason == "missing_attestation:gateway"
     assert not verify(attested, keys, chain=(ChainNode("gateway", str(impostor.public_key)),), **args).valid
-    for i in range(verifier.AUTHORIZER_CACHE_SIZE + 5):
+    for i in range(2000):
         verify(alice, keys, now=now, subject=f"user{i}", resource="orders", operation="read")
-    assert len(verifier._builders) == verifier.AUTHORIZER_CACHE_SIZE
+    assert verifier._builders.bytes <= verifier.AUTHORIZER_CACHE_BYTES
     assert verify(alice, keys, **args).valid
 
 

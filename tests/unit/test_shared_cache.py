@@ -64,10 +64,10 @@ def test_the_file_is_private_and_fixed_in_size(table, tmp_path):
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     path = directory / "16384"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.stat().st_size == SLOTS * 32
+    assert path.stat().st_size == SLOTS * 32 + 64
     for i in range(1000):
         table.record(SharedDecisions.digest("v", str(i), b"t" * 16), 1.0)
-    assert path.stat().st_size == SLOTS * 32
+    assert path.stat().st_size == SLOTS * 32 + 64
 
 
 def test_an_unusable_directory_means_no_sharing(tmp_path, monkeypatch):
@@ -81,7 +81,7 @@ def test_two_tables_of_one_database_see_each_other(table, tmp_path):
     digest = SharedDecisions.digest("v", "a", b"t" * 16)
     table.record(digest, 99.0)
     assert other.allowed_until(digest, 0.0) == 99.0
-    assert os.path.getsize(tmp_path / DIRECTORY / "16384") == SLOTS * 32
+    assert os.path.getsize(tmp_path / DIRECTORY / "16384") == SLOTS * 32 + 64
 
 
 def test_another_package_version_does_not_read_the_entries(table, monkeypatch):

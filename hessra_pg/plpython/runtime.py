@@ -1,0 +1,453 @@
+"""The verifier as it runs inside a database backend: configuration
+freshness, per-backend caches, and the time of a verification.
+
+One `Runtime` per backend (module-level `RUNTIME`, since a PL/Python
+interpreter lives as long as its backend) holds the configuration and the
+caches; each SQL call builds a `Statement` from what its plpgsql wrapper
+passes and verifies through it. Nothing here runs SQL: PL/Python runs every
+SPI query in a subtransaction, which parallel mode forbids.
+
+Freshness (a configuration change is enforced by every statement whose
+snapshot sees it, in every backend):
+
+- fast path: the wrapper passes the statement's snapshot
+  (`pg_current_snapshot()`) and top-level transaction id. If the snapshot is
+  the one this backend last confirmed its configuration with, every committed
+  change visible now was visible then, so the configuration held is current,
+  unless this very transaction changed it (the configuration triggers report
+  that through `config_changed`; such a transaction always takes the slow
+  path, and its snapshots are never remembered).
+- slow path: the call returns STALE; the wrapper runs `hessra_authz._sync()`,
+  which reads the configuration version (generation counter bumped by
+  triggers, plus its row's xmin) with the statement's snapshot, hands the
+  keys, chains and revocations over (`load_config`) only when the version
+  differs, and calls again with that version.
+- never backwards: a snapshot can be older than a change that has committed
+  (REPEATABLE READ, `SET TRANSACTION SNAPSHOT`). Each backend publishes the
+  newest generation it has read outside a changing transaction (a committed
+  one) in the database's shared file; a statement whose snapshot shows an
+  older generation than any published one gets StaleSnapshotError (SQLSTATE
+  40001, retry the transaction) instead of a decision made with keys or
+  revocations older than those already in force.
+
+Time: the verification time is the wall clock, bounded below by the
+statement's start, so a long statement or a DO block can't keep a token, key
+or cached decision alive past its end. The statement's start also keys the
+per-statement results that the helpers of one policy share.
+
+Memory: every cache is bounded by (estimated) bytes, see hessra_pg.lru.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from ..errors import ConfigurationError, HessraError, StaleSnapshotError
+from ..lru import ByteBoundedLRU, text_size
+from ..shared_cache import SharedDecisions
+from ..verify import (
+    ChainNode,
+    Decision,
+    Revocations,
+    RootKey,
+    TokenRejected,
+    VerifiedToken,
+    authorized_resources,
+    load_token,
+    parse_chain,
+    proven_identity,
+    verify,
+    verify_identity,
+)
+
+#: Signature-checked tokens (and the reasons of malformed ones). A parsed
+#: Biscuit costs about 3.5-7 times its base64 size (measured: 115 KB for a
+#: 32 KiB token, 2.8 KB for a 400-character one), charged as 2 KiB + 4 x size.
+TOKEN_CACHE_BYTES = 16 * 1024 * 1024
+#: Positive decisions, each until the token's expiry or its key's end.
+DECISION_CACHE_BYTES = 4 * 1024 * 1024
+#: Results of the per-statement helpers (identity scope, resource sets).
+RESULT_CACHE_BYTES = 2 * 1024 * 1024
+
+#: Outcome asking the wrapper to run hessra_authz._sync() and call again.
+STALE = "s"
+
+
+class _Stale(Exception):
+    """The configuration held may be out of date: go through _sync()."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Keys, chains and revocations of one configuration version."""
+
+    version: str
+    generation: int
+    keys: tuple[RootKey, ...]
+    #: name -> tuple of ChainNode, or the ConfigurationError of a bad row
+    chains: dict[str, Any]
+    revocations: Revocations
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    """A malformed token's reason, kept instead of the exception (re-raising
+    one exception instance grows its traceback on every raise)."""
+
+    reason: str
+    detail: str
+
+
+def generation_of(version: str) -> int:
+    """The generation counter of a version text `generation/xmin`."""
+    return int(version.split("/", 1)[0])
+
+
+def parse_chains(chains: dict[str, Any]) -> dict[str, Any]:
+    """Chain rows (name -> JSON nodes) parsed, a bad row kept as its error
+    (raised only when a call needs that chain)."""
+    parsed: dict[str, Any] = {}
+    for name, nodes in chains.items():
+        try:
+            parsed[name] = parse_chain(nodes)
+        except ConfigurationError as error:
+            parsed[name] = ConfigurationError(f"service chain {name!r} is invalid: {error}")
+    return parsed
+
+
+class Runtime:
+    """The state of one backend's verifier."""
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        #: The snapshot text with which `config` was last confirmed current.
+        self.confirmed_snapshot: str | None = None
+        #: Top-level transaction id of this backend's latest configuration change.
+        self.changing_xid: str | None = None
+        #: Newest generation this backend read outside a changing transaction.
+        self.committed_generation = 0
+        self.shared: SharedDecisions | None = None
+        self.shared_database: tuple[int, str] | None = None
+        self.tokens: ByteBoundedLRU[VerifiedToken | _Rejection] = ByteBoundedLRU(TOKEN_CACHE_BYTES)
+        self.decisions: ByteBoundedLRU[tuple[Any, float]] = ByteBoundedLRU(DECISION_CACHE_BYTES)
+        self.results: ByteBoundedLRU[tuple[Any, float]] = ByteBoundedLRU(RESULT_CACHE_BYTES)
+        #: Unexpected exceptions by class name (each denied; see entry points).
+        self.internal_errors: Counter[str] = Counter()
+
+    # -- configuration ------------------------------------------------------
+
+    def config_version(self) -> str | None:
+        return None if self.config is None else self.config.version
+
+    def config_changed(self, xid: str) -> None:
+        """Called by the configuration triggers in the changing backend:
+        until transaction `xid` ends, every call re-reads the version (its
+        own uncommitted changes, and their rollback, are invisible to the
+        snapshot comparison)."""
+        self.changing_xid = xid
+        self.confirmed_snapshot = None
+
+    def load_config(self, version: str, keys: tuple[RootKey, ...], chains: dict[str, Any],
+                    revocations: Revocations, database: int | None = None, database_tag: str = "") -> None:
+        """Take the configuration read by hessra_authz._sync() in database
+        `database` (OID). An older generation than one already committed is
+        not taken: the statement that read it is refused (see statement())."""
+        generation = generation_of(version)
+        if database is not None and (database, database_tag) != self.shared_database:
+            self.shared = SharedDecisions.for_database(database, database_tag)
+            self.shared_database = (database, database_tag)
+        if self.config is not None and generation < self.committed_generation:
+            return
+        self.config = Config(version, generation, keys, parse_chains(chains), revocations)
+        self.confirmed_snapshot = None
+        self.tokens.clear()
+        self.decisions.clear()
+        self.results.clear()
+
+    def _published_generation(self) -> int:
+        return self.shared.published_generation() if self.shared is not None else 0
+
+    def statement(self, statement_us: int | None, snapshot: str | None, xid: str | None,
+                  version: str | None) -> "Statement":
+        """The context of one call, with the configuration current for it.
+
+        `version` None (the wrapper's first attempt): the configuration held,
+        if it was confirmed with this very snapshot outside a changing
+        transaction and no newer one was published; else _Stale. `version`
+        given (after _sync()): the configuration _sync() just loaded,
+        confirmed from now on for `snapshot`.
+        """
+        config = self.config
+        if version is None:
+            if (config is None or snapshot is None or snapshot != self.confirmed_snapshot
+                    or (xid is not None and xid == self.changing_xid)
+                    or self._published_generation() > config.generation):
+                raise _Stale()
+        else:
+            newest = max(self.committed_generation, self._published_generation())
+            if generation_of(version) < newest:
+                raise StaleSnapshotError(
+                    "this transaction's snapshot predates a change of keys, service chains or revocations "
+                    "that has committed; retry the transaction",
+                    hint="REPEATABLE READ and SERIALIZABLE transactions, and imported snapshots, can't "
+                         "verify tokens with a configuration older than the one in force.")
+            if config is None or config.version != version:
+                raise ConfigurationError("configuration not loaded: call through the hessra_authz functions")
+            changing = xid is not None and xid == self.changing_xid
+            if not changing and config.generation > self.committed_generation:
+                self.committed_generation = config.generation
+                if self.shared is not None:
+                    self.shared.publish_generation(config.generation)
+            # A snapshot taken inside a changing transaction sees its
+            # uncommitted rows; the same snapshot text after a rollback would not.
+            self.confirmed_snapshot = None if changing else snapshot
+        assert config is not None
+        return Statement(self, config, statement_us)
+
+    def stats(self, admin: bool) -> dict[str, Any]:
+        """Sizes and bounds of the caches (hessra_authz.cache_stats()); the
+        configuration version only for administrators."""
+        from ..verify import _builders
+
+        return {
+            "configuration_version": self.config_version() if admin else None,
+            "tokens": self.tokens.stats(),
+            "decisions": self.decisions.stats(),
+            "results": self.results.stats(),
+            "authorizers": _builders.stats(),
+            "shared_decisions": None if self.shared is None else {"hits": self.shared.hits,
+                                                                  "misses": self.shared.misses},
+            "internal_errors": dict(self.internal_errors),
+        }
+
+
+R = TypeVar("R")
+
+
+class Statement:
+    """One call: the runtime, the configuration current for it, the
+    verification time, and the token digest (computed once per call)."""
+
+    __slots__ = ("runtime", "config", "now", "statement_us", "_token", "_digest")
+
+    def __init__(self, runtime: Runtime, config: Config, statement_us: int | None) -> None:
+        self.runtime = runtime
+        self.config = config
+        clock_us = time.time_ns() // 1000
+        self.statement_us = clock_us if statement_us is None else statement_us
+        self.now = max(self.statement_us, clock_us) / 1_000_000
+        self._token: str | None = None
+        self._digest = b""
+
+    def digest(self, token: str) -> bytes:
+        if token is not self._token:
+            self._token, self._digest = token, hashlib.blake2b(token.encode(), digest_size=16).digest()
+        return self._digest
+
+    # -- signature check through the token cache ---------------------------
+
+    def load(self, token: str | None, now: float) -> VerifiedToken:
+        if token is None:
+            raise TokenRejected("no_token", "no token was given")
+        cache = self.runtime.tokens
+        key = (self.digest(token), self.config.version)
+        cached = cache.get(key)
+        if isinstance(cached, _Rejection):
+            raise TokenRejected(cached.reason, cached.detail)
+        if cached is not None and cached.key.active_at(now):
+            return cached
+        try:
+            verified = load_token(token, self.config.keys, now)
+        except TokenRejected as rejected:
+            # Format and shape rejections depend on the token alone; key and
+            # signature ones may change with time (a key's not_before).
+            if rejected.reason in ("bad_token", "too_complex"):
+                cache.put(key, _Rejection(rejected.reason, rejected.detail), len(rejected.detail))
+            raise
+        cache.put(key, verified, 2048 + 4 * len(token))
+        return verified
+
+    # -- decisions -----------------------------------------------------------
+
+    def remembered(self, token: str | None, args: tuple[Any, ...], compute: Callable[[], R],
+                   keep: Callable[[R], bool] = lambda decision: decision.valid,  # type: ignore[attr-defined]
+                   shared: bool = False) -> R:
+        """A result from the cache, or compute one and keep it if `keep` says
+        so and the token verified: until the token's expiry or its key's end.
+
+        Only results that can't turn from "no" to "yes" as time passes are
+        kept: positive decisions, and the resources or identity a verified
+        token grants (they only shrink, at expiry). With `shared` (yes/no
+        decisions whose caller needs only `valid`), positive ones are also
+        shared with the database's other backends.
+        """
+        if token is None:
+            return compute()
+        runtime, now = self.runtime, self.now
+        token_digest = self.digest(token)
+        key = (self.config.version, token_digest, args)
+        hit = runtime.decisions.get(key)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        shared_digest = None
+        if shared and runtime.shared is not None:
+            shared_digest = SharedDecisions.digest(self.config.version, repr(args), token_digest)
+            until = runtime.shared.allowed_until(shared_digest, now)
+            if until is not None:
+                result: Any = Decision(True, "ok")
+                runtime.decisions.put(key, (result, until), text_size(args))
+                return result
+        result = compute()
+        until = self._valid_until(token_digest)
+        if until is not None and keep(result):
+            runtime.decisions.put(key, (result, until), text_size(args) + text_size(result))
+            if shared_digest is not None and runtime.shared is not None:
+                runtime.shared.record(shared_digest, until)
+        return result
+
+    def _valid_until(self, token_digest: bytes) -> float | None:
+        """Until when results about a verified token hold (its expiry or its
+        key's end), or None if it isn't a verified token with a known expiry."""
+        verified = self.runtime.tokens.get((token_digest, self.config.version))
+        if not isinstance(verified, VerifiedToken) or not verified.expiry_known:
+            return None
+        limits = [limit for limit in (verified.expires_at, verified.key.not_after) if limit is not None]
+        return min(limits) if limits else float("inf")
+
+    def per_statement(self, token: str | None, args: tuple[Any, ...], compute: Callable[[], R]) -> R:
+        """A helper result computed once per statement (the several helpers
+        of one policy share it), and kept until the token's expiry."""
+        key = (args, None if token is None else self.digest(token), self.statement_us, self.config.version)
+        hit = self.runtime.results.get(key)
+        if hit is not None and self.now < hit[1]:
+            return hit[0]
+        result = self.remembered(token, args, compute, keep=lambda _: True)
+        until = None if token is None else self._valid_until(self.digest(token))
+        self.runtime.results.put(key, (result, float("inf") if until is None else until),
+                                 text_size(args) + text_size(result))
+        return result
+
+    def chain(self, name: str | None) -> tuple[ChainNode, ...]:
+        if name is None:
+            raise ConfigurationError("service chain name must not be NULL")
+        chain = self.config.chains.get(name)
+        if chain is None:
+            raise ConfigurationError(f"no service chain named {name!r}",
+                                     hint="Register it with hessra_authz.set_service_chain(name, nodes).")
+        if isinstance(chain, ConfigurationError):
+            raise chain
+        return chain
+
+    def decide(self, token: str | None, *, subject: str | None, resource: str | None, operation: str | None,
+               domain: str | None = None, prefix: str | None = None, chain_name: str | None = None,
+               nodes_json: str | None = None, use_chain: bool = False, component: str | None = None,
+               capability: bool = False, detailed: bool = False) -> Decision:
+        """An authorization decision. `detailed`: the caller reports the
+        whole Decision (explain), so it is cached apart from the yes/no
+        answers, which other backends may supply.
+
+        The chain is keyed by its name or its nodes' JSON text and resolved
+        only when the decision is computed: a cached "yes" implies it
+        resolved under this configuration, and a cache hit must stay cheap.
+        """
+        config = self.config
+        chain_key = None if not use_chain else ("nodes", nodes_json) if nodes_json is not None else ("named", chain_name)
+
+        def compute() -> Decision:
+            chain: tuple[ChainNode, ...] | None = None
+            if use_chain:
+                chain = parse_chain(json.loads(nodes_json)) if nodes_json is not None else self.chain(chain_name)
+            return verify(token, config.keys, now=self.now, subject=subject, resource=resource, operation=operation,
+                          domain=domain, prefix=prefix, chain=chain, component=component, capability=capability,
+                          load=self.load, revoked=config.revocations, diagnose=detailed,
+                          chains=None if use_chain else config.chains)
+
+        return self.remembered(
+            token,
+            ("explain" if detailed else "authorization", subject, resource, operation, domain, prefix, chain_key,
+             component, capability),
+            compute,
+            shared=not detailed,
+        )
+
+    def identity(self, token: str | None, identity: str | None, domain: str | None = None,
+                 ensure_subject_in_domain: bool = False) -> Decision:
+        """Identity mode of spec §6.4; `identity` None is bearer mode."""
+        config = self.config
+        return self.remembered(
+            token, ("identity" if identity is not None else "bearer", identity, domain, ensure_subject_in_domain),
+            lambda: verify_identity(token, config.keys, now=self.now, identity=identity, domain=domain,
+                                    ensure_subject_in_domain=ensure_subject_in_domain, load=self.load,
+                                    revoked=config.revocations),
+            shared=True,
+        )
+
+    def token_identity(self, token: str | None, domain: str | None = None) -> str | None:
+        config = self.config
+        return proven_identity(token, config.keys, now=self.now, domain=domain, load=self.load,
+                               revoked=config.revocations)
+
+    def identity_scope(self, token: str | None) -> list[str | None]:
+        """["ok", identity or NULL, "t"/"f" (it also proves every descendant
+        identity:...), revoked identities below it...] for the owner-column
+        policy helpers."""
+        return self.per_statement(token, ("identity_scope",), lambda: self._identity_scope(token))
+
+    def _identity_scope(self, token: str | None) -> list[str | None]:
+        config = self.config
+        identity = proven_identity(token, config.keys, now=self.now, load=self.load, revoked=config.revocations)
+        if identity is None:
+            return ["ok", None, "f"]
+        # The token proves descendants iff it proves "identity:" (every check is
+        # then a starts_with(... + ":") one); revocations are applied separately.
+        descendants = verify_identity(token, config.keys, now=self.now, identity=identity + ":",
+                                      load=self.load).valid
+        below = sorted(r for r in config.revocations.identities if r.startswith(identity + ":"))
+        return ["ok", identity, "t" if descendants else "f", *below]
+
+    def resources(self, token: str | None, subject: str | None, operation: str | None) -> list[str | None]:
+        """["ok", resource...]: every resource verify_token accepts for this
+        token, subject and operation."""
+        config = self.config
+        return self.per_statement(
+            token, ("authorized_resources", subject, operation),
+            lambda: ["ok", *authorized_resources(token, config.keys, now=self.now, subject=subject,
+                                                 operation=operation, load=self.load,
+                                                 revoked=config.revocations, chains=config.chains)])
+
+
+RUNTIME = Runtime()
+
+
+# -- errors and outcomes -------------------------------------------------------
+
+_HINTS = {
+    "no active key": "Add the authority's public key: SELECT hessra_authz.add_key('<PEM or alg/hex>');",
+    "public key": "Keys are PEM (SPKI, P-256 or Ed25519) or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'.",
+}
+
+
+def error_outcome(error: HessraError) -> str:
+    """The JSON error outcome that hessra_authz._raise() turns into an ERROR."""
+    message = f"hessra_authz: {error}"
+    hint = error.hint or next((text for needle, text in _HINTS.items() if needle in message), None)
+    return json.dumps({"error": message, "hint": hint, "detail": error.detail, "sqlstate": error.sqlstate})
+
+
+def internal_error(runtime: Runtime, error: BaseException) -> None:
+    """Count an unexpected exception; warn (once per class per backend,
+    without traceback or token) so an operator notices."""
+    name = type(error).__name__
+    runtime.internal_errors[name] += 1
+    if runtime.internal_errors[name] == 1:
+        try:
+            import plpy  # type: ignore[import-not-found]
+
+            plpy.warning(f"hessra_authz: internal error ({name}) while verifying a token; the token was denied")
+        except Exception:  # outside PostgreSQL, or the warning itself failed: counting is enough
+            pass
