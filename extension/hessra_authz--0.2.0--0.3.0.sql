@@ -44,10 +44,14 @@ ALTER TABLE hessra_authz.revocations ENABLE ALWAYS TRIGGER bump_generation;
 -- DISABLE TRIGGER ALL switches even ALWAYS triggers off (pg_restore
 -- --disable-triggers loads data that way): any ALTER TABLE of a
 -- configuration table bumps the generation, so the rows written while the
--- triggers were off are read at the latest when they are switched back on.
+-- triggers were off are read at the latest when they are switched back on,
+-- and a plain ENABLE (which makes a trigger origin-only again) is turned
+-- back into ENABLE ALWAYS.
 CREATE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    origin_only record;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
                 WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
@@ -56,6 +60,18 @@ BEGIN
                                   'hessra_authz.revocations'::pg_catalog.regclass)) THEN
         UPDATE hessra_authz.config_state SET generation = generation + 1;
         PERFORM hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
+        -- (This ALTER fires the event trigger once more; the trigger is
+        -- then ALWAYS, so it stops there.)
+        FOR origin_only IN
+            SELECT t.tgrelid::pg_catalog.regclass AS rel
+              FROM pg_catalog.pg_trigger AS t
+             WHERE t.tgname = 'bump_generation' AND t.tgenabled = 'O'
+               AND t.tgrelid IN ('hessra_authz.keys'::pg_catalog.regclass,
+                                 'hessra_authz.service_chains'::pg_catalog.regclass,
+                                 'hessra_authz.revocations'::pg_catalog.regclass)
+        LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bump_generation', origin_only.rel);
+        END LOOP;
     END IF;
 END
 $$;
