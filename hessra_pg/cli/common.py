@@ -404,6 +404,8 @@ def format_info(info: TokenInfo) -> str:
             for node in info.service_chain:
                 lines.append(f"  {node['component']:<{width}}  {node['public_key']}  "
                              + _status(node["attested"], "attested", "not attested"))
+            lines.append("                 (checked only where a verifier passes the chain: `token verify "
+                         "--chain-json`, verify_service_chain, or a chain registered under the resource's name)")
         else:
             lines.append("service chain:   -")
         if info.multi_party:

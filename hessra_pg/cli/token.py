@@ -4,9 +4,11 @@ tokens (spec §2-§5)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 from hessra_pg.encoding import decode_token, encode_token_standard
+from hessra_pg.errors import HessraError
 from hessra_pg.inspect import TokenInfo, inspect_token
 from hessra_pg.mint import attest_service, mint_authorization, restrict_prefix, sign_off
 from hessra_pg.verify import verify
@@ -307,4 +309,17 @@ def _verify(args: argparse.Namespace) -> int:
         domain=args.domain, prefix=args.prefix, chain=chain, component=args.component,
         capability=args.capability,
     )
+    if chain is None:
+        warn_unchecked_chain(token)
     return report_decision(decision, args.json)
+
+
+def warn_unchecked_chain(token: str) -> None:
+    """A token minted for a service chain verified without its chain: Hessra's
+    verifier accepts it, a database that knows the chain does not."""
+    with contextlib.suppress(HessraError):
+        declared = inspect_token(token).service_chain
+        if declared:
+            warn("the token declares a service chain (" + " -> ".join(node["component"] for node in declared)
+                 + ") and none was checked: pass --chain-json or --chain-node (a database with that chain "
+                 "registered under the resource's name enforces it)")

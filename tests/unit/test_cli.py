@@ -256,6 +256,13 @@ def test_service_chain_attest_and_component(run: Run, keys: dict, tmp_path: Path
     code, out, err = verify(run, keys, token, *chain_args, "--component", "nope")
     assert_one_line_error(code, out, err, token)
     assert "nope" in err
+    # verified without its chain: valid as Hessra decides, with a warning
+    code, out, err = verify(run, keys, token)
+    assert (code, out) == (0, "valid\n")
+    assert "declares a service chain (auth_service -> payment_service -> order_service)" in err
+    assert "none was checked" in err and token not in err
+    assert verify(run, keys, attested, *chain_args)[2] == ""  # checked: no warning
+    assert "checked only where a verifier passes the chain" in run.ok("token", "inspect", token)
 
 
 def test_multi_party_sign(run: Run, keys: dict) -> None:
