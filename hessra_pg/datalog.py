@@ -982,8 +982,8 @@ def block_source(block: Block) -> str:
 
 # -- the actor analysis (identity-owner row policy) ---------------------------
 
+#: The predicate the verifier supplies: `actor({identity})`.
 ACTOR = "actor"
-_EQUALS = (BinaryKind.EQUAL, BinaryKind.HETEROGENEOUS_EQUAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1107,8 +1107,7 @@ def _recognize(check: Check) -> tuple[str, bool] | None:
         return None
     name = terms[0].name
     ops = query.expressions[0]
-    if len(ops) < 3 or not _is_variable(ops[0], name) or not _is_binary(ops[2], BinaryKind.EQUAL,
-                                                                           BinaryKind.HETEROGENEOUS_EQUAL):
+    if len(ops) < 3 or not _is_variable(ops[0], name) or not _is_binary(ops[2], *_EQUALS):
         return None
     identity = _string(ops[1])
     if identity is None:
@@ -1126,6 +1125,10 @@ def _recognize(check: Check) -> tuple[str, bool] | None:
     else:
         return None
     return (identity, True) if prefix == identity + ":" else None
+
+
+#: `===` and `==`: the same on two strings (the actor is always a string).
+_EQUALS = (BinaryKind.EQUAL, BinaryKind.HETEROGENEOUS_EQUAL)
 
 
 def _is_variable(op: Op, name: str) -> bool:
