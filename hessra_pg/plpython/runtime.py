@@ -65,10 +65,9 @@ from ..verify import (
     verify_identity,
 )
 
-#: Signature-checked tokens (and the reasons of malformed ones). A parsed
-#: Biscuit costs about 3.5-7 times its base64 size (measured: 115 KB for a
-#: 32 KiB token, 2.8 KB for a 400-character one), charged as 2 KiB + 4 x size.
-TOKEN_CACHE_BYTES = 16 * 1024 * 1024
+#: Signature-checked tokens (and the reasons of malformed ones), each
+#: charged its estimated weight (hessra_pg.verify.estimated_weight).
+TOKEN_CACHE_BYTES = 8 * 1024 * 1024
 #: Positive decisions, each until the token's expiry or its key's end.
 DECISION_CACHE_BYTES = 4 * 1024 * 1024
 #: Results of the per-statement helpers (identity scope, resource sets).
@@ -101,6 +100,11 @@ class _Rejection:
 
     reason: str
     detail: str
+
+
+def result_size(result: Any) -> int:
+    """Estimated bytes of a cached result (a Decision or a list of texts)."""
+    return result.weight() if isinstance(result, Decision) else text_size(result)
 
 
 def generation_of(version: str) -> int:
@@ -269,7 +273,7 @@ class Statement:
             if rejected.reason in ("bad_token", "too_complex"):
                 cache.put(key, _Rejection(rejected.reason, rejected.detail), len(rejected.detail))
             raise
-        cache.put(key, verified, 2048 + 4 * len(token))
+        cache.put(key, verified, verified.weight)
         return verified
 
     # -- decisions -----------------------------------------------------------
@@ -300,12 +304,12 @@ class Statement:
             until = runtime.shared.allowed_until(shared_digest, now)
             if until is not None:
                 result: Any = Decision(True, "ok")
-                runtime.decisions.put(key, (result, until), text_size(args))
+                runtime.decisions.put(key, (result, until), text_size(args) + result.weight())
                 return result
         result = compute()
         until = self._valid_until(token_digest)
         if until is not None and keep(result):
-            runtime.decisions.put(key, (result, until), text_size(args) + text_size(result))
+            runtime.decisions.put(key, (result, until), text_size(args) + result_size(result))
             if shared_digest is not None and runtime.shared is not None:
                 runtime.shared.record(shared_digest, until)
         return result
@@ -329,7 +333,7 @@ class Statement:
         result = self.remembered(token, args, compute, keep=lambda _: True)
         until = None if token is None else self._valid_until(self.digest(token))
         self.runtime.results.put(key, (result, float("inf") if until is None else until),
-                                 text_size(args) + text_size(result))
+                                 text_size(args) + result_size(result))
         return result
 
     def chain(self, name: str | None) -> tuple[ChainNode, ...]:
