@@ -651,9 +651,12 @@ BEGIN
         s := hessra_authz._current_scope();  -- configuration changed, or an error to raise
     END IF;
     RETURN pg_catalog.jsonb_build_object('identity', s[2], 'descendants', s[3] = 't',
+                                         'exact', s[3] <> 'x',
                                          'revoked_below', pg_catalog.to_jsonb(coalesce(s[4:], '{}')));
 END
 $$;
+COMMENT ON FUNCTION hessra_authz.current_identity_scope() IS
+    '{identity, descendants, exact, revoked_below} for the token in hessra.token, verified once per statement. exact is false when the token restricts actor beyond Hessra''s delegation shapes: the helpers then describe only the identity itself (fewer rows than verify_identity, never more).';
 
 CREATE OR REPLACE FUNCTION hessra_authz.current_identity_subtree_start() RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp

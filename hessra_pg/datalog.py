@@ -719,21 +719,29 @@ class _RawBlock:
 #: delegated token repeats every block of the token it extends, so only its
 #: last block is new (a fresh JIT token: ~20 us instead of ~90 us). Decoding
 #: is a pure function of the bytes and the table, so a hit is always right.
-#: When full it is emptied: one atomic step, safe under client threads.
+#: When full (by entries, or by the bytes of the blocks it holds: decoded,
+#: a block costs a few times its bytes, and this lives as long as a database
+#: backend) it is emptied: one atomic step, safe under client threads.
 BLOCK_CACHE_SIZE = 256
+BLOCK_CACHE_BYTES = 256 * 1024
 _BLOCK_CACHE: dict[bytes, _RawBlock] = {}
+_block_cache_bytes = 0
 #: Token tables one cached block keeps decodings for (one in practice).
 _TABLES_PER_BLOCK = 4
 
 
 def _raw_block(buf: bytes, start: int, stop: int) -> _RawBlock:
+    global _block_cache_bytes
     signed = buf[start:stop]
     raw = _BLOCK_CACHE.get(signed)
     if raw is None:
         raw = _read_raw_block(signed)
-        if len(_BLOCK_CACHE) >= BLOCK_CACHE_SIZE:
+        if len(_BLOCK_CACHE) >= BLOCK_CACHE_SIZE or _block_cache_bytes + len(signed) > BLOCK_CACHE_BYTES:
             _BLOCK_CACHE.clear()
-        _BLOCK_CACHE[signed] = raw
+            _block_cache_bytes = 0
+        if len(signed) <= BLOCK_CACHE_BYTES // 8:
+            _BLOCK_CACHE[signed] = raw
+            _block_cache_bytes += len(signed)
     return raw
 
 

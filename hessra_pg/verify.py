@@ -19,6 +19,7 @@ import biscuit_auth
 
 from .encoding import decode_token
 from .errors import ConfigurationError, KeyFormatError, TokenFormatError, TokenShapeError
+from .datalog import actor_scope
 from .keys import parse_public_key
 from .lru import ByteBoundedLRU, text_size
 from .shape import check_shape, read_shape
@@ -187,6 +188,8 @@ class VerifiedToken:
     expiry_known: bool = True
     #: Estimated bytes held while it is cached (see estimated_weight).
     weight: int = 0
+    #: The serialized token (its structure is read from it, hessra_pg.datalog).
+    data: bytes = field(repr=False, default=b"")
 
     def decision(self, valid: bool, reason: str, detail: str | None = None) -> Decision:
         """A Decision about this token (its key id, expiry and revocation ids)."""
@@ -290,6 +293,7 @@ def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> Verifi
             block_sources=sources,
             expiry_known=expiry_known,
             weight=estimated_weight(data, sources),
+            data=data,
         )
     if shape.root_key_id is not None:
         raise TokenRejected("bad_signature", f"signature does not verify with root key {shape.root_key_id}")
@@ -687,6 +691,63 @@ def identity_candidates(verified: VerifiedToken) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class IdentityScope:
+    """What a valid identity token proves, as row policies use it: the most
+    specific identity, whether every descendant (identity:...) too, and
+    whether that description is exact."""
+
+    identity: str | None
+    descendants: bool = False
+    exact: bool = True
+
+
+def identity_scope(
+    token: str | None,
+    keys: Iterable[RootKey],
+    *,
+    now: float,
+    domain: str | None = None,
+    load: Callable[[str | None, float], VerifiedToken] | None = None,
+    revoked: Revocations = NO_REVOCATIONS,
+) -> IdentityScope:
+    """The identities a valid identity token proves (spec §6.4).
+
+    When every check of the token that mentions `actor` is one of Hessra's
+    shapes (hessra_pg.datalog.actor_scope, read from the protobuf blocks),
+    the identities it proves are exactly {identity} or {identity} plus its
+    descendants: exact. Any other restriction on `actor` (an appended
+    `!$a.starts_with(...)`, say) can't be described as such a set: then
+    only the identity itself is described (verified exactly) and no
+    descendant, a subset of what verify_identity accepts, never more.
+    """
+    try:
+        verified = load(token, now) if load is not None else load_token(token, keys, now)
+    except TokenRejected:
+        return IdentityScope(None)
+    if revoked.revoked_block(verified) is not None:
+        return IdentityScope(None)
+    try:
+        scope = actor_scope(verified.data) if verified.data else None
+    except TokenFormatError:
+        scope = None
+    if scope is not None and scope.exact and scope.constrained:
+        # Every recognized set is an ancestor-or-equal of the intersection:
+        # revoking any identity of the delegation chain covers it.
+        candidate, descendants, exact = scope.identity, scope.descendants, True
+        if candidate is not None and revoked.covers_identity(candidate):
+            return IdentityScope(None)
+    else:
+        candidates = identity_candidates(verified)
+        candidate, descendants, exact = (candidates[-1] if candidates else None), False, False
+        if candidate is not None and (revoked.covers_identity(candidate)
+                                      or _revoked_identity_token(verified, revoked, None) is not None):
+            return IdentityScope(None)
+    if candidate is None or not authorize_identity(verified, now=int(now), identity=candidate, domain=domain).valid:
+        return IdentityScope(None, exact=exact)
+    return IdentityScope(candidate, descendants, exact)
+
+
 def proven_identity(
     token: str | None,
     keys: Iterable[RootKey],
@@ -698,15 +759,7 @@ def proven_identity(
 ) -> str | None:
     """The most specific identity a valid identity token proves (the last
     delegated one, or the root subject), or None."""
-    try:
-        verified = load(token, now) if load is not None else load_token(token, keys, now)
-    except TokenRejected:
-        return None
-    candidates = identity_candidates(verified)
-    if not candidates or _revoked_identity_token(verified, revoked, None) is not None:
-        return None
-    decision = authorize_identity(verified, now=int(now), identity=candidates[-1], domain=domain)
-    return candidates[-1] if decision.valid else None
+    return identity_scope(token, keys, now=now, domain=domain, load=load, revoked=revoked).identity
 
 
 def authorized_resources(

@@ -58,6 +58,7 @@ from ..verify import (
     TokenRejected,
     VerifiedToken,
     authorized_resources,
+    identity_scope,
     load_token,
     parse_chain,
     proven_identity,
@@ -397,22 +398,21 @@ class Statement:
                                revoked=config.revocations)
 
     def identity_scope(self, token: str | None) -> list[str | None]:
-        """["ok", identity or NULL, "t"/"f" (it also proves every descendant
-        identity:...), revoked identities below it...] for the owner-column
-        policy helpers."""
+        """["ok", identity or NULL, "t" (it also proves every descendant
+        identity:...) / "f" (only itself) / "x" (only itself, and other
+        restrictions can't be described: fewer rows than verify_identity
+        would show, never more), revoked identities below it...] for the
+        owner-column policy helpers."""
         return self.per_statement(token, ("identity_scope",), lambda: self._identity_scope(token))
 
     def _identity_scope(self, token: str | None) -> list[str | None]:
         config = self.config
-        identity = proven_identity(token, config.keys, now=self.now, load=self.load, revoked=config.revocations)
-        if identity is None:
-            return ["ok", None, "f"]
-        # The token proves descendants iff it proves "identity:" (every check is
-        # then a starts_with(... + ":") one); revocations are applied separately.
-        descendants = verify_identity(token, config.keys, now=self.now, identity=identity + ":",
-                                      load=self.load).valid
-        below = sorted(r for r in config.revocations.identities if r.startswith(identity + ":"))
-        return ["ok", identity, "t" if descendants else "f", *below]
+        scope = identity_scope(token, config.keys, now=self.now, load=self.load, revoked=config.revocations)
+        flag = ("t" if scope.descendants else "f") if scope.exact else "x"
+        if scope.identity is None:
+            return ["ok", None, flag]
+        below = sorted(r for r in config.revocations.identities if r.startswith(scope.identity + ":"))
+        return ["ok", scope.identity, flag, *below]
 
     def resources(self, token: str | None, subject: str | None, operation: str | None) -> list[str | None]:
         """["ok", resource...]: every resource verify_token accepts for this

@@ -3,6 +3,8 @@ verify_identity(current token, owner) is true, once per statement, through
 an index on (owner COLLATE "C")."""
 
 
+import biscuit_auth
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -162,3 +164,83 @@ def test_property_policy_equals_per_row_verify_identity(hessra_db, documents, ro
         token = delegate_identity(token, pk, ":".join(path[:depth]))
     with hessra_db.connect(app_role, autocommit=True) as app:
         assert visible_owners(app, token) == expected_owners(admin, token, owners)
+
+
+def append_block(token: str, root, source: str) -> str:
+    """Anyone holding a token can append a first-party block."""
+    return biscuit_auth.Biscuit.from_base64(token, root.public_key).append(
+        biscuit_auth.BlockBuilder(source)).to_base64()
+
+
+def test_an_appended_restriction_is_never_widened(hessra_db, documents, root, app_role):
+    """The reviewed case (issue 11, hole 3): an agent token narrowed with
+    `!$a.starts_with("alice:agent:secret")` showed and let the agent insert
+    alice:agent:secret rows, which verify_identity refuses. A restriction the
+    helpers can't describe as a prefix set leaves only the identity's own
+    rows: fewer than verify_identity, never more."""
+    admin = documents
+    owners = ["alice:agent", "alice:agent:secret", "alice:agent:secret:x", "alice:agent:public", "alice"]
+    admin.cursor().executemany("INSERT INTO public.documents (owner) VALUES (%s)", [(o,) for o in owners])
+    agent = delegate_identity(mint_identity(root, "alice"), str(root.public_key), "alice:agent")
+    narrowed = append_block(agent, root, 'check if actor($a), !$a.starts_with("alice:agent:secret");')
+    assert scalar(admin, "SELECT hessra_authz.verify_identity(%s, 'alice:agent:secret:x')", (narrowed,)) is False
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        assert visible_owners(app, narrowed) == ["alice:agent"]
+        with app.transaction():
+            app.execute("SELECT set_config('hessra.token', %s, true)", (narrowed,))
+            scope = scalar(app, "SELECT hessra_authz.current_identity_scope()")
+            assert (scope["identity"], scope["descendants"], scope["exact"]) == ("alice:agent", False, False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            with app.transaction():
+                app.execute("SELECT set_config('hessra.token', %s, true)", (narrowed,))
+                app.execute("INSERT INTO public.documents (owner) VALUES ('alice:agent:secret:new')")
+        # Hessra's own shapes stay exact: a second delegation narrows to a subtree.
+        deeper = delegate_identity(agent, str(root.public_key), "alice:agent:public")
+        assert visible_owners(app, deeper) == ["alice:agent:public"]
+
+
+RESTRICTIONS = [
+    # Hessra's shapes (exact) ...
+    'check if actor($a), $a == "{x}" || $a.starts_with("{x}" + ":");',
+    'check if actor($a), $a == "{x}";',
+    'check if actor($a), $a == "{x}" || $a.starts_with("{x}:");',
+    # ... and others the helpers can't describe (inexact, never wider).
+    'check if actor($a), !$a.starts_with("{x}");',
+    'check if actor($a), $a != "{x}";',
+    'check if actor($a), $a.length() < 6;',
+    'check if actor($a), $a.starts_with("{x}") || $a == "b";',
+    'reject if actor($a), $a == "{x}";',
+    'check if time($t), $t > 0;',
+]
+
+
+@st.composite
+def restricted_tokens(draw):
+    owners = sorted(set(draw(st.lists(st.sampled_from(
+        ["a", "a:x", "a:x:y", "a:y", "a:xy", "a:x:", "b", "b:x", "ab", "a:y:x"]), min_size=3, max_size=10))))
+    restrictions = draw(st.lists(st.tuples(st.sampled_from(RESTRICTIONS),
+                                           st.sampled_from(["a", "a:x", "a:y", "a:x:y", "b", "a:"])), max_size=3))
+    return owners, restrictions
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=restricted_tokens())
+def test_property_random_restrictions_never_widen(hessra_db, documents, root, app_role, case):
+    owners, restrictions = case
+    admin = documents
+    admin.execute("TRUNCATE public.documents")
+    admin.cursor().executemany("INSERT INTO public.documents (owner) VALUES (%s)", [(o,) for o in owners])
+    token = mint_identity(root, "a")
+    for template, x in restrictions:
+        token = append_block(token, root, template.replace("{x}", x))
+    allowed = expected_owners(admin, token, owners)
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        seen = visible_owners(app, token)
+        with app.transaction():
+            app.execute("SELECT set_config('hessra.token', %s, true)", (token,))
+            exact = scalar(app, "SELECT hessra_authz.current_identity_scope()->'exact'")
+    assert set(seen) <= set(allowed), (restrictions, seen, allowed)
+    if exact:
+        assert seen == allowed, restrictions
+    if all(template in RESTRICTIONS[:3] or template == RESTRICTIONS[-1] for template, _ in restrictions):
+        assert exact is True, restrictions
