@@ -244,6 +244,17 @@ def _check_plpython(conn: psycopg.Connection[Any], report: Report) -> bool:
     return True
 
 
+#: The first extension version without the holes of issue 11 (README "Security model").
+SECURE_SINCE = (0, 3, 0)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (0,)
+
+
 def _check_extension(conn: psycopg.Connection[Any], report: Report) -> bool:
     package = hessra_pg.__version__
     installed = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'").fetchone()
@@ -259,7 +270,15 @@ def _check_extension(conn: psycopg.Connection[Any], report: Report) -> bool:
                                        "CREATE EXTENSION hessra_authz CASCADE (as a superuser)"))
         return False
     version = installed[0]
-    if version != package:
+    if _version_tuple(version) < SECURE_SINCE:
+        report.checks.append(Check(
+            name, FAIL, f"hessra_authz {version} in this database has known holes fixed in "
+                        f"{'.'.join(map(str, SECURE_SINCE))} (session settings reach the verifier, stale snapshots, "
+                        "triggers skipped in replica mode)",
+            "ALTER EXTENSION hessra_authz UPDATE" if available and _version_tuple(available[0]) >= SECURE_SINCE
+            else f"run `hessra-pg install` (hessra_pg {package}) on the database host, then "
+                 "ALTER EXTENSION hessra_authz UPDATE"))
+    elif version != package:
         files = available[0] if available else None
         hint = ("ALTER EXTENSION hessra_authz UPDATE" if files == package else
                 f"run `hessra-pg install` (hessra_pg {package}) on the database host, then "
@@ -883,10 +902,15 @@ def _check_role(conn: psycopg.Connection[Any], report: Report, *, role: str, sup
         "AND pg_has_role(oid, 'MEMBER') ORDER BY rolname")]
     if escalations:
         problems.append(f"can SET ROLE to {', '.join(escalations)}, which bypass row level security")
+    # Key administration is a per-database privilege since 0.3.0
+    # (grant_admin): whoever may run add_key here, hessra_admin or not.
     admin = conn.execute(
-        "SELECT pg_has_role(oid, 'MEMBER') FROM pg_roles WHERE rolname = 'hessra_admin'").fetchone()
+        "SELECT has_function_privilege(p, 'EXECUTE') "
+        "FROM to_regprocedure('hessra_authz.add_key(text, integer, timestamptz, timestamptz, text)') AS p "
+        "WHERE p IS NOT NULL").fetchone()
     if admin and admin[0]:
-        problems.append("is a member of hessra_admin: it can register its own key and mint any token")
+        problems.append("administers this database's keys (hessra_admin, or grant_admin()): it can register its "
+                        "own key and mint any token")
     if problems:
         report.checks.append(Check(name, FAIL, "; ".join(problems),
                                    "connect the application as a role that is not superuser, has NOBYPASSRLS, "
@@ -894,4 +918,4 @@ def _check_role(conn: psycopg.Connection[Any], report: Report, *, role: str, sup
         return
     report.checks.append(Check(name, OK, f"not superuser, no BYPASSRLS, owns none of the "
                                          f"{_plural(len(tables), 'table')} with token policies, "
-                                         "not in hessra_admin"))
+                                         "can't administer keys"))

@@ -108,7 +108,7 @@ def test_good_database(good: HessraDatabase, app_role: str, capsys: pytest.Captu
     assert checks["keys"][1] == "1 active key (kid 100); none ends within 7 days"
     assert checks["policies on public.documents"][1] == "4 token policies, every hessra_authz call once per statement"
     assert checks[f"role {app_role}"][1] == ("not superuser, no BYPASSRLS, owns none of the 4 tables with token "
-                                             "policies, not in hessra_admin")
+                                             "policies, can't administer keys")
 
 
 def test_good_database_text_report(good: HessraDatabase, app_role: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -361,7 +361,7 @@ def test_no_token_policies(hessra_db: HessraDatabase, root, app_role: str, capsy
     assert checks["tables"] == ("warn", "no table has a policy that calls hessra_authz: nothing is enforced with "
                                         "tokens yet")
     assert checks[f"role {app_role}"] == ("ok", "not superuser, no BYPASSRLS, owns none of the 0 tables with token "
-                                                "policies, not in hessra_admin")
+                                                "policies, can't administer keys")
 
 
 # -- the connecting role ---------------------------------------------------
@@ -413,7 +413,8 @@ def test_role_that_can_become_a_bypassing_role(good: HessraDatabase, admin: psyc
     assert code == 1
     assert failing(checks) == {f"role {app_role}": (
         f"can SET ROLE to {bypass}, which bypass row level security; "
-        "is a member of hessra_admin: it can register its own key and mint any token")}
+        "administers this database's keys (hessra_admin, or grant_admin()): it can register its "
+        "own key and mint any token")}
     assert checks["keys"][0] == "ok"  # hessra_admin may read the keys table
 
 
@@ -494,6 +495,26 @@ def test_version_mismatch_is_a_warning(good: HessraDatabase, app_role: str, monk
     assert extension.hint.startswith("run `hessra-pg install` (hessra_pg 99.0.0) on the database host")
     assert checks["server Python"].status == "warn"
     assert checks["server Python"].message.endswith("; this hessra_pg is 99.0.0")
+
+
+def test_an_extension_older_than_the_security_release_fails(good: HessraDatabase, admin: psycopg.Connection,
+                                                            app_role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    admin.execute("ALTER EXTENSION hessra_authz UPDATE TO '0.2.0'")
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert code == 1
+    assert failing(checks)["extension"].startswith("hessra_authz 0.2.0 in this database has known holes fixed in 0.3.0")
+    admin.execute("ALTER EXTENSION hessra_authz UPDATE")
+    assert doctor(capsys, good.dsn_for(app_role))[0] == 0
+
+
+def test_role_given_key_administration_in_this_database(good: HessraDatabase, admin: psycopg.Connection,
+                                                       app_role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    admin.execute("SELECT hessra_authz.grant_admin(%s)", (app_role,))
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert code == 1
+    assert failing(checks)[f"role {app_role}"].startswith("administers this database's keys")
+    admin.execute("SELECT hessra_authz.revoke_admin(%s)", (app_role,))
+    assert doctor(capsys, good.dsn_for(app_role))[0] == 0
 
 
 def test_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
