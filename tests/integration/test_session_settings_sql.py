@@ -57,6 +57,12 @@ HOSTILE = [
     ("xmloption", "document"),
     ("client_min_messages", "debug5"),
     ("row_security", "on"),
+    ("plpgsql.extra_errors", "all"),
+    ("plpgsql.extra_warnings", "all"),
+    ("plpgsql.check_asserts", "on"),
+    ("plpgsql.print_strict_params", "on"),
+    ("client_encoding", "LATIN1"),
+    ("work_mem", "64kB"),
 ]
 
 
