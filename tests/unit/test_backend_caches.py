@@ -181,3 +181,22 @@ def test_yes_no_answers_skip_the_diagnosis_that_explain_gives():
     assert (quick.valid, quick.reason) == (False, "denied")
     good = mint_authorization(root, "alice", "orders", "read")
     assert verify(good, keys, diagnose=False, **args).valid
+
+
+def test_an_unexpected_error_denies_and_is_counted(monkeypatch):
+    """No yes/no function raises, whatever goes wrong inside: it denies."""
+    from hessra_pg.plpython import abi_0_3
+
+    def broken(*args, **kwargs):
+        raise RecursionError("simulated")
+
+    monkeypatch.setattr(rt.RUNTIME, "statement", broken)
+    before = rt.RUNTIME.internal_errors["RecursionError"]
+    assert abi_0_3.verify_token(0, "s", None, None, "t", "a", "r", "o", None, None) == "f"
+    assert abi_0_3.identity_scope(0, "s", None, None, "t") == ["ok", None, "f"]
+    assert abi_0_3.authorized_resources(0, "s", None, None, "t", "a", "o") == ["ok"]
+    assert '"reason": "internal_error"' in abi_0_3.explain(0, "s", None, None, False, "t", "a", "r", "o", None, None)
+    assert rt.RUNTIME.internal_errors["RecursionError"] == before + 4
+    monkeypatch.setattr(abi_0_3, "canonical_public_key", broken)
+    outcome = abi_0_3.canonical_key("ed25519/00")
+    assert '"error": "hessra_authz: internal error (RecursionError)"' in outcome  # an admin call: loud
