@@ -111,18 +111,23 @@ def scene(admin, app_role):
         "identity": identity,
         "delegated": delegate_identity(identity, str(root.public_key), "alice:laptop"),
         "lost": delegate_identity(identity, str(root.public_key), "alice:lost"),
+        "_nodes": Jsonb(chain),
     }
 
 
 def answers(conn, tokens) -> dict:
     """Every public function's answer for every probe token, plus what the
     policy shows."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS flow_nodes AS SELECT %s::jsonb AS nodes", (tokens["_nodes"],))
+    tokens = {name: token for name, token in tokens.items() if not name.startswith("_")}
     out = {}
     for name, token in tokens.items():
         row = conn.execute("""
             SELECT hessra_authz.verify_token(%(t)s, 'alice', 'orders', 'read'),
                    hessra_authz.verify_capability(%(t)s, 'orders', 'read'),
                    hessra_authz.verify_service_chain(%(t)s, 'alice', 'orders', 'read', 'flow'),
+                   hessra_authz.verify_service_chain(%(t)s, 'alice', 'orders', 'read',
+                       (SELECT nodes FROM pg_temp.flow_nodes)),
                    hessra_authz.explain(%(t)s, 'alice', 'orders', 'read'),
                    hessra_authz.token_resources(%(t)s, 'alice', 'read'),
                    hessra_authz.verify_identity(%(t)s, 'alice:laptop'),
