@@ -12,7 +12,7 @@ test: bootstrap
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 demo: bootstrap
-	$(PYTHON) -m hessra_pg.demo
+	$(PYTHON) -m hessra_pg.dev.demo
 
 bench: bootstrap
 	$(PYTHON) -m pip install -q -e '.[bench]'

@@ -45,13 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import biscuit_auth  # noqa: E402
 import psycopg  # noqa: E402
 
-from hessra_pg.cluster import LocalCluster  # noqa: E402
-from hessra_pg.encoding import decode_token  # noqa: E402
-from hessra_pg.identity import mint_identity  # noqa: E402
-from hessra_pg.install import install  # noqa: E402
-from hessra_pg.keys import generate_keypair  # noqa: E402
-from hessra_pg.mint import TokenTime, attest_service, mint_authorization, sign_off  # noqa: E402
-from hessra_pg.verify import RUN_LIMIT_TIME, ChainNode  # noqa: E402
+from hessra_pg.dev.cluster import LocalCluster  # noqa: E402
+from hessra_pg.core.encoding import decode_token  # noqa: E402
+from hessra_pg.tokens.identity import mint_identity  # noqa: E402
+from hessra_pg.admin.install import install  # noqa: E402
+from hessra_pg.core.keys import generate_keypair  # noqa: E402
+from hessra_pg.tokens.mint import TokenTime, attest_service, mint_authorization, sign_off  # noqa: E402
+from hessra_pg.core.verifier import RUN_LIMIT_TIME, ChainNode  # noqa: E402
 
 APP = "bench_app"
 COMPAT = ("time({now}); resource({resource}); subject({subject}); operation({operation});\n"

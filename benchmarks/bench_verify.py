@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
-from hessra_pg.cluster import LocalCluster  # noqa: E402
-from hessra_pg.install import install  # noqa: E402
-from hessra_pg.keys import generate_keypair  # noqa: E402
-from hessra_pg.mint import mint_authorization  # noqa: E402
-from hessra_pg.verify import RootKey, verify  # noqa: E402
+from hessra_pg.dev.cluster import LocalCluster  # noqa: E402
+from hessra_pg.admin.install import install  # noqa: E402
+from hessra_pg.core.keys import generate_keypair  # noqa: E402
+from hessra_pg.tokens.mint import mint_authorization  # noqa: E402
+from hessra_pg.core.verifier import RootKey, verify  # noqa: E402
 
 ROWS = 200_000
 
@@ -88,7 +88,7 @@ def bench_verify(conn: psycopg.Connection, algorithm: str, per_round: int, round
 
 
 def _nonce(i: int, j: int):
-    from hessra_pg.mint import TokenTime
+    from hessra_pg.tokens.mint import TokenTime
 
     # Distinct expirations make distinct tokens of the same shape.
     return TokenTime(duration=3600 + i * 10_000 + j)

@@ -129,11 +129,11 @@ def demo_database() -> Iterator[tuple[str, dict[str, str]]]:
     """A throwaway cluster with the schema and an app role; yields (SQLAlchemy URL, tokens)."""
     import psycopg
 
-    from hessra_pg.cluster import LocalCluster
-    from hessra_pg.identity import mint_identity
-    from hessra_pg.install import install
-    from hessra_pg.keys import generate_keypair
-    from hessra_pg.mint import mint_authorization
+    from hessra_pg.dev.cluster import LocalCluster
+    from hessra_pg.tokens.identity import mint_identity
+    from hessra_pg.admin.install import install
+    from hessra_pg.core.keys import generate_keypair
+    from hessra_pg.tokens.mint import mint_authorization
 
     install()
     root = generate_keypair()

@@ -23,10 +23,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from hessra_pg.identity import mint_identity
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
-from hessra_pg.testing import HessraDatabase
+from hessra_pg.tokens.identity import mint_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
+from hessra_pg.dev.testing import HessraDatabase
 
 CUSTOMERS = 8
 

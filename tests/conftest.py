@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["hessra_pg.testing"]
+pytest_plugins = ["hessra_pg.dev.testing"]
 
 _INTEGRATION = Path(__file__).parent / "integration"
 

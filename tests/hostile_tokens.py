@@ -8,7 +8,7 @@ needs no valid signature to reach it.
 
 from __future__ import annotations
 
-from hessra_pg.encoding import decode_token, encode_token
+from hessra_pg.core.encoding import decode_token, encode_token
 
 # Field numbers (biscuit v3 schema.proto).
 BISCUIT_AUTHORITY, BISCUIT_BLOCKS, BISCUIT_PROOF = 2, 3, 4

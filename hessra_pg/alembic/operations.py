@@ -18,7 +18,7 @@ operation is built, before anything runs.
 
 Every operation but the extension ones runs with ``search_path = pg_catalog,
 pg_temp``, set before its statements and set back to the migration's value
-after them (:func:`hessra_pg.policies.session_search_path_pin`), online and
+after them (:func:`hessra_pg.rls.policies.session_search_path_pin`), online and
 in the ``--sql`` output alike: names in a policy are bound when it is
 created, and a role that can create objects in a schema on the migration's
 path (``public`` in a database upgraded from PG 14 or older) could otherwise
@@ -37,9 +37,9 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
 
-from hessra_pg.keys import canonical_public_key
-from hessra_pg.policies import PolicySpec, quote_literal, session_search_path_pin
-from hessra_pg.verify import ChainNode, parse_chain
+from hessra_pg.core.keys import canonical_public_key
+from hessra_pg.rls.policies import PolicySpec, quote_literal, session_search_path_pin
+from hessra_pg.core.verifier import ChainNode, parse_chain
 
 __all__ = [
     "AddHessraKeyOp",
@@ -292,7 +292,7 @@ def _spec(table: str | PolicySpec, spec: Mapping[str, Any]) -> PolicySpec:
 
 @Operations.register_operation("create_hessra_policies")
 class CreateHessraPoliciesOp(HessraOperation):
-    """The policies of :class:`hessra_pg.policies.PolicySpec`: ENABLE/FORCE
+    """The policies of :class:`hessra_pg.rls.policies.PolicySpec`: ENABLE/FORCE
     RLS, DROP POLICY IF EXISTS + CREATE POLICY per command, and with
     ``create_index`` the suggested index."""
 
@@ -307,7 +307,7 @@ class CreateHessraPoliciesOp(HessraOperation):
     def create_hessra_policies(cls, operations: Operations, /, table: str | PolicySpec, *,
                                create_index: bool = False, **spec: Any) -> None:
         """Guard ``table`` with hessra policies; ``spec`` takes the
-        :class:`~hessra_pg.policies.PolicySpec` fields (mode, schema,
+        :class:`~hessra_pg.rls.policies.PolicySpec` fields (mode, schema,
         resource, expression, owner_column, chain, component, operations,
         commands, roles, names, name_prefix, force, restrictive). (``operations``
         is positional-only above so that the spec's ``operations=`` keyword

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from hessra_pg.config import load_resources
+from hessra_pg.repository.checker import load_resources
 from hessra_pg.errors import HessraError
 
 from .common import EXIT_OK, add_json_argument, command_parser, guarded, print_json
@@ -99,7 +99,7 @@ def _import(args: argparse.Namespace) -> int:
     import psycopg
     from psycopg.types.json import Jsonb
 
-    from hessra_pg.doctor import connect
+    from hessra_pg.admin.doctor import connect
 
     chains = load_resources(args.resources)
     lines: list[str] = []
@@ -144,7 +144,7 @@ def _import(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     import psycopg
 
-    from hessra_pg.doctor import connect
+    from hessra_pg.admin.doctor import connect
 
     with connect(args.dsn) as conn:
         try:

@@ -29,13 +29,13 @@ from typing import Any
 
 import biscuit_auth
 
-from hessra_pg.encoding import decode_token
+from hessra_pg.core.encoding import decode_token
 from hessra_pg.errors import ConfigurationError, HessraError, KeyFormatError, TokenFormatError
-from hessra_pg.inspect import TokenInfo
-from hessra_pg.keys import keypair_from, keypair_from_env, public_key_from, public_key_from_env, read_key_file
-from hessra_pg.mint import DEFAULT_DURATION, TokenTime
-from hessra_pg.shape import read_shape
-from hessra_pg.verify import BISCUIT_ERRORS, ChainNode, Decision, RootKey, parse_chain
+from hessra_pg.tokens.inspect import TokenInfo
+from hessra_pg.core.keys import keypair_from, keypair_from_env, public_key_from, public_key_from_env, read_key_file
+from hessra_pg.tokens.mint import DEFAULT_DURATION, TokenTime
+from hessra_pg.core.shape import read_shape
+from hessra_pg.core.verifier import BISCUIT_ERRORS, ChainNode, Decision, RootKey, parse_chain
 
 EXIT_OK = 0
 EXIT_DENIED = 1

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hessra_pg.cluster import LocalCluster
-from hessra_pg.install import DEFAULT_SERVER_PYTHON, install
+from hessra_pg.dev.cluster import LocalCluster
+from hessra_pg.admin.install import DEFAULT_SERVER_PYTHON, install
 
 DEFAULT_DEV_DIR = ".hessra-dev"
 EXIT_NOT_RUNNING = 3  # as `pg_ctl status`

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from hessra_pg.doctor import diagnose
+    from hessra_pg.admin.doctor import diagnose
 
     report = diagnose(args.dsn, admin_dsn=args.admin_dsn)
     if args.json:

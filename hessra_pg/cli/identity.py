@@ -7,8 +7,8 @@ import argparse
 import sys
 from typing import Any
 
-from hessra_pg.identity import JIT_SECONDS, DelegationError, delegate_identity, jit_identity, mint_identity
-from hessra_pg.verify import verify_identity
+from hessra_pg.tokens.identity import JIT_SECONDS, DelegationError, delegate_identity, jit_identity, mint_identity
+from hessra_pg.core.verifier import verify_identity
 
 from .common import (
     guarded,

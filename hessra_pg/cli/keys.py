@@ -11,7 +11,7 @@ from typing import Any
 import biscuit_auth
 
 from hessra_pg.errors import KeyFormatError
-from hessra_pg.keys import (
+from hessra_pg.core.keys import (
     generate_keypair,
     key_algorithm,
     keypair_from_env,

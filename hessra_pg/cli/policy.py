@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from hessra_pg.policies import COMMANDS, MODES, PolicySpec, PolicySpecError, drop_sql, generate_sql, load_specs
+from hessra_pg.rls.policies import COMMANDS, MODES, PolicySpec, PolicySpecError, drop_sql, generate_sql, load_specs
 
 from .common import EXIT_OK, CliInputError, command_parser, guarded
 
@@ -211,7 +211,7 @@ def _count(number: int, noun: str) -> str:
 def _validate(args: argparse.Namespace) -> int:
     import json
 
-    from hessra_pg.config import check_repository
+    from hessra_pg.repository.checker import check_repository
 
     result = check_repository(args.path)
     if args.json:

@@ -7,11 +7,11 @@ import argparse
 import contextlib
 from typing import Any
 
-from hessra_pg.encoding import decode_token, encode_token_standard
+from hessra_pg.core.encoding import decode_token, encode_token_standard
 from hessra_pg.errors import HessraError
-from hessra_pg.inspect import TokenInfo, inspect_token
-from hessra_pg.mint import attest_service, mint_authorization, restrict_prefix, sign_off
-from hessra_pg.verify import verify
+from hessra_pg.tokens.inspect import TokenInfo, inspect_token
+from hessra_pg.tokens.mint import attest_service, mint_authorization, restrict_prefix, sign_off
+from hessra_pg.core.verifier import verify
 
 from .common import (
     guarded,

@@ -21,8 +21,8 @@ import json
 from typing import Any, Callable
 
 from ..errors import ConfigurationError, HessraError, KeyFormatError, TokenFormatError
-from ..keys import canonical_public_key
-from ..verify import Revocations, RootKey, parse_chain
+from ..core.keys import canonical_public_key
+from ..core.verifier import Revocations, RootKey, parse_chain
 from .runtime import RUNTIME, STALE, _Stale, error_outcome, internal_error
 
 _EXPLAIN_FAILED = json.dumps({"valid": False, "reason": "internal_error", "kid": None, "expires_at": None,
@@ -214,7 +214,7 @@ def authority_revocation_id(token: str | None) -> str:
     a token signed by a retired key can still be revoked."""
     import biscuit_auth
 
-    from ..encoding import decode_token, encode_token
+    from ..core.encoding import decode_token, encode_token
 
     if token is None or not token.strip():
         raise TokenFormatError("token must not be empty")

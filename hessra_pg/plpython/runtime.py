@@ -35,7 +35,7 @@ statement's start, so a long statement or a DO block can't keep a token, key
 or cached decision alive past its end. The statement's start also keys the
 per-statement results that the helpers of one policy share.
 
-Memory: every cache is bounded by (estimated) bytes, see hessra_pg.lru.
+Memory: every cache is bounded by (estimated) bytes, see hessra_pg.core.lru.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from ..errors import ConfigurationError, HessraError, StaleSnapshotError
-from ..lru import ByteBoundedLRU, text_size
-from ..shared_cache import SharedDecisions
-from ..verify import (
+from ..core.lru import ByteBoundedLRU, text_size
+from .shared_decisions import SharedDecisions
+from ..core.verifier import (
     ChainNode,
     Decision,
     Revocations,
@@ -67,7 +67,7 @@ from ..verify import (
 )
 
 #: Signature-checked tokens (and the reasons of malformed ones), each
-#: charged its estimated weight (hessra_pg.verify.estimated_weight).
+#: charged its estimated weight (hessra_pg.core.verifier.estimated_weight).
 TOKEN_CACHE_BYTES = 8 * 1024 * 1024
 #: Positive decisions, each until the token's expiry or its key's end.
 DECISION_CACHE_BYTES = 4 * 1024 * 1024
@@ -217,7 +217,7 @@ class Runtime:
     def stats(self, admin: bool) -> dict[str, Any]:
         """Sizes and bounds of the caches (hessra_authz.cache_stats()); the
         configuration version only for administrators."""
-        from ..verify import _builders
+        from ..core.verifier import _builders
 
         return {
             "configuration_version": self.config_version() if admin else None,

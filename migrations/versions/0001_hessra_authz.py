@@ -11,7 +11,7 @@ Upgrade (as a superuser):
 - the root public keys of the policy repository (``public_key.pem`` /
   ``hessra_key.pem``) and of HESSRA_PUBLIC_KEY / HESSRA_PUBLIC_KEY_FILE;
 - the service chains of its ``resources.toml`` (both layouts, read by
-  :func:`hessra_pg.config.load_resources`).
+  :func:`hessra_pg.repository.checker.load_resources`).
 
 Downgrade: DROP EXTENSION (keys, chains and revocations go with it; it fails
 while other objects still use hessra_authz functions, so drop those first),
@@ -34,10 +34,10 @@ from typing import Any
 from alembic import context, op
 
 from hessra_pg.alembic import run_sql  # also registers the hessra operations
-from hessra_pg.config import RESOURCES_FILE, load_resources
+from hessra_pg.repository.checker import RESOURCES_FILE, load_resources
 from hessra_pg.errors import ConfigurationError
-from hessra_pg.keys import canonical_public_key, public_key_from_env, read_key_file
-from hessra_pg.policies import quote_ident, quote_literal
+from hessra_pg.core.keys import canonical_public_key, public_key_from_env, read_key_file
+from hessra_pg.rls.policies import quote_ident, quote_literal
 
 revision: str = "0001_hessra_authz"
 down_revision: str | Sequence[str] | None = None

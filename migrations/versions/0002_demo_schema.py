@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from alembic import context, op
 
 from hessra_pg.alembic import run_sql  # also registers the hessra operations
-from hessra_pg.policies import PolicySpec, quote_ident
+from hessra_pg.rls.policies import PolicySpec, quote_ident
 
 revision: str = "0002_demo_schema"
 down_revision: str | Sequence[str] | None = "0001_hessra_authz"

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.testing import HessraDatabase
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.dev.testing import HessraDatabase
 from tests import vectors
 
 

@@ -26,9 +26,9 @@ import hessra_pg
 import hessra_pg.alembic as ha
 from hessra_pg.alembic.operations import OPERATIONS
 from hessra_pg.alembic.render import IMPORT, render_operation
-from hessra_pg.keys import generate_keypair, public_key_pem
-from hessra_pg.mint import mint_authorization
-from hessra_pg.policies import PolicySpec
+from hessra_pg.core.keys import generate_keypair, public_key_pem
+from hessra_pg.tokens.mint import mint_authorization
+from hessra_pg.rls.policies import PolicySpec
 from tests.integration.test_policies import PLANTED_CONCAT, app_owned_dependencies, plant  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -303,7 +303,7 @@ def test_importing_hessra_pg_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, hessra_pg, hessra_pg.policies; "
+    code = ("import sys, hessra_pg, hessra_pg.rls.policies; "
             "heavy = [m for m in ('sqlalchemy', 'alembic', 'psycopg') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

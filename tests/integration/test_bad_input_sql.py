@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import TokenTime, mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import TokenTime, mint_authorization
 from tests.integration.conftest import scalar
 
 LIMIT_SECONDS = 0.05

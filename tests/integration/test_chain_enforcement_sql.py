@@ -5,9 +5,9 @@ can't skip its attestations through verify_token or authorized()."""
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import attest_service, mint_authorization
-from hessra_pg.verify import ChainNode
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import attest_service, mint_authorization
+from hessra_pg.core.verifier import ChainNode
 from tests.integration.conftest import scalar
 
 CHECKS = {

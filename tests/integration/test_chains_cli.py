@@ -12,8 +12,8 @@ import pytest
 from psycopg import sql
 
 from hessra_pg.cli import main
-from hessra_pg.keys import public_key_pem
-from hessra_pg.testing import HessraDatabase
+from hessra_pg.core.keys import public_key_pem
+from hessra_pg.dev.testing import HessraDatabase
 from tests import vectors
 from tests.integration.conftest import scalar
 

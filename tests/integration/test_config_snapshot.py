@@ -1,5 +1,5 @@
 """The verifier's fast path trusts the configuration it holds while the
-statement snapshot is the one it last read it with (hessra_pg.backend). These
+statement snapshot is the one it last read it with (hessra_pg.plpython.abi_0_2). These
 are the cases where a snapshot alone would mislead: changes made by the
 backend's own transaction, rolled back whole or to a savepoint, a snapshot
 held for a whole REPEATABLE READ transaction, and an extension re-created in
@@ -8,8 +8,8 @@ one transaction."""
 import psycopg
 import pytest
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
 from tests.integration.conftest import scalar
 
 VERIFY = "SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read')"

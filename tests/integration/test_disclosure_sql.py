@@ -8,9 +8,9 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
-from hessra_pg.testing import scratch_database
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
+from hessra_pg.dev.testing import scratch_database
 from tests.integration.conftest import scalar
 
 EXPLAIN = "SELECT hessra_authz.explain(%s, 'alice', 'orders', 'read')"

@@ -14,10 +14,10 @@ from psycopg import sql
 
 import hessra_pg
 from hessra_pg.cli import main
-from hessra_pg.doctor import connect, log_risks, per_row_calls, run_checks
-from hessra_pg.keys import generate_keypair
-from hessra_pg.policies import PolicySpec, generate_sql
-from hessra_pg.testing import HessraDatabase
+from hessra_pg.admin.doctor import connect, log_risks, per_row_calls, run_checks
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.rls.policies import PolicySpec, generate_sql
+from hessra_pg.dev.testing import HessraDatabase
 from tests import vectors
 
 SPECS = [
@@ -32,7 +32,7 @@ TABLES = ("public.orders", "shop.items", "public.documents", "public.payments")
 
 @pytest.fixture
 def good(hessra_db: HessraDatabase, admin: psycopg.Connection, root, app_role: str) -> HessraDatabase:
-    """Policies from hessra_pg.policies (per statement, ENABLE + FORCE),
+    """Policies from hessra_pg.rls.policies (per statement, ENABLE + FORCE),
     tables owned by the superuser, an active key, the app role granted
     table privileges only."""
     admin.execute("CREATE SCHEMA shop")

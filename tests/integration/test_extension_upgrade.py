@@ -1,5 +1,5 @@
 """A database created at 0.1.0 keeps working with the newer server-side
-package (hessra_pg.server keeps 0.1.0's entry points), and `ALTER EXTENSION
+package (hessra_pg.plpython.abi_0_1 keeps 0.1.0's entry points), and `ALTER EXTENSION
 hessra_authz UPDATE` brings it to the newest version with its keys, chains,
 revocations and policies intact, in place, for connections already open."""
 
@@ -9,11 +9,11 @@ import psycopg
 import pytest
 
 import hessra_pg
-from hessra_pg.identity import mint_identity
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import TokenTime, attest_service, mint_authorization
-from hessra_pg.testing import scratch_database
-from hessra_pg.verify import ChainNode
+from hessra_pg.tokens.identity import mint_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import TokenTime, attest_service, mint_authorization
+from hessra_pg.dev.testing import scratch_database
+from hessra_pg.core.verifier import ChainNode
 from tests.integration.conftest import scalar
 
 VERIFY = "SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read')"

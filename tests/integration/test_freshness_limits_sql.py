@@ -6,8 +6,8 @@ README "Security model" states what holds and what doesn't."""
 import psycopg
 import pytest
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import TokenTime, mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import TokenTime, mint_authorization
 from tests.integration.conftest import scalar
 
 VERIFY = "SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read')"

@@ -1,14 +1,14 @@
 """Random sequences of configuration changes (committed, rolled back, rolled
 back to a savepoint, left open while others read) against a model of what
-every backend must see, with the verifier's fast path on (hessra_pg.backend):
+every backend must see, with the verifier's fast path on (hessra_pg.plpython.abi_0_2):
 after every step, each connection's answers equal the model's."""
 
 import random
 
 import pytest
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
 from tests.integration.conftest import scalar
 
 KIDS = (1, 2, 3, 4)

@@ -10,8 +10,8 @@ import biscuit_auth
 import psycopg
 import pytest
 
-from hessra_pg.identity import mint_identity
-from hessra_pg.mint import mint_authorization
+from hessra_pg.tokens.identity import mint_identity
+from hessra_pg.tokens.mint import mint_authorization
 from tests.hostile_tokens import nested_closure_token
 from tests.integration.conftest import scalar
 

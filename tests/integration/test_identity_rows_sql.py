@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from hessra_pg.identity import delegate_identity, mint_identity
+from hessra_pg.tokens.identity import delegate_identity, mint_identity
 from tests.integration.conftest import scalar
 
 POLICY = """

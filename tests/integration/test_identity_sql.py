@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from hessra_pg.identity import delegate_identity, jit_identity, mint_identity
-from hessra_pg.mint import TokenTime, mint_authorization
+from hessra_pg.tokens.identity import delegate_identity, jit_identity, mint_identity
+from hessra_pg.tokens.mint import TokenTime, mint_authorization
 from tests.integration.conftest import scalar
 
 IDENTITY = "SELECT hessra_authz.verify_identity(%s, %s)"

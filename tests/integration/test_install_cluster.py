@@ -17,9 +17,9 @@ import pytest
 
 import hessra_pg
 from hessra_pg.cli import main
-from hessra_pg.cluster import LocalCluster
-from hessra_pg.install import DEFAULT_TARGET_ROOT, InstallError, extension_source_dir, install
-from hessra_pg.testing import PostgresServer
+from hessra_pg.dev.cluster import LocalCluster
+from hessra_pg.admin.install import DEFAULT_TARGET_ROOT, InstallError, extension_source_dir, install
+from hessra_pg.dev.testing import PostgresServer
 
 SERVER_PYTHON = "/usr/bin/python3"
 
@@ -123,9 +123,10 @@ def test_install_is_idempotent_and_skips_pip_the_second_time() -> None:
         assert installed.read_bytes() == (source / installed.name).read_bytes()
         assert installed.stat().st_mode & 0o444 == 0o444
     assert report.pth_file.read_text().strip() == str(report.python_target)
-    # The server's copy carries the extension files too (real files, not a link).
-    assert (report.hessra_pg_dir / "_extension" / "hessra_authz.control").is_file()
-    assert not (report.hessra_pg_dir / "_extension").is_symlink()
+    # The server gets the verifier and its runtime, nothing an application or
+    # operator imports (a lean first import in every backend).
+    copied = {path.name for path in report.hessra_pg_dir.resolve().iterdir() if path.name != "__pycache__"}
+    assert copied == {"__init__.py", "errors.py", "py.typed", "server.py", "backend.py", "core", "plpython"}
     # Only the live copy of hessra_pg remains after an upgrade in place.
     assert len(list(report.python_target.glob(".hessra_pg-*"))) == 1
 

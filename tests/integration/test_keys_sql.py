@@ -3,8 +3,8 @@
 import psycopg
 import pytest
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
 from tests import vectors
 from tests.integration.conftest import scalar
 

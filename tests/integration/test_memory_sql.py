@@ -13,10 +13,10 @@ from pathlib import Path
 import biscuit_auth
 import pytest
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
 from hessra_pg.plpython import runtime
-from hessra_pg.verify import AUTHORIZER_CACHE_BYTES
+from hessra_pg.core.verifier import AUTHORIZER_CACHE_BYTES
 from tests.hostile_tokens import nested_closure_token
 from tests.integration.conftest import scalar
 

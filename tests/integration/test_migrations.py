@@ -22,11 +22,11 @@ from sqlalchemy import create_engine, pool
 
 import hessra_pg
 import hessra_pg.alembic  # noqa: F401  (op.update_hessra_extension)
-from hessra_pg.cluster import LocalCluster
-from hessra_pg.config import load_resources
-from hessra_pg.identity import delegate_identity, mint_identity
-from hessra_pg.keys import generate_keypair, public_key_pem
-from hessra_pg.mint import mint_authorization
+from hessra_pg.dev.cluster import LocalCluster
+from hessra_pg.repository.checker import load_resources
+from hessra_pg.tokens.identity import delegate_identity, mint_identity
+from hessra_pg.core.keys import generate_keypair, public_key_pem
+from hessra_pg.tokens.mint import mint_authorization
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -190,7 +190,7 @@ def test_demo_data_survives_an_extension_update(bare_db, hessra_postgres, policy
     # ALTER EXTENSION ... UPDATE in migrations (0003: 0.1.0 -> 0.2.0, 0004: -> 0.3.0), and the
     # same through the Alembic operation at head (a no-op): nothing is dropped.
     if isinstance(hessra_postgres, LocalCluster) and os.environ.get("HESSRA_PG_TEST_INSTALL", "1") != "0":
-        from hessra_pg.install import install
+        from hessra_pg.admin.install import install
 
         install(pip=False)
     with psycopg.connect(bare_db.dsn) as admin:

@@ -4,10 +4,10 @@ API-key pattern of the seed guides, through SQL."""
 import itertools
 import time
 
-from hessra_pg.identity import jit_identity, mint_identity
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import TokenTime, mint_authorization, restrict_prefix, sign_off
-from hessra_pg.verify import ChainNode
+from hessra_pg.tokens.identity import jit_identity, mint_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import TokenTime, mint_authorization, restrict_prefix, sign_off
+from hessra_pg.core.verifier import ChainNode
 from tests.integration.conftest import scalar
 
 VERIFY = "SELECT hessra_authz.verify_token(%s, 'alice', 'payroll', 'approve', %s, %s)"

@@ -1,4 +1,4 @@
-"""Generated policies (hessra_pg.policies) against real Postgres, as an
+"""Generated policies (hessra_pg.rls.policies) against real Postgres, as an
 ordinary role: the rows it sees are exactly the rows the verifier allows
 (computed per row as superuser), WITH CHECK rejects the writes it should,
 and every verifier call runs once per statement (an InitPlan)."""
@@ -18,11 +18,11 @@ import pytest
 from psycopg import errors, sql
 
 from hessra_pg.cli import main as cli_main
-from hessra_pg.identity import delegate_identity, mint_identity
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import attest_service, mint_authorization
-from hessra_pg.policies import PolicySpec, PolicySpecError, drop_sql, generate_sql, load_specs, quote_literal
-from hessra_pg.verify import ChainNode
+from hessra_pg.tokens.identity import delegate_identity, mint_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import attest_service, mint_authorization
+from hessra_pg.rls.policies import PolicySpec, PolicySpecError, drop_sql, generate_sql, load_specs, quote_literal
+from hessra_pg.core.verifier import ChainNode
 from tests.integration.conftest import scalar
 
 # -- helpers -------------------------------------------------------------------

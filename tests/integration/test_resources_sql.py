@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
 from tests import vectors
 from tests.integration.conftest import scalar
 

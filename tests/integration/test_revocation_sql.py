@@ -4,11 +4,11 @@ every statement that starts after the revocation commits, in every backend."""
 import psycopg
 import pytest
 
-from hessra_pg.identity import delegate_identity, mint_identity
-from hessra_pg.inspect import inspect_token
-from hessra_pg.mint import attest_service, mint_authorization
-from hessra_pg.keys import generate_keypair
-from hessra_pg.verify import ChainNode
+from hessra_pg.tokens.identity import delegate_identity, mint_identity
+from hessra_pg.tokens.inspect import inspect_token
+from hessra_pg.tokens.mint import attest_service, mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.core.verifier import ChainNode
 from tests.integration.conftest import scalar
 
 VERIFY = "SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read')"

@@ -8,8 +8,8 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import TokenTime, mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import TokenTime, mint_authorization
 from tests.integration.conftest import scalar
 
 SET_CONTEXT = "SELECT set_config('hessra.token', %s, true), set_config('hessra.subject', %s, true)"

@@ -15,10 +15,10 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from hessra_pg.identity import delegate_identity, mint_identity
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import attest_service, mint_authorization
-from hessra_pg.verify import ChainNode
+from hessra_pg.tokens.identity import delegate_identity, mint_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import attest_service, mint_authorization
+from hessra_pg.core.verifier import ChainNode
 from tests.integration.conftest import scalar
 
 #: Each user-settable setting that touches a conversion, a literal, name

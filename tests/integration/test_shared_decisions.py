@@ -1,4 +1,4 @@
-"""Backends of one database share positive decisions (hessra_pg.shared_cache):
+"""Backends of one database share positive decisions (hessra_pg.plpython.shared_decisions):
 a token verified by one backend is not verified again by the others, and
 nothing a backend shares outlives a configuration change or the token."""
 
@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import TokenTime, mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import TokenTime, mint_authorization
 from tests.integration.conftest import scalar
 
 VERIFY = "SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read')"

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from hessra_pg.context import HessraContextError
-from hessra_pg.identity import mint_identity
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
+from hessra_pg.tokens.identity import mint_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
 from hessra_pg.sqlalchemy import clear_hessra_context, hessra_context, hooks, install_hessra, set_hessra_context
 from tests.app_helpers import PROBE, AppEnv, Seen, probe_row, sqlalchemy_url
 

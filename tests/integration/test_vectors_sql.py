@@ -5,9 +5,9 @@ import json
 import pytest
 from psycopg.types.json import Jsonb
 
-from hessra_pg.keys import load_private_key
-from hessra_pg.mint import attest_service, mint_authorization
-from hessra_pg.verify import ChainNode
+from hessra_pg.core.keys import load_private_key
+from hessra_pg.tokens.mint import attest_service, mint_authorization
+from hessra_pg.core.verifier import ChainNode
 from tests import vectors
 from tests.integration.conftest import scalar
 

@@ -30,7 +30,7 @@ import biscuit_auth
 import hessra_py
 import pytest
 
-from hessra_pg.keys import private_key_pem, public_key_pem
+from hessra_pg.core.keys import private_key_pem, public_key_pem
 from tests.integration.conftest import admin, app_role, root, vector_key  # noqa: F401
 
 T, F = "T", "F"

@@ -20,10 +20,10 @@ import hessra_py
 import pytest
 
 from hessra_pg.errors import ConfigurationError
-from hessra_pg.identity import DelegationError, delegate_identity, jit_identity, mint_identity
-from hessra_pg.keys import generate_keypair, load_private_key
-from hessra_pg.mint import TokenTime, attest_service, mint_authorization, restrict_prefix, sign_off
-from hessra_pg.verify import ChainNode, Decision, RootKey, verify, verify_identity
+from hessra_pg.tokens.identity import DelegationError, delegate_identity, jit_identity, mint_identity
+from hessra_pg.core.keys import generate_keypair, load_private_key
+from hessra_pg.tokens.mint import TokenTime, attest_service, mint_authorization, restrict_prefix, sign_off
+from hessra_pg.core.verifier import ChainNode, Decision, RootKey, verify, verify_identity
 from tests import vectors
 from tests.interop.conftest import ERROR, HP_LIMIT_RETRIES, MATRIX, NA, RECORDED_BY, F, T, hp, summary
 

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
-from hessra_pg.verify import ChainNode
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
+from hessra_pg.core.verifier import ChainNode
 from tests import vectors
 from tests.integration.conftest import scalar
 from tests.interop.conftest import hp

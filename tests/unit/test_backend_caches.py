@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from hessra_pg.keys import generate_keypair
-from hessra_pg.lru import ByteBoundedLRU
-from hessra_pg.mint import TokenTime, mint_authorization
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.core.lru import ByteBoundedLRU
+from hessra_pg.tokens.mint import TokenTime, mint_authorization
 from hessra_pg.plpython import runtime as rt
-from hessra_pg.verify import NO_REVOCATIONS, RootKey, verify
+from hessra_pg.core.verifier import NO_REVOCATIONS, RootKey, verify
 
 
 def runtime_with(keys, version="1/1", revocations=NO_REVOCATIONS):
@@ -50,7 +50,7 @@ def test_an_entry_heavier_than_an_eighth_of_the_bound_is_not_kept():
 
 def test_huge_arguments_are_not_kept():
     """A caller-supplied subject of megabytes is verified, never cached."""
-    from hessra_pg import verify as verifier
+    from hessra_pg.core import verifier
 
     root = generate_keypair()
     runtime = runtime_with([RootKey(1, str(root.public_key))])
@@ -141,9 +141,9 @@ def test_an_older_generation_than_one_committed_is_refused():
 def test_reused_authorizers_keep_tokens_apart():
     """A parsed authorizer serves every token checked with the same
     parameters; what one token grants must not leak into the next."""
-    from hessra_pg import verify as verifier
-    from hessra_pg.mint import attest_service
-    from hessra_pg.verify import ChainNode
+    from hessra_pg.core import verifier
+    from hessra_pg.tokens.mint import attest_service
+    from hessra_pg.core.verifier import ChainNode
 
     verifier._builders.clear()
     root = generate_keypair()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hessra_pg.cli import main
-from hessra_pg.encoding import decode_token, encode_token
-from hessra_pg.keys import keypair_from, public_key_from
+from hessra_pg.core.encoding import decode_token, encode_token
+from hessra_pg.core.keys import keypair_from, public_key_from
 from tests import vectors
 
 SUBJECT, RESOURCE, OPERATION = "alice", "orders", "read"

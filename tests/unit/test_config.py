@@ -1,4 +1,4 @@
-"""Policy repositories (hessra_pg.config): both resources.toml layouts,
+"""Policy repositories (hessra_pg.repository.checker): both resources.toml layouts,
 validation with line numbers, the line index, and `hessra-pg policy validate`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hessra_pg.cli import main
-from hessra_pg.config import (
+from hessra_pg.repository.checker import (
     LineIndex,
     Problem,
     RepositoryProblemsError,
@@ -20,7 +20,7 @@ from hessra_pg.config import (
     load_resources,
     validate_repository,
 )
-from hessra_pg.keys import public_key_pem
+from hessra_pg.core.keys import public_key_pem
 from tests import vectors
 
 

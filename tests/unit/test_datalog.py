@@ -1,4 +1,4 @@
-"""hessra_pg.datalog: the protobuf Datalog decoder and the actor analysis of
+"""hessra_pg.core.datalog: the protobuf Datalog decoder and the actor analysis of
 the identity-owner row policy (issue 11, hole 3).
 
 The decoder is cross-checked against biscuit-python itself: every block of
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from hessra_pg import datalog
-from hessra_pg.datalog import (
+from hessra_pg.core import datalog
+from hessra_pg.core.datalog import (
     MAX_NESTING,
     MAX_TOKEN_BYTES,
     ActorScope,
@@ -33,12 +33,12 @@ from hessra_pg.datalog import (
     block_source,
     decode,
 )
-from hessra_pg.encoding import decode_token
+from hessra_pg.core.encoding import decode_token
 from hessra_pg.errors import TokenFormatError, TokenShapeError
-from hessra_pg.identity import delegate_identity, jit_identity, mint_identity
-from hessra_pg.keys import generate_keypair, parse_public_key
-from hessra_pg.mint import attest_service, mint_authorization, restrict_prefix, sign_off
-from hessra_pg.verify import RUN_LIMIT_FACTS, RUN_LIMIT_ITERATIONS, RUN_LIMIT_TIME, ChainNode, RootKey, verify_identity
+from hessra_pg.tokens.identity import delegate_identity, jit_identity, mint_identity
+from hessra_pg.core.keys import generate_keypair, parse_public_key
+from hessra_pg.tokens.mint import attest_service, mint_authorization, restrict_prefix, sign_off
+from hessra_pg.core.verifier import RUN_LIMIT_FACTS, RUN_LIMIT_ITERATIONS, RUN_LIMIT_TIME, ChainNode, RootKey, verify_identity
 from tests import vectors
 from tests.hostile_tokens import length_delimited, nested_closure_token, nested_closures, varint_field
 

@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hessra_pg.encoding import decode_token, encode_token
+from hessra_pg.core.encoding import decode_token, encode_token
 from hessra_pg.errors import ConfigurationError, TokenFormatError
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import TokenTime, attest_service, mint_authorization
-from hessra_pg.verify import ChainNode, Decision, RootKey, load_token, verify, verify_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import TokenTime, attest_service, mint_authorization
+from hessra_pg.core.verifier import ChainNode, Decision, RootKey, load_token, verify, verify_identity
 
 NOW = int(time.time())
 DURATION = 300

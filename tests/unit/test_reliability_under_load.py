@@ -6,10 +6,10 @@ the work by token shape instead (design §3)."""
 import multiprocessing
 import time
 
-from hessra_pg.identity import delegate_identity, mint_identity
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import attest_service, mint_authorization
-from hessra_pg.verify import ChainNode, RootKey, authorize, authorize_identity, load_token
+from hessra_pg.tokens.identity import delegate_identity, mint_identity
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import attest_service, mint_authorization
+from hessra_pg.core.verifier import ChainNode, RootKey, authorize, authorize_identity, load_token
 
 VERIFICATIONS = 200_000
 TIME_BOUND_SECONDS = 420

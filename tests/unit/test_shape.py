@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hessra_pg.encoding import decode_token
+from hessra_pg.core.encoding import decode_token
 from hessra_pg.errors import TokenFormatError, TokenShapeError
-from hessra_pg.keys import generate_keypair
-from hessra_pg.mint import mint_authorization
-from hessra_pg.shape import MAX_BLOCKS, MAX_CLOSURE_DEPTH, check_shape, read_shape
-from hessra_pg.verify import RootKey, verify
+from hessra_pg.core.keys import generate_keypair
+from hessra_pg.tokens.mint import mint_authorization
+from hessra_pg.core.shape import MAX_BLOCKS, MAX_CLOSURE_DEPTH, check_shape, read_shape
+from hessra_pg.core.verifier import RootKey, verify
 from tests.hostile_tokens import append_forged_block, length_delimited, nested_closure_token
 
 NOW = int(time.time())

@@ -1,11 +1,11 @@
-"""The decision table shared by a database's backends (hessra_pg.shared_cache)."""
+"""The decision table shared by a database's backends (hessra_pg.plpython.shared_decisions)."""
 
 import os
 import stat
 
 import pytest
 
-from hessra_pg.shared_cache import DIRECTORY, SLOTS, SharedDecisions
+from hessra_pg.plpython.shared_decisions import DIRECTORY, SLOTS, SharedDecisions
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_two_tables_of_one_database_see_each_other(table, tmp_path):
 
 
 def test_another_package_version_does_not_read_the_entries(table, monkeypatch):
-    from hessra_pg import shared_cache
+    from hessra_pg.plpython import shared_decisions as shared_cache
 
     digest = SharedDecisions.digest("7/100", "args", b"t" * 16)
     table.record(digest, 50.0)

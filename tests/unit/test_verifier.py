@@ -6,11 +6,11 @@ import time
 import biscuit_auth
 import pytest
 
-from hessra_pg.encoding import MAX_TOKEN_CHARS, decode_token, encode_token
+from hessra_pg.core.encoding import MAX_TOKEN_CHARS, decode_token, encode_token
 from hessra_pg.errors import ConfigurationError, KeyFormatError, TokenFormatError
-from hessra_pg.keys import canonical_public_key, generate_keypair, parse_public_key
-from hessra_pg.mint import TokenTime, attest_service, mint_authorization, restrict_prefix, sign_off
-from hessra_pg.verify import ChainNode, RootKey, parse_chain, verify
+from hessra_pg.core.keys import canonical_public_key, generate_keypair, parse_public_key
+from hessra_pg.tokens.mint import TokenTime, attest_service, mint_authorization, restrict_prefix, sign_off
+from hessra_pg.core.verifier import ChainNode, RootKey, parse_chain, verify
 from tests import vectors
 
 NOW = int(time.time())
@@ -188,8 +188,8 @@ def test_protobuf_fields_of_the_wrong_wire_type_are_bad_tokens(root):
 
 
 def test_delegation_keeps_working_with_a_root_key_id(root):
-    from hessra_pg.identity import delegate_identity, mint_identity
-    from hessra_pg.verify import verify_identity
+    from hessra_pg.tokens.identity import delegate_identity, mint_identity
+    from hessra_pg.core.verifier import verify_identity
 
     token = delegate_identity(mint_identity(root, "alice", root_key_id=3), str(root.public_key), "alice:x")
     assert verify_identity(token, [key_of(root, 3)], now=time.time(), identity="alice:x").valid

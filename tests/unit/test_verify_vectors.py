@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from hessra_pg.keys import canonical_public_key
-from hessra_pg.verify import RootKey, parse_chain, verify
+from hessra_pg.core.keys import canonical_public_key
+from hessra_pg.core.verifier import RootKey, parse_chain, verify
 from tests import vectors
 
 NOW = int(time.time())

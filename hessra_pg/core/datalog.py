@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from enum import IntEnum
 from typing import Iterable, Union
 
-from .errors import TokenFormatError, TokenShapeError
+from ..errors import TokenFormatError, TokenShapeError
 
 #: Largest serialized token decoded (decode_token already caps the base64
 #: text at 32 KiB, i.e. 24 KiB of bytes).

@@ -1,0 +1,2 @@
+"""Tools for developers and tests: a throwaway local cluster, pytest
+fixtures, the demo."""

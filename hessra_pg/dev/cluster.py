@@ -1,0 +1,458 @@
+"""A throwaway PostgreSQL cluster (initdb + pg_ctl) for tests, the demo and dev.
+
+``LocalCluster`` runs the local PostgreSQL binaries on a private unix socket
+(and, on request, a loopback TCP port), with durability turned off for speed.
+Running as root, it runs the server as the ``postgres`` OS user, because
+initdb and postgres refuse to run as root.
+
+    with LocalCluster() as pg:
+        pg.create_database("app")
+        psycopg.connect(pg.dsn("app"))
+
+Every cluster started with ``stop_at_exit=True`` (the default) is stopped by an
+``atexit`` hook even if the caller forgets to; ``hessra-pg dev-db`` opts out so
+its server outlives the command.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from hessra_pg.errors import HessraError
+
+if TYPE_CHECKING:
+    from psycopg import sql
+
+__all__ = ["ClusterError", "LocalCluster"]
+
+SERVER_OS_USER = "postgres"
+SUPERUSER = "postgres"
+_RUNTIME_CONF = "hessra_runtime.conf"
+# sun_path is 108 bytes; leave room for "/.s.PGSQL.65535" and the NUL.
+_MAX_SOCKET_DIR = 90
+
+# Settings for a cluster whose data is disposable: no fsync, no WAL safety.
+_BASE_CONF = f"""
+# --- added by hessra_pg.dev.cluster.LocalCluster: a disposable test cluster ---
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 100
+# Per-start settings (port, sockets): rewritten before every start.
+include '{_RUNTIME_CONF}'
+"""
+
+
+class ClusterError(HessraError):
+    """A local PostgreSQL cluster could not be created, started or reached."""
+
+
+class LocalCluster:
+    """A private PostgreSQL cluster in a directory of its own.
+
+    ``base_dir``: where the cluster lives (default: a new temp dir, removed by
+    :meth:`stop`). ``bin_dir``: PostgreSQL's bin directory (default:
+    ``pg_config --bindir``). ``port``: ``None`` for unix socket only, ``0`` for
+    a free loopback TCP port, or a fixed TCP port. ``keep``: leave the
+    directory on :meth:`stop` (default: keep a given ``base_dir``, remove a
+    temp one). An existing cluster in ``base_dir`` is reused, not re-created.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        bin_dir: Path | None = None,
+        port: int | None = None,
+        *,
+        keep: bool | None = None,
+        stop_at_exit: bool = True,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self._owns_base = base_dir is None
+        self._base_dir = Path(base_dir).absolute() if base_dir is not None else None
+        self._bin_dir = Path(bin_dir) if bin_dir is not None else None
+        self._requested_port = port
+        self.port = port or 5432
+        self.keep = (base_dir is not None) if keep is None else keep
+        self.stop_at_exit = stop_at_exit
+        self.start_timeout = start_timeout
+        self._os_user = _server_os_user()
+
+    # --- paths -----------------------------------------------------------------------
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory holding the cluster (created by :meth:`start`)."""
+        if self._base_dir is None:
+            raise ClusterError("the cluster has no directory yet: call start() first")
+        return self._base_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """The server log (inside the data directory)."""
+        return self.data_dir / "server.log"
+
+    @property
+    def socket_dir(self) -> Path:
+        """Directory of the unix socket; also the ``host`` of :meth:`dsn`."""
+        preferred = self.base_dir / "run"
+        if len(str(preferred)) <= _MAX_SOCKET_DIR:
+            return preferred
+        # Deep base dirs exceed the unix socket path limit; derive a short,
+        # stable path so a later `dev-db status` finds the same socket.
+        digest = hashlib.sha256(str(self.base_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"hessra-pg-{digest}"
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            from hessra_pg.admin.install import InstallError, find_pg_config
+
+            try:
+                pg_config = find_pg_config()
+            except InstallError as exc:
+                raise ClusterError(f"{exc} (or pass bin_dir)") from None
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise ClusterError(f"{pg_config} --bindir failed: {out.stderr.strip()}")
+            self._bin_dir = Path(out.stdout.strip())
+        return self._bin_dir
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        """Create (if needed) and start the cluster; returns self once it accepts connections."""
+        if self.attach():
+            return self
+        for tool in ("initdb", "pg_ctl", "postgres", "pg_isready"):
+            if not (self.bin_dir / tool).exists():
+                raise ClusterError(f"{self.bin_dir / tool} not found: install the PostgreSQL server "
+                                   "packages or pass bin_dir")
+        if self._base_dir is None:
+            self._base_dir = Path(tempfile.mkdtemp(prefix="hessra-pg-"))
+        self._prepare_dirs()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        if self._requested_port == 0:
+            self.port = _free_port()
+        self._write_runtime_conf()
+        result = self._run_as_server(
+            [str(self.bin_dir / "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_path),
+             "-w", "-t", str(int(self.start_timeout))],
+        )
+        if result.returncode != 0:
+            raise ClusterError(
+                f"PostgreSQL did not start ({_last_line(result.stderr or result.stdout)}); "
+                f"server log {self.log_path}:\n{self.log_tail()}"
+            )
+        if self.stop_at_exit:
+            _RUNNING[id(self)] = self
+        self.wait()
+        return self
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the server accepts connections; ClusterError with the log tail if not."""
+        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
+        cmd = [str(self.bin_dir / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(self.port),
+               "-U", SUPERUSER, "-d", "postgres", "-t", "1"]
+        while True:
+            if subprocess.run(cmd, env=_clean_env()).returncode == 0:
+                return
+            if not self.is_running():
+                raise ClusterError(f"PostgreSQL exited while starting; server log {self.log_path}:\n"
+                                   f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"PostgreSQL not ready after {timeout or self.start_timeout:.0f}s; "
+                                   f"server log {self.log_path}:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown) and remove the directory unless ``keep``."""
+        _RUNNING.pop(id(self), None)
+        if self._base_dir is None:
+            return
+        if self.is_running():
+            pg_ctl = str(self.bin_dir / "pg_ctl")
+            result = self._run_as_server([pg_ctl, "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60"])
+            if result.returncode != 0 and self.is_running():
+                # A stuck backend must not leave a server behind.
+                self._run_as_server([pg_ctl, "stop", "-D", str(self.data_dir), "-m", "immediate", "-w"])
+        if not self.keep:
+            if self.socket_dir.parent != self.base_dir:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
+            if self._owns_base:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+            else:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                shutil.rmtree(self.base_dir / "run", ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid from postmaster.pid, or None when there is none."""
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+            return int(first)
+        except (OSError, ValueError, ClusterError):
+            return None
+
+    def attach(self) -> bool:
+        """Adopt a server already running in ``base_dir`` (its port); False if none runs."""
+        if self._base_dir is None or not self.is_running():
+            return False
+        # postmaster.pid lines: pid, datadir, start time, port, socket dir, ...
+        lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        with contextlib.suppress(IndexError, ValueError):
+            self.port = int(lines[3])
+        runtime = (self.data_dir / _RUNTIME_CONF).read_text() if (self.data_dir / _RUNTIME_CONF).exists() else ""
+        if "listen_addresses = '127.0.0.1'" in runtime and self._requested_port is None:
+            self._requested_port = self.port
+        return True
+
+    @property
+    def listens_tcp(self) -> bool:
+        """True when the server also listens on 127.0.0.1:``port``."""
+        return self._requested_port is not None
+
+    def is_running(self) -> bool:
+        """True when the postmaster recorded in postmaster.pid is alive."""
+        pid = self.pid
+        return pid is not None and _alive(pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server log (for error messages)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- clients -------------------------------------------------------------------------
+
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, *, tcp: bool = False) -> str:
+        """libpq conninfo for the unix socket (or for 127.0.0.1 with ``tcp=True``)."""
+        if tcp and not self.listens_tcp:
+            raise ClusterError("this cluster listens on a unix socket only: create it with port=0")
+        host = "127.0.0.1" if tcp else str(self.socket_dir)
+        return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in
+                        (("host", host), ("port", str(self.port)), ("dbname", dbname), ("user", user)))
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE ``name``; returns its superuser DSN."""
+        from psycopg import sql
+
+        self._execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.dsn(name)
+
+    def drop_database(self, name: str) -> None:
+        """DROP DATABASE ``name`` if it exists, terminating its sessions first."""
+        from psycopg import sql
+
+        self._execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def _execute(self, statement: sql.Composed) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(statement)
+
+    def __repr__(self) -> str:
+        where = self._base_dir or "(not started)"
+        return f"LocalCluster({where}, port={self.port}, running={self._base_dir is not None and self.is_running()})"
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        # 0700 dirs owned by the server user: trust auth is safe only while
+        # nobody else can reach the socket.
+        for directory in (self.base_dir, self.data_dir, self.socket_dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._chown(directory)
+            os.chmod(directory, 0o700)
+
+    def _initdb(self) -> None:
+        # initdb spends most of its ~2 s probing shared memory; a copy of a
+        # pristine cluster made earlier on this machine takes ~0.1 s.
+        template = self._template_dir()
+        if _is_private_dir(template, self._server_uid()):
+            if self._run_as_server(["cp", "-a", f"{template}/.", str(self.data_dir)]).returncode == 0:
+                return
+            for child in self.data_dir.iterdir():
+                _remove(child)
+        errors = []
+        for locale in ("C.UTF-8", "C"):
+            result = self._run_as_server(
+                [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
+                 "-E", "UTF8", f"--locale={locale}", "--no-sync"],
+            )
+            if result.returncode == 0:
+                break
+            errors.append(_last_line(result.stderr or result.stdout))
+            # initdb cleans up after itself, but be sure before retrying.
+            for child in self.data_dir.iterdir():
+                _remove(child)
+        else:
+            raise ClusterError(f"initdb failed in {self.data_dir}: {errors[-1]}")
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(_BASE_CONF)
+        self._save_template(template)
+
+    def _template_dir(self) -> Path:
+        key = f"{self.bin_dir}\0{self._server_uid()}\0{_BASE_CONF}".encode()
+        return Path(tempfile.gettempdir()) / f"hessra-pg-template-{hashlib.sha256(key).hexdigest()[:16]}"
+
+    def _save_template(self, template: Path) -> None:
+        """Keep a copy of a fresh cluster for the next _initdb; best effort."""
+        staging = Path(tempfile.mkdtemp(prefix=f"{template.name}-", dir=template.parent))
+        try:
+            self._chown(staging)
+            if self._run_as_server(["cp", "-a", f"{self.data_dir}/.", str(staging)]).returncode == 0:
+                # Atomic publish; if another process won the race, keep theirs.
+                staging.rename(template)
+        except OSError:
+            pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _server_uid(self) -> int:
+        return pwd.getpwnam(self._os_user).pw_uid if self._os_user is not None else os.getuid()
+
+    def _write_runtime_conf(self) -> None:
+        listen = "127.0.0.1" if self._requested_port is not None else ""
+        path = self.data_dir / _RUNTIME_CONF
+        path.write_text(
+            f"listen_addresses = {_conf_quote(listen)}\n"
+            f"port = {self.port}\n"
+            f"unix_socket_directories = {_conf_quote(str(self.socket_dir))}\n"
+        )
+        self._chown(path)
+
+    def _chown(self, path: Path) -> None:
+        if self._os_user is not None:
+            shutil.chown(path, self._os_user, self._os_user)
+
+    def _run_as_server(self, cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, Any] = {}
+        if self._os_user is not None:
+            entry = pwd.getpwnam(self._os_user)
+            kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        try:
+            result: subprocess.CompletedProcess[str] = subprocess.run(
+                list(cmd), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                cwd=self.base_dir, env=_clean_env(), **kwargs,
+            )
+            return result
+        except OSError as exc:
+            raise ClusterError(f"could not run {cmd[0]}: {exc.strerror or exc}") from None
+
+
+# --- module helpers --------------------------------------------------------------------
+
+_RUNNING: dict[int, LocalCluster] = {}
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Safety net: stop every cluster this process started and did not stop."""
+    for cluster in list(_RUNNING.values()):
+        with contextlib.suppress(Exception):
+            cluster.stop()
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        # /proc/<pid>/stat: "pid (comm) state ..."; comm may contain spaces.
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no procfs: trust kill()
+    return state != "Z"
+
+
+def _is_private_dir(path: Path, uid: int) -> bool:
+    # Only trust a template in the shared temp dir if the server user owns it
+    # and nobody else can write it (no planted clusters, no symlinks).
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and st.st_mode & 0o077 == 0
+
+
+def _server_os_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        raise ClusterError(
+            f"running as root needs the '{SERVER_OS_USER}' OS user (initdb refuses to run as root): "
+            "create it, or run as a normal user"
+        ) from None
+    return SERVER_OS_USER
+
+
+def _clean_env() -> dict[str, str]:
+    # PGDATA/PGHOST/PGPORT/... from the caller's shell must not redirect the
+    # tools to another cluster.
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _conninfo_quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _conf_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

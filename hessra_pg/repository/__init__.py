@@ -1,0 +1,2 @@
+"""Hessra policy repositories (clients.toml, resources.toml): checks and the
+service chains they declare (client side)."""

@@ -1,0 +1,1 @@
+"""Row-Level Security policies generated from a small spec (client side)."""

@@ -1,0 +1,574 @@
+"""Row-Level Security policies for hessra_authz, generated from a small spec.
+
+A :class:`PolicySpec` describes how one table is guarded; it renders plain
+SQL (``ENABLE`` and ``FORCE ROW LEVEL SECURITY``, one policy per command,
+the suggested index) that a DBA can read, commit and run::
+
+    from hessra_pg.rls.policies import PolicySpec, generate_sql
+
+    spec = PolicySpec("orders", mode="row", schema="shop", expression="'orders/' || id")
+    print(generate_sql(spec))
+
+Modes (every verifier call is wrapped in a scalar subquery, so PostgreSQL
+evaluates it once per statement as an InitPlan, never once per row):
+
+- ``table``: every row needs ``authorized(resource, operation)``;
+- ``row``: each row has a resource, the SQL ``expression`` (e.g.
+  ``'orders/' || id``), which must be among
+  ``authorized_resources(operation)``; an expression index is suggested;
+- ``identity``: the ``owner_column`` holds an identity, and a row is visible
+  when the current identity token proves it (README "Rows owned by
+  identities"); an index on ``(owner COLLATE "C")`` is suggested;
+- ``service_chain``: ``verify_service_chain`` of the current token for
+  ``resource`` along the named ``chain``, as ``component`` (NULL: every node
+  must have attested).
+
+Commands map to operations: SELECT -> ``read``, INSERT/UPDATE/DELETE ->
+``write`` by default. SELECT and DELETE get ``USING``, INSERT gets
+``WITH CHECK``, UPDATE both. Identifiers and literals are quoted; the row
+``expression`` is SQL written by the DBA and is inserted as is (trusted
+input: never build it from user data).
+
+Names are bound when a policy is created, and an operator whose argument
+types match exactly wins over pg_catalog's polymorphic one wherever it sits
+in the search_path: a role that can create objects in a schema on the
+creating session's path (``public`` in a database upgraded from PG 14 or
+older) could otherwise plant ``public.||(text, integer)`` into a policy. So
+every script runs with ``search_path = pg_catalog, pg_temp`` (pg_temp is
+never searched for operators or functions), the table is always
+schema-qualified (``public`` when no schema is given) and every operator,
+type, collation and function the generator writes is pg_catalog- or
+hessra_authz-qualified. The row ``expression`` then resolves only
+pg_catalog names: qualify your own functions in it (``shop.order_key(id)``).
+
+The same specs load from TOML (:func:`load_specs`) and back
+``hessra-pg policy generate`` and the Alembic operations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hessra_pg.errors import HessraError
+
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_OPERATIONS",
+    "DEFAULT_SCHEMA",
+    "MODES",
+    "SAFE_SEARCH_PATH",
+    "Policy",
+    "PolicySpec",
+    "PolicySpecError",
+    "drop_sql",
+    "generate_sql",
+    "load_specs",
+    "quote_ident",
+    "quote_literal",
+    "session_search_path_pin",
+    "spec_from_mapping",
+    "with_safe_search_path",
+]
+
+COMMANDS: tuple[str, ...] = ("SELECT", "INSERT", "UPDATE", "DELETE")
+DEFAULT_OPERATIONS: Mapping[str, str] = {"SELECT": "read", "INSERT": "write", "UPDATE": "write", "DELETE": "write"}
+MODES: tuple[str, ...] = ("table", "row", "identity", "service_chain")
+MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
+_USING_COMMANDS = frozenset({"SELECT", "UPDATE", "DELETE"})
+_CHECK_COMMANDS = frozenset({"INSERT", "UPDATE"})
+_SCHEMA = "hessra_authz"
+#: The schema of a spec that names none: the generated SQL always qualifies the table.
+DEFAULT_SCHEMA = "public"
+#: The search_path generated statements run with: no schema a user can create
+#: objects in (pg_temp is never searched for operators or functions, and last
+#: for tables and types).
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
+#: Where a script without its own transaction keeps the caller's search_path.
+_SAVED_SEARCH_PATH = "hessra_pg.saved_search_path"
+
+
+class PolicySpecError(HessraError, ValueError):
+    """A policy spec is incomplete or contradictory."""
+
+
+# -- quoting -----------------------------------------------------------------
+
+def _plain_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise PolicySpecError(f"{what} must be a string, got {type(value).__name__}")
+    if not value:
+        raise PolicySpecError(f"{what} must not be empty")
+    if "\x00" in value:
+        raise PolicySpecError(f"{what} must not contain a NUL character")
+    return value
+
+
+def quote_ident(name: str) -> str:
+    """An SQL identifier, always double-quoted (``"a""b"``), as psycopg's
+    :class:`psycopg.sql.Identifier` renders it."""
+    from psycopg import sql
+
+    return sql.Identifier(_plain_text(name, "identifier")).as_string(None)
+
+
+def quote_literal(value: str) -> str:
+    """An SQL string literal: ``'it''s'``, or ``E'a\\\\b'`` when it contains
+    backslashes (correct whatever ``standard_conforming_strings`` says)."""
+    from psycopg import sql
+
+    if not isinstance(value, str) or "\x00" in value:
+        raise PolicySpecError("a literal must be a string without NUL characters")
+    return sql.Literal(value).as_string(None).strip()
+
+
+def _qualified(schema: str | None, name: str) -> str:
+    """``"schema"."name"``: always qualified, since the statements run with
+    search_path pinned to pg_catalog."""
+    return f"{quote_ident(schema if schema is not None else DEFAULT_SCHEMA)}.{quote_ident(name)}"
+
+
+def _op(symbol: str) -> str:
+    """``OPERATOR(pg_catalog.=)``: the operator of pg_catalog, whatever
+    operators other schemas hold."""
+    return f"OPERATOR(pg_catalog.{symbol})"
+
+
+_TEXT = "pg_catalog.text"
+_COLLATE_C = 'COLLATE pg_catalog."C"'
+
+
+def _bounded_name(*parts: str) -> str:
+    """``part1_part2...``, shortened with a hash if over 63 bytes, so two
+    long names never collapse into one truncated name."""
+    name = "_".join(parts)
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    head = name.encode()[: MAX_IDENTIFIER_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
+
+
+def _call(function: str, *args: str) -> str:
+    """``(SELECT hessra_authz.f(args))``: a scalar subquery, i.e. an InitPlan."""
+    return f"(SELECT {_SCHEMA}.{function}({', '.join(args)}))"
+
+
+# -- one policy ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Policy:
+    """One ``CREATE POLICY`` on one command (alembic_utils' PGPolicy shape):
+    Postgres has no CREATE OR REPLACE POLICY, so :meth:`create_sql` is
+    preceded by :meth:`drop_sql` to replace one."""
+
+    name: str
+    schema: str | None
+    table: str
+    command: str
+    using: str | None = None
+    with_check: str | None = None
+    roles: tuple[str, ...] = ()
+    restrictive: bool = False
+
+    @property
+    def target(self) -> str:
+        """The quoted, schema-qualified table."""
+        return _qualified(self.schema, self.table)
+
+    def create_sql(self) -> str:
+        """The ``CREATE POLICY`` statement (with a trailing semicolon)."""
+        lines = [f"CREATE POLICY {quote_ident(self.name)} ON {self.target}"]
+        if self.restrictive:
+            lines.append("    AS RESTRICTIVE")
+        lines.append(f"    FOR {self.command}")
+        if self.roles:
+            lines.append("    TO " + ", ".join(_role(r) for r in self.roles))
+        if self.using is not None:
+            lines.append(f"    USING ({self.using})")
+        if self.with_check is not None:
+            lines.append(f"    WITH CHECK ({self.with_check})")
+        return "\n".join(lines) + ";"
+
+    def drop_sql(self) -> str:
+        """``DROP POLICY IF EXISTS``."""
+        return f"DROP POLICY IF EXISTS {quote_ident(self.name)} ON {self.target};"
+
+
+def _role(name: str) -> str:
+    special = name.upper()
+    if special in ("PUBLIC", "CURRENT_USER", "SESSION_USER", "CURRENT_ROLE"):
+        return special
+    return quote_ident(name)
+
+
+# -- the spec ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """How one table is guarded by hessra tokens (see the module docstring).
+
+    ``operations`` overrides the default command -> operation mapping (only
+    the commands given change); ``commands`` chooses which commands get a
+    policy (a command without one is denied by RLS to everyone but
+    superusers/BYPASSRLS roles). ``names`` overrides policy names per command
+    (default ``<name_prefix>_<table>_<command>``). ``roles`` limits the
+    policies to those roles (default PUBLIC). ``restrictive`` makes them
+    ``AS RESTRICTIVE`` (ANDed with the table's other policies instead of
+    ORed). ``force`` adds ``FORCE ROW LEVEL SECURITY`` (the table owner is
+    then subject to the policies too).
+    """
+
+    table: str
+    mode: str = "table"
+    schema: str | None = None
+    resource: str | None = None
+    expression: str | None = None
+    owner_column: str | None = None
+    chain: str | None = None
+    component: str | None = None
+    operations: Mapping[str, str] | None = None
+    commands: Sequence[str] = COMMANDS
+    roles: Sequence[str] = ()
+    names: Mapping[str, str] | None = None
+    name_prefix: str = "hessra"
+    force: bool = True
+    restrictive: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        _plain_text(self.table, "table")
+        if self.schema is not None:
+            _plain_text(self.schema, "schema")
+        mode = _plain_text(self.mode, "mode").lower().replace("-", "_")
+        if mode not in MODES:
+            raise PolicySpecError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        set_(self, "mode", mode)
+        commands = tuple(_command(c) for c in ([self.commands] if isinstance(self.commands, str) else self.commands))
+        if not commands:
+            raise PolicySpecError("commands must name at least one of " + ", ".join(COMMANDS))
+        if len(set(commands)) != len(commands):
+            raise PolicySpecError("commands must not repeat a command")
+        set_(self, "commands", commands)
+        if self.operations is not None:
+            if mode == "identity":
+                raise PolicySpecError("identity mode has no operations: a row is its owner's, for every command")
+            ops = {_command(c): _plain_text(op, f"operation for {c}") for c, op in dict(self.operations).items()}
+            set_(self, "operations", ops)
+        if self.names is not None:
+            set_(self, "names", {_command(c): _plain_text(n, f"policy name for {c}") for c, n in dict(self.names).items()})
+        roles = [self.roles] if isinstance(self.roles, str) else list(self.roles)
+        set_(self, "roles", tuple(_plain_text(r, "role") for r in roles))
+        _plain_text(self.name_prefix, "name_prefix")
+        self._check_mode_fields()
+
+    def _check_mode_fields(self) -> None:
+        required = {
+            "table": ("resource",),
+            "row": ("expression",),
+            "identity": ("owner_column",),
+            "service_chain": ("resource", "chain"),
+        }[self.mode]
+        allowed = set(required) | ({"component"} if self.mode == "service_chain" else set())
+        for name in ("resource", "expression", "owner_column", "chain", "component"):
+            value = getattr(self, name)
+            if name in required and value is None:
+                raise PolicySpecError(f"mode {self.mode} needs {name}")
+            if value is not None:
+                if name not in allowed:
+                    raise PolicySpecError(f"{name} does not apply to mode {self.mode} (it needs {', '.join(required)})")
+                _plain_text(value, name)
+
+    # -- derived names ----------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        """The quoted, schema-qualified table (schema ``public`` if none is given)."""
+        return _qualified(self.schema, self.table)
+
+    def operation(self, command: str) -> str:
+        """The operation checked for a command."""
+        command = _command(command)
+        return dict(DEFAULT_OPERATIONS, **(self.operations or {}))[command]
+
+    def policy_name(self, command: str) -> str:
+        """The policy name for a command (deterministic, at most 63 bytes)."""
+        command = _command(command)
+        if self.names and command in self.names:
+            return self.names[command]
+        return _bounded_name(self.name_prefix, self.table, command.lower())
+
+    def index_name(self) -> str | None:
+        """The name of the suggested index, or None for modes without one."""
+        suffix = {"row": "resource", "identity": "owner"}.get(self.mode)
+        return _bounded_name(self.name_prefix, self.table, suffix) if suffix else None
+
+    # -- SQL --------------------------------------------------------------------
+
+    def condition(self, command: str) -> str:
+        """The boolean SQL expression a row must satisfy for a command."""
+        if self.mode == "identity":
+            return self._identity_condition()
+        operation = quote_literal(self.operation(command))
+        if self.mode == "table":
+            assert self.resource is not None
+            return _call("authorized", quote_literal(self.resource), operation)
+        if self.mode == "row":
+            return (f"({self.expression}) {_op('=')} ANY ("
+                    f"{_call('authorized_resources', operation)}::{_TEXT}[])")
+        assert self.resource is not None and self.chain is not None
+        component = f"{quote_literal(self.component)}::{_TEXT}" if self.component is not None else f"NULL::{_TEXT}"
+        return _call(
+            "verify_service_chain",
+            f"{_SCHEMA}.current_token()", f"{_SCHEMA}.current_subject()",
+            f"{quote_literal(self.resource)}::{_TEXT}", f"{operation}::{_TEXT}",
+            f"{quote_literal(self.chain)}::{_TEXT}", component,
+        )
+
+    def _identity_condition(self) -> str:
+        # README "Rows owned by identities", with the column qualified by the
+        # table. Every subquery is uncorrelated: each is one InitPlan that the
+        # leader evaluates (a parallel scan stays parallel), and the two
+        # revocation arrays are read only when some identity below the
+        # token's is revoked. The range comes first: a row found by owner
+        # then needs three helper calls, not four (InitPlans run on demand).
+        # Every operator is pg_catalog's: an owner column of type varchar
+        # would otherwise bind a planted `=(varchar, text)`, an exact match.
+        assert self.owner_column is not None
+        owner = f"{self.target}.{quote_ident(self.owner_column)}"
+        c = f"{owner} {_COLLATE_C}"
+        below = f"{_SCHEMA}.current_identity_revoked_below()"
+        return (
+            f"(({c} {_op('>=')} {_call('current_identity_subtree_start')}\n"
+            f"          AND {c} {_op('<')} {_call('current_identity_subtree_end')})\n"
+            f"         OR {c} {_op('=')} {_call('current_identity')})\n"
+            f"        AND ((SELECT pg_catalog.cardinality({below}) {_op('=')} 0)\n"
+            f"             OR NOT ({owner} {_op('=')} ANY ((SELECT {below})::{_TEXT}[])\n"
+            f"                     OR {owner} {_op('^@')} ANY ((SELECT coalesce(pg_catalog.array_agg("
+            f"hessra_revoked.identity {_op('||')} ':'), '{{}}')\n"
+            f"                                 FROM pg_catalog.unnest({below}) AS hessra_revoked(identity))"
+            f"::{_TEXT}[])))"
+        )
+
+    def policies(self) -> list[Policy]:
+        """One :class:`Policy` per command."""
+        result = []
+        for command in self.commands:
+            condition = self.condition(command)
+            result.append(Policy(
+                name=self.policy_name(command),
+                schema=self.schema,
+                table=self.table,
+                command=command,
+                using=condition if command in _USING_COMMANDS else None,
+                with_check=condition if command in _CHECK_COMMANDS else None,
+                roles=tuple(self.roles),
+                restrictive=self.restrictive,
+            ))
+        names = [p.name for p in result]
+        if len(set(names)) != len(names):
+            raise PolicySpecError("two commands got the same policy name: give distinct names")
+        return result
+
+    def index_sql(self) -> list[str]:
+        """The suggested index (``CREATE INDEX IF NOT EXISTS``), if the mode has one."""
+        name = self.index_name()
+        if name is None:
+            return []
+        if self.mode == "row":
+            key = f"(({self.expression}))"
+        else:
+            assert self.owner_column is not None
+            key = f"({quote_ident(self.owner_column)} {_COLLATE_C})"
+        return [f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {self.target} {key};"]
+
+    def drop_index_sql(self) -> list[str]:
+        """``DROP INDEX IF EXISTS`` for the suggested index, if any."""
+        name = self.index_name()
+        if name is None:
+            return []
+        return [f"DROP INDEX IF EXISTS {_qualified(self.schema, name)};"]
+
+    def create_statements(self, *, indexes: bool = True) -> list[str]:
+        """ENABLE (and FORCE) RLS, then DROP POLICY IF EXISTS + CREATE POLICY
+        per command (so re-running replaces them), then the suggested index.
+        Run them with search_path pinned (:func:`with_safe_search_path`), as
+        :func:`generate_sql` and the Alembic operations do: the row
+        expression is bound in the session that creates the policy."""
+        statements = [f"ALTER TABLE {self.target} ENABLE ROW LEVEL SECURITY;"]
+        if self.force:
+            statements.append(f"ALTER TABLE {self.target} FORCE ROW LEVEL SECURITY;")
+        for policy in self.policies():
+            statements += [policy.drop_sql(), policy.create_sql()]
+        if indexes:
+            statements += self.index_sql()
+        return statements
+
+    def drop_statements(self, *, disable: bool = False, indexes: bool = False) -> list[str]:
+        """DROP POLICY IF EXISTS per command. With ``disable``, also NO FORCE
+        and DISABLE ROW LEVEL SECURITY (the table is then open to every role
+        with privileges on it); without, a table left with no policy shows
+        nothing to ordinary roles (fail closed). ``indexes`` drops the
+        suggested index too."""
+        statements = [policy.drop_sql() for policy in self.policies()]
+        if disable:
+            statements += [f"ALTER TABLE {self.target} NO FORCE ROW LEVEL SECURITY;",
+                           f"ALTER TABLE {self.target} DISABLE ROW LEVEL SECURITY;"]
+        if indexes:
+            statements += self.drop_index_sql()
+        return statements
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The fields that differ from their defaults (TOML / keyword form)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = f.default
+            if f.name == "commands" and tuple(value) == COMMANDS:
+                continue
+            if f.name == "roles" and not value:
+                continue
+            if value == default:
+                continue
+            if isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def _command(value: object) -> str:
+    command = _plain_text(value, "command").strip().upper()
+    if command not in COMMANDS:
+        raise PolicySpecError(f"unknown command {value!r}: use {', '.join(COMMANDS)}")
+    return command
+
+
+# -- whole scripts -------------------------------------------------------------
+
+_PIN_COMMENT = f"-- hessra-pg: names resolve in pg_catalog only (search_path = {SAFE_SEARCH_PATH})"
+
+
+def session_search_path_pin() -> tuple[list[str], list[str]]:
+    """Statements that pin search_path to :data:`SAFE_SEARCH_PATH` for what
+    runs between them, and give the caller's value back after. Session-level
+    (``set_config(..., false)``), so they work inside a transaction and in
+    autocommit alike, where ``SET LOCAL`` would silently do nothing; a
+    rolled-back transaction undoes them with everything else."""
+    before = [
+        f"SELECT pg_catalog.set_config({quote_literal(_SAVED_SEARCH_PATH)}, "
+        "pg_catalog.current_setting('search_path'), false);",
+        f"SELECT pg_catalog.set_config('search_path', {quote_literal(SAFE_SEARCH_PATH)}, false);",
+    ]
+    after = [
+        "SELECT pg_catalog.set_config('search_path', "
+        f"pg_catalog.current_setting({quote_literal(_SAVED_SEARCH_PATH)}), false);",
+    ]
+    return before, after
+
+
+def with_safe_search_path(statements: Iterable[str], *, transaction: bool = True) -> list[str]:
+    """``statements`` run with search_path = pg_catalog, pg_temp: in their
+    own transaction (``BEGIN; SET LOCAL ...; COMMIT;``), or, with
+    ``transaction=False``, between :func:`session_search_path_pin`'s
+    statements (the caller's search_path is restored at the end)."""
+    body = list(statements)
+    if transaction:
+        return ["BEGIN;", _PIN_COMMENT, f"SET LOCAL search_path = {SAFE_SEARCH_PATH};", *body, "COMMIT;"]
+    before, after = session_search_path_pin()
+    return [_PIN_COMMENT, *before, *body, *after]
+
+
+def _script(statements: Iterable[str], transaction: bool) -> str:
+    return "\n".join(with_safe_search_path(statements, transaction=transaction)) + "\n"
+
+
+def generate_sql(specs: PolicySpec | Iterable[PolicySpec], *, indexes: bool = True,
+                 transaction: bool = True) -> str:
+    """The SQL script that creates (or replaces) the policies of one or more
+    specs, wrapped in BEGIN/COMMIT unless ``transaction=False``, with
+    search_path pinned to pg_catalog (:func:`with_safe_search_path`)."""
+    specs = [specs] if isinstance(specs, PolicySpec) else list(specs)
+    statements: list[str] = []
+    for spec in specs:
+        statements.append(f"-- hessra-pg: {spec.mode} policies")
+        created = spec.create_statements(indexes=False)
+        statements += created
+        if indexes and spec.index_sql():
+            what = "the row resource expression" if spec.mode == "row" else "the owner column"
+            statements.append(f"-- Suggested index on {what} (the policy compares it with a per-statement value)")
+            statements += spec.index_sql()
+    return _script(statements, transaction)
+
+
+def drop_sql(specs: PolicySpec | Iterable[PolicySpec], *, disable: bool = False, indexes: bool = False,
+             transaction: bool = True) -> str:
+    """The SQL script that drops the policies of one or more specs (see
+    :meth:`PolicySpec.drop_statements` for ``disable`` and ``indexes``)."""
+    specs = [specs] if isinstance(specs, PolicySpec) else list(specs)
+    statements: list[str] = []
+    for spec in specs:
+        statements += spec.drop_statements(disable=disable, indexes=indexes)
+    return _script(statements, transaction)
+
+
+# -- TOML ----------------------------------------------------------------------
+
+_FIELDS = {f.name for f in fields(PolicySpec)}
+
+
+def spec_from_mapping(data: Mapping[str, Any], *, where: str = "policy") -> PolicySpec:
+    """A spec from a mapping with the field names of :class:`PolicySpec`
+    (``operations`` and ``names`` as tables keyed by command)."""
+    if not isinstance(data, Mapping):
+        raise PolicySpecError(f"{where}: expected a table of policy settings")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise PolicySpecError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_FIELDS))})")
+    if "table" not in data:
+        raise PolicySpecError(f"{where}: 'table' is required")
+    for key in ("force", "restrictive"):
+        if key in data and not isinstance(data[key], bool):
+            raise PolicySpecError(f"{where}: {key} must be true or false")
+    for key in ("operations", "names"):
+        if key in data and not isinstance(data[key], Mapping):
+            raise PolicySpecError(f"{where}: {key} must be a table keyed by command (SELECT = \"read\")")
+    try:
+        return PolicySpec(**dict(data))
+    except PolicySpecError as error:
+        raise PolicySpecError(f"{where}: {error}") from None
+
+
+def load_specs(path: str | Path) -> list[PolicySpec]:
+    """Specs from a TOML file: either the fields of one spec at the top
+    level, or an array of tables ``[[policies]]``, one per table::
+
+        [[policies]]
+        schema = "shop"
+        table = "orders"
+        mode = "row"
+        expression = "'orders/' || id"
+        operations = { SELECT = "read", INSERT = "create" }
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise PolicySpecError(f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise PolicySpecError(f"{path}: invalid TOML: {error}") from None
+    if "policies" in data:
+        extra = sorted(set(data) - {"policies"})
+        if extra:
+            raise PolicySpecError(f"{path}: with [[policies]], put {extra[0]!r} inside each [[policies]] table")
+        entries = data["policies"]
+        if not isinstance(entries, list) or not entries:
+            raise PolicySpecError(f"{path}: 'policies' must be a non-empty array of tables ([[policies]])")
+        return [spec_from_mapping(entry, where=f"{path}: policies[{i}]") for i, entry in enumerate(entries)]
+    return [spec_from_mapping(data, where=str(path))]
