@@ -2,8 +2,8 @@
 -- * No session setting changes what the verifier sees: key windows reach it
 --   as integer microseconds in arrays (0.2.0 built float epochs inside
 --   jsonb, whose text follows extra_float_digits: a retired key could be
---   made to verify), the statement time as int8. README "Session settings"
---   lists every setting and why it can't matter.
+--   made to verify), the statement context as one text built by
+--   _context(). docs/security.md lists every setting and why it can't matter.
 -- * The verification time is the clock, bounded below by the statement's
 --   start (a DO block no longer keeps an expired token alive).
 -- * A snapshot older than a configuration already in force (REPEATABLE READ,
@@ -82,106 +82,117 @@ ALTER EVENT TRIGGER hessra_authz_config_ddl ENABLE ALWAYS;
 
 -- ---------------------------------------------------------------------------
 -- Internal PL/Python entry points (hessra_pg.plpython.abi_0_3). The first
--- four arguments are the statement context the wrappers pass: its start in
--- integer microseconds, its snapshot, the top-level transaction id, the
--- configuration version (NULL on the first attempt). They run no SQL, so
--- they don't pin search_path (the pin costs a GUC save and restore on every
--- call); revoked from PUBLIC because their context feeds the caches.
+-- two arguments are the statement context (hessra_authz._context(), below)
+-- and the configuration version (NULL on the first attempt). They run no
+-- SQL, so they don't pin search_path (the pin costs a GUC save and restore
+-- on every call); revoked from PUBLIC because their context feeds the caches.
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION hessra_authz._verify_token(
-    statement_us int8, snapshot text, xid text, version text, token text, subject text, resource text, operation text, domain text, prefix text
+    context text, version text, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.verify_token(statement_us, snapshot, xid, version, token, subject, resource, operation, domain, prefix)
+return abi_0_3.verify_token(context, version, token, subject, resource, operation, domain, prefix)
 $$;
 CREATE FUNCTION hessra_authz._verify_capability(
-    statement_us int8, snapshot text, xid text, version text, token text, resource text, operation text
+    context text, version text, token text, resource text, operation text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.verify_capability(statement_us, snapshot, xid, version, token, resource, operation)
+return abi_0_3.verify_capability(context, version, token, resource, operation)
 $$;
 CREATE FUNCTION hessra_authz._verify_service_chain(
-    statement_us int8, snapshot text, xid text, version text, token text, subject text, resource text, operation text, chain text, component text
+    context text, version text, token text, subject text, resource text, operation text, chain text, component text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.verify_service_chain(statement_us, snapshot, xid, version, token, subject, resource, operation, chain, component)
+return abi_0_3.verify_service_chain(context, version, token, subject, resource, operation, chain, component)
 $$;
 CREATE FUNCTION hessra_authz._verify_service_chain_nodes(
-    statement_us int8, snapshot text, xid text, version text, token text, subject text, resource text, operation text, nodes jsonb, component text
+    context text, version text, token text, subject text, resource text, operation text, nodes jsonb, component text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.verify_service_chain_nodes(statement_us, snapshot, xid, version, token, subject, resource, operation, nodes, component)
+return abi_0_3.verify_service_chain_nodes(context, version, token, subject, resource, operation, nodes, component)
 $$;
 CREATE FUNCTION hessra_authz._explain(
-    statement_us int8, snapshot text, xid text, version text, admin boolean, token text, subject text, resource text, operation text, domain text, prefix text
+    context text, version text, admin boolean, token text, subject text, resource text, operation text, domain text, prefix text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.explain(statement_us, snapshot, xid, version, admin, token, subject, resource, operation, domain, prefix)
+return abi_0_3.explain(context, version, admin, token, subject, resource, operation, domain, prefix)
 $$;
 CREATE FUNCTION hessra_authz._verify_identity(
-    statement_us int8, snapshot text, xid text, version text, token text, identity text, domain text, ensure_subject_in_domain boolean
+    context text, version text, token text, identity text, domain text, ensure_subject_in_domain boolean
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.verify_identity(statement_us, snapshot, xid, version, token, identity, domain, ensure_subject_in_domain)
+return abi_0_3.verify_identity(context, version, token, identity, domain, ensure_subject_in_domain)
 $$;
 CREATE FUNCTION hessra_authz._verify_bearer(
-    statement_us int8, snapshot text, xid text, version text, token text, domain text
+    context text, version text, token text, domain text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.verify_bearer(statement_us, snapshot, xid, version, token, domain)
+return abi_0_3.verify_bearer(context, version, token, domain)
 $$;
 CREATE FUNCTION hessra_authz._token_identity(
-    statement_us int8, snapshot text, xid text, version text, token text, domain text
-) RETURNS text
+    context text, version text, token text, domain text
+) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.token_identity(statement_us, snapshot, xid, version, token, domain)
+return abi_0_3.token_identity(context, version, token, domain)
 $$;
 CREATE FUNCTION hessra_authz._identity_scope(
-    statement_us int8, snapshot text, xid text, version text, token text
+    context text, version text, token text
 ) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.identity_scope(statement_us, snapshot, xid, version, token)
+return abi_0_3.identity_scope(context, version, token)
 $$;
 CREATE FUNCTION hessra_authz._authorized_resources(
-    statement_us int8, snapshot text, xid text, version text, token text, subject text, operation text
+    context text, version text, token text, subject text, operation text
 ) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.authorized_resources(statement_us, snapshot, xid, version, token, subject, operation)
+return abi_0_3.authorized_resources(context, version, token, subject, operation)
 $$;
--- Key windows as integer microseconds (NULL: unbounded), chain nodes as
--- jsonb text, revocations as text arrays: forms no session setting formats.
--- Returns '' or an error outcome.
+-- The statement context every wrapper passes (hessra_pg.plpython.runtime,
+-- Runtime.call): statement start in integer microseconds, snapshot,
+-- top-level transaction id, space-separated. One place to extend it. A
+-- SQL-standard body binds its names when it is created (so it needs no
+-- search_path pin) and is inlined into each wrapper (no call at run time).
+CREATE FUNCTION hessra_authz._context() RETURNS text
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+RETURN pg_catalog.concat_ws(' ',
+    (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
+    pg_catalog.pg_current_snapshot(),
+    pg_catalog.pg_current_xact_id_if_assigned());
+
+-- Key windows as integer microseconds (NULL: unbounded), service chains one
+-- row per node, revocations as text arrays: forms no session setting
+-- formats, and nothing the verifier must parse. Returns '' or an error outcome.
 CREATE FUNCTION hessra_authz._load_config(
     version text, kids integer[], public_keys text[], not_before_us int8[], not_after_us int8[],
-    chain_names text[], chain_nodes text[], revoked_ids text[], revoked_identities text[],
-    database oid, database_tag text
+    node_chains text[], node_kinds text[], node_components text[], node_keys text[],
+    revoked_ids text[], revoked_identities text[], database oid, database_tag text
 ) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_3
-return abi_0_3.load_config(version, kids, public_keys, not_before_us, not_after_us, chain_names, chain_nodes,
-                           revoked_ids, revoked_identities, database, database_tag)
+return abi_0_3.load_config(version, kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds,
+                           node_components, node_keys, revoked_ids, revoked_identities, database, database_tag)
 $$;
 
 CREATE OR REPLACE FUNCTION hessra_authz._config_changed(xid text) RETURNS void
@@ -237,8 +248,10 @@ DECLARE
     public_keys text[];
     not_before_us int8[];
     not_after_us int8[];
-    chain_names text[];
-    chain_nodes text[];
+    node_chains text[];
+    node_kinds text[];
+    node_components text[];
+    node_keys text[];
     revoked_ids text[];
     revoked_identities text[];
     outcome text;
@@ -257,16 +270,22 @@ BEGIN
                                     ORDER BY k.kid)
           INTO kids, public_keys, not_before_us, not_after_us
           FROM hessra_authz.keys AS k;
-        SELECT pg_catalog.array_agg(c.name ORDER BY c.name), pg_catalog.array_agg(c.nodes::text ORDER BY c.name)
-          INTO chain_names, chain_nodes
-          FROM hessra_authz.service_chains AS c;
+        SELECT pg_catalog.array_agg(c.name ORDER BY c.name, n.position),
+               pg_catalog.array_agg(pg_catalog.jsonb_typeof(n.node) ORDER BY c.name, n.position),
+               pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(n.node -> 'component') = 'string'
+                                         THEN n.node ->> 'component' END ORDER BY c.name, n.position),
+               pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(n.node -> 'public_key') = 'string'
+                                         THEN n.node ->> 'public_key' END ORDER BY c.name, n.position)
+          INTO node_chains, node_kinds, node_components, node_keys
+          FROM hessra_authz.service_chains AS c
+          LEFT JOIN LATERAL pg_catalog.jsonb_array_elements(c.nodes) WITH ORDINALITY AS n(node, position) ON true;
         SELECT pg_catalog.array_agg(r.revocation_id) FILTER (WHERE r.revocation_id IS NOT NULL),
                pg_catalog.array_agg(r.identity) FILTER (WHERE r.identity IS NOT NULL)
           INTO revoked_ids, revoked_identities
           FROM hessra_authz.revocations AS r;
         outcome := hessra_authz._load_config(
-            version, kids, public_keys, not_before_us, not_after_us, chain_names, chain_nodes,
-            revoked_ids, revoked_identities,
+            version, kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds, node_components,
+            node_keys, revoked_ids, revoked_identities,
             (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()),
             (SELECT d.xmin::text FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()));
         IF outcome <> '' THEN
@@ -369,17 +388,19 @@ COMMENT ON FUNCTION hessra_authz.revoke_admin(name) IS
     'Superuser only: take key administration in this database away from a role (e.g. the cluster-wide hessra_admin, after grant_admin() to a per-database role).';
 
 REVOKE EXECUTE ON FUNCTION
-    hessra_authz._verify_token(int8, text, text, text, text, text, text, text, text, text),
-    hessra_authz._verify_capability(int8, text, text, text, text, text, text),
-    hessra_authz._verify_service_chain(int8, text, text, text, text, text, text, text, text, text),
-    hessra_authz._verify_service_chain_nodes(int8, text, text, text, text, text, text, text, jsonb, text),
-    hessra_authz._explain(int8, text, text, text, boolean, text, text, text, text, text, text),
-    hessra_authz._verify_identity(int8, text, text, text, text, text, text, boolean),
-    hessra_authz._verify_bearer(int8, text, text, text, text, text),
-    hessra_authz._token_identity(int8, text, text, text, text, text),
-    hessra_authz._identity_scope(int8, text, text, text, text),
-    hessra_authz._authorized_resources(int8, text, text, text, text, text, text),
-    hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[], text[], oid, text),
+    hessra_authz._context(),
+    hessra_authz._verify_token(text, text, text, text, text, text, text, text),
+    hessra_authz._verify_capability(text, text, text, text, text),
+    hessra_authz._verify_service_chain(text, text, text, text, text, text, text, text),
+    hessra_authz._verify_service_chain_nodes(text, text, text, text, text, text, jsonb, text),
+    hessra_authz._explain(text, text, boolean, text, text, text, text, text, text),
+    hessra_authz._verify_identity(text, text, text, text, text, boolean),
+    hessra_authz._verify_bearer(text, text, text, text),
+    hessra_authz._token_identity(text, text, text, text),
+    hessra_authz._identity_scope(text, text, text),
+    hessra_authz._authorized_resources(text, text, text, text, text),
+    hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[], text[], text[], text[],
+                              oid, text),
     hessra_authz._cache_stats(boolean),
     hessra_authz._config_ddl(),
     hessra_authz.grant_admin(name),
@@ -387,7 +408,7 @@ REVOKE EXECUTE ON FUNCTION
 FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------
--- Public functions: same signatures; the statement time as int8.
+-- Public functions: same signatures; the statement context from _context().
 -- ---------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION hessra_authz.verify_token(
@@ -398,15 +419,13 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     outcome text := hessra_authz._verify_token(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_token(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix);
     END IF;
@@ -422,14 +441,12 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     outcome text := hessra_authz._verify_capability(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         verify_capability.token, verify_capability.resource, verify_capability.operation);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_capability(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             verify_capability.token, verify_capability.resource, verify_capability.operation);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
@@ -447,15 +464,13 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     outcome text := hessra_authz._verify_service_chain(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_service_chain(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
     END IF;
@@ -474,15 +489,13 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     outcome text := hessra_authz._verify_service_chain_nodes(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_service_chain_nodes(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
     END IF;
@@ -500,15 +513,13 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     outcome text := hessra_authz._verify_identity(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         verify_identity.token, verify_identity.identity, verify_identity.domain,
         verify_identity.ensure_subject_in_domain);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_identity(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             verify_identity.token, verify_identity.identity, verify_identity.domain,
         verify_identity.ensure_subject_in_domain);
     END IF;
@@ -524,14 +535,12 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     outcome text := hessra_authz._verify_bearer(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         verify_bearer.token, verify_bearer.domain);
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._verify_bearer(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             verify_bearer.token, verify_bearer.domain);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
@@ -550,15 +559,13 @@ AS $$
 DECLARE
     admin boolean := hessra_authz._is_admin();
     outcome text := hessra_authz._explain(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         admin, explain.token, explain.subject, explain.resource, explain.operation, explain.domain, explain.prefix);
     result jsonb;
 BEGIN
     IF outcome = 's' THEN
         outcome := hessra_authz._explain(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             admin, explain.token, explain.subject, explain.resource, explain.operation, explain.domain,
             explain.prefix);
     END IF;
@@ -576,23 +583,19 @@ CREATE OR REPLACE FUNCTION hessra_authz.token_identity(token text, domain text D
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    outcome text := hessra_authz._token_identity(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+    result text[] := hessra_authz._token_identity(
+        hessra_authz._context(), NULL,
         token_identity.token, token_identity.domain);
-    result jsonb;
 BEGIN
-    IF outcome = 's' THEN
-        outcome := hessra_authz._token_identity(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+    IF result[1] = 's' THEN
+        result := hessra_authz._token_identity(
+            hessra_authz._context(), hessra_authz._sync(),
             token_identity.token, token_identity.domain);
     END IF;
-    result := outcome::jsonb;
-    IF result ? 'error' THEN
-        PERFORM hessra_authz._raise(outcome);
+    IF result[1] <> 'ok' THEN
+        PERFORM hessra_authz._raise(result[2]);
     END IF;
-    RETURN result->>'identity';
+    RETURN result[2];
 END
 $$;
 
@@ -602,8 +605,7 @@ AS $$
 DECLARE
     -- The fast path of verify_token, inlined: this runs in every policy.
     outcome text := hessra_authz._verify_token(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
         NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
         authorized.resource, authorized.operation, NULL, NULL);
@@ -621,14 +623,12 @@ AS $$
 DECLARE
     token text := NULLIF(pg_catalog.current_setting('hessra.token', true), '');
     result text[] := hessra_authz._identity_scope(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         token);
 BEGIN
     IF result[1] = 's' THEN
         result := hessra_authz._identity_scope(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             token);
     END IF;
     IF result[1] <> 'ok' THEN
@@ -643,8 +643,7 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     s text[] := hessra_authz._identity_scope(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
     IF s[1] <> 'ok' THEN
@@ -663,8 +662,7 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     s text[] := hessra_authz._identity_scope(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
     IF s[1] <> 'ok' THEN
@@ -679,8 +677,7 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     s text[] := hessra_authz._identity_scope(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
     IF s[1] <> 'ok' THEN
@@ -695,8 +692,7 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     s text[] := hessra_authz._identity_scope(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
     IF s[1] <> 'ok' THEN
@@ -711,8 +707,7 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     s text[] := hessra_authz._identity_scope(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         NULLIF(pg_catalog.current_setting('hessra.token', true), ''));
 BEGIN
     IF s[1] <> 'ok' THEN
@@ -727,14 +722,12 @@ LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = p
 AS $$
 DECLARE
     result text[] := hessra_authz._authorized_resources(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         token_resources.token, token_resources.subject, token_resources.operation);
 BEGIN
     IF result[1] = 's' THEN
         result := hessra_authz._authorized_resources(
-            (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-            pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(),
             token_resources.token, token_resources.subject, token_resources.operation);
     END IF;
     IF result[1] <> 'ok' THEN
@@ -750,8 +743,7 @@ AS $$
 DECLARE
     -- The fast path of token_resources, inlined.
     result text[] := hessra_authz._authorized_resources(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::int8,
-        pg_catalog.pg_current_snapshot()::text, pg_catalog.pg_current_xact_id_if_assigned()::text, NULL,
+        hessra_authz._context(), NULL,
         NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
         NULLIF(pg_catalog.current_setting('hessra.subject', true), ''), authorized_resources.operation);
 BEGIN

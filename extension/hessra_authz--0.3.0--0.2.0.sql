@@ -11,17 +11,18 @@ ALTER TABLE hessra_authz.keys ENABLE TRIGGER bump_generation;
 ALTER TABLE hessra_authz.service_chains ENABLE TRIGGER bump_generation;
 ALTER TABLE hessra_authz.revocations ENABLE TRIGGER bump_generation;
 
-DROP FUNCTION hessra_authz._verify_token(int8, text, text, text, text, text, text, text, text, text);
-DROP FUNCTION hessra_authz._verify_capability(int8, text, text, text, text, text, text);
-DROP FUNCTION hessra_authz._verify_service_chain(int8, text, text, text, text, text, text, text, text, text);
-DROP FUNCTION hessra_authz._verify_service_chain_nodes(int8, text, text, text, text, text, text, text, jsonb, text);
-DROP FUNCTION hessra_authz._explain(int8, text, text, text, boolean, text, text, text, text, text, text);
-DROP FUNCTION hessra_authz._verify_identity(int8, text, text, text, text, text, text, boolean);
-DROP FUNCTION hessra_authz._verify_bearer(int8, text, text, text, text, text);
-DROP FUNCTION hessra_authz._token_identity(int8, text, text, text, text, text);
-DROP FUNCTION hessra_authz._identity_scope(int8, text, text, text, text);
-DROP FUNCTION hessra_authz._authorized_resources(int8, text, text, text, text, text, text);
-DROP FUNCTION hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[], text[], oid, text);
+DROP FUNCTION hessra_authz._verify_token(text, text, text, text, text, text, text, text);
+DROP FUNCTION hessra_authz._verify_capability(text, text, text, text, text);
+DROP FUNCTION hessra_authz._verify_service_chain(text, text, text, text, text, text, text, text);
+DROP FUNCTION hessra_authz._verify_service_chain_nodes(text, text, text, text, text, text, jsonb, text);
+DROP FUNCTION hessra_authz._explain(text, text, boolean, text, text, text, text, text, text);
+DROP FUNCTION hessra_authz._verify_identity(text, text, text, text, text, boolean);
+DROP FUNCTION hessra_authz._verify_bearer(text, text, text, text);
+DROP FUNCTION hessra_authz._token_identity(text, text, text, text);
+DROP FUNCTION hessra_authz._identity_scope(text, text, text);
+DROP FUNCTION hessra_authz._authorized_resources(text, text, text, text, text);
+DROP FUNCTION hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[], text[], text[],
+                                        text[], oid, text);
 DROP FUNCTION hessra_authz._cache_stats(boolean);
 DROP FUNCTION hessra_authz.grant_admin(name);
 DROP FUNCTION hessra_authz.revoke_admin(name);
@@ -640,3 +641,5 @@ COMMENT ON FUNCTION hessra_authz.cache_stats() IS
 -- A backend that updates the extension inside one transaction must not keep
 -- trusting the configuration it read before (its snapshot need not change).
 SELECT hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
+
+DROP FUNCTION hessra_authz._context();

@@ -44,8 +44,9 @@ __all__ = [
 ]
 
 
-def _us(now: float) -> int:
-    return round(now * 1_000_000)
+def _context(now: float, snapshot: str | None, xid: str | None) -> str:
+    """0.2.0's separate arguments as 0.3.0's context text (Runtime.call)."""
+    return " ".join(str(part) for part in (round(now * 1_000_000), snapshot, xid) if part is not None)
 
 
 def config_version() -> str | None:
@@ -72,60 +73,63 @@ def load_config(plpy: Any, version: str, keys: str, chains: str, revocations: st
 def verify_token(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                  token: str | None, subject: str | None, resource: str | None, operation: str | None,
                  domain: str | None = None, prefix: str | None = None) -> str:
-    return abi_0_3.verify_token(_us(now), snapshot, xid, version, token, subject, resource, operation, domain, prefix)
+    return abi_0_3.verify_token(_context(now, snapshot, xid), version, token, subject, resource, operation, domain, prefix)
 
 
 def verify_capability(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                       token: str | None, resource: str | None, operation: str | None) -> str:
-    return abi_0_3.verify_capability(_us(now), snapshot, xid, version, token, resource, operation)
+    return abi_0_3.verify_capability(_context(now, snapshot, xid), version, token, resource, operation)
 
 
 def verify_service_chain(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                          token: str | None, subject: str | None, resource: str | None, operation: str | None,
                          chain: str | None, component: str | None = None) -> str:
-    return abi_0_3.verify_service_chain(_us(now), snapshot, xid, version, token, subject, resource, operation,
+    return abi_0_3.verify_service_chain(_context(now, snapshot, xid), version, token, subject, resource, operation,
                                         chain, component)
 
 
 def verify_service_chain_nodes(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                                token: str | None, subject: str | None, resource: str | None,
                                operation: str | None, nodes: str | None, component: str | None = None) -> str:
-    return abi_0_3.verify_service_chain_nodes(_us(now), snapshot, xid, version, token, subject, resource,
+    return abi_0_3.verify_service_chain_nodes(_context(now, snapshot, xid), version, token, subject, resource,
                                               operation, nodes, component)
 
 
 def explain(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None,
             subject: str | None, resource: str | None, operation: str | None, domain: str | None = None,
             prefix: str | None = None) -> str:
-    return abi_0_3.explain(_us(now), snapshot, xid, version, True, token, subject, resource, operation, domain,
+    return abi_0_3.explain(_context(now, snapshot, xid), version, True, token, subject, resource, operation, domain,
                            prefix)
 
 
 def verify_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                     token: str | None, identity: str | None, domain: str | None = None,
                     ensure_subject_in_domain: bool | None = False) -> str:
-    return abi_0_3.verify_identity(_us(now), snapshot, xid, version, token, identity, domain,
+    return abi_0_3.verify_identity(_context(now, snapshot, xid), version, token, identity, domain,
                                    ensure_subject_in_domain)
 
 
 def verify_bearer(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                   token: str | None, domain: str | None = None) -> str:
-    return abi_0_3.verify_bearer(_us(now), snapshot, xid, version, token, domain)
+    return abi_0_3.verify_bearer(_context(now, snapshot, xid), version, token, domain)
 
 
 def token_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                    token: str | None, domain: str | None = None) -> str:
-    return abi_0_3.token_identity(_us(now), snapshot, xid, version, token, domain)
+    outcome = abi_0_3.token_identity(_context(now, snapshot, xid), version, token, domain)
+    if outcome[0] == "ok":
+        return json.dumps({"identity": outcome[1]})
+    return STALE if outcome[0] == STALE else outcome[1]
 
 
 def identity_scope(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                    token: str | None) -> list[str | None]:
-    return abi_0_3.identity_scope(_us(now), snapshot, xid, version, token)
+    return abi_0_3.identity_scope(_context(now, snapshot, xid), version, token)
 
 
 def authorized_resources(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                          token: str | None, subject: str | None, operation: str | None) -> list[str | None]:
-    return abi_0_3.authorized_resources(_us(now), snapshot, xid, version, token, subject, operation)
+    return abi_0_3.authorized_resources(_context(now, snapshot, xid), version, token, subject, operation)
 
 
 def canonical_key(plpy: Any, key: str) -> str:

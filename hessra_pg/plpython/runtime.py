@@ -214,6 +214,20 @@ class Runtime:
         assert config is not None
         return Statement(self, config, statement_us)
 
+    def call(self, context: str | None, version: str | None) -> "Statement":
+        """statement() from the context text hessra_authz._context() builds:
+        `<statement start in microseconds> <snapshot> [<transaction id>]`,
+        space-separated (none of them contains a space; new fields go at the
+        end, and this is the one place that reads them)."""
+        fields = (context or "").split(" ")
+        try:
+            statement_us = int(fields[0])
+        except ValueError:
+            statement_us = None
+        snapshot = fields[1] if len(fields) > 1 else None
+        xid = fields[2] if len(fields) > 2 else None
+        return self.statement(statement_us, snapshot, xid, version)
+
     def stats(self, admin: bool) -> dict[str, Any]:
         """Sizes and bounds of the caches (hessra_authz.cache_stats()); the
         configuration version only for administrators."""

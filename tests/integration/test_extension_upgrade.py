@@ -79,7 +79,7 @@ def check_update(admin, bare_db, app_role, good, bad, revoked, chained, identity
         assert scalar(admin, "SELECT hessra_authz.cache_stats()")["configuration_version"]
     with psycopg.connect(bare_db.server.dsn(bare_db.name, app_role), autocommit=True) as fresh:
         assert probe(fresh, good, bad, revoked, chained, identity) == expected
-        for internal in ("SELECT hessra_authz._verify_token(0, '', NULL, NULL, 't', 's', 'r', 'o', NULL, NULL)",
+        for internal in ("SELECT hessra_authz._verify_token('', NULL, 't', 's', 'r', 'o', NULL, NULL)",
                          "SELECT hessra_authz._config_changed('1')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 fresh.execute(internal)

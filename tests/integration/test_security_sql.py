@@ -70,18 +70,20 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz.retire_key(100)", ()),
             ("SELECT hessra_authz.set_service_chain('x', %s)", (Jsonb([]),)),
             ("SELECT hessra_authz.drop_service_chain('x')", ()),
-            ("SELECT hessra_authz._verify_token(0, '', NULL, '', 't', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._verify_token('', NULL, 't', 's', 'r', 'o', NULL, NULL)", ()),
             ("SELECT hessra_authz._config_changed('1')", ()),
-            ("SELECT hessra_authz._load_config('1/1', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 1, '')", ()),
-            ("SELECT hessra_authz._explain(0, '', NULL, '', true, 't', 's', 'r', 'o', NULL, NULL)", ()),
+            ("SELECT hessra_authz._load_config('1/1', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 1, '')",
+             ()),
+            ("SELECT hessra_authz._context()", ()),
+            ("SELECT hessra_authz._explain('', NULL, true, 't', 's', 'r', 'o', NULL, NULL)", ()),
             ("SELECT hessra_authz._cache_stats(true)", ()),
             ("SELECT hessra_authz.grant_admin(current_user)", ()),
             ("SELECT hessra_authz.revoke_admin('hessra_admin')", ()),
             ("SELECT hessra_authz._sync()", ()),
             ("SELECT hessra_authz._config_version()", ()),
-            ("SELECT hessra_authz._identity_scope(0, '', NULL, 'forged', 't')", ()),
-            ("SELECT hessra_authz._authorized_resources(0, '', NULL, 'forged', 't', 's', 'o')", ()),
-            ("SELECT hessra_authz._verify_identity(0, '', NULL, 'forged', 't', 'i', NULL, false)", ()),
+            ("SELECT hessra_authz._identity_scope('0 forged', NULL, 't')", ()),
+            ("SELECT hessra_authz._authorized_resources('0 forged', NULL, 't', 's', 'o')", ()),
+            ("SELECT hessra_authz._verify_identity('0 forged', NULL, 't', 'i', NULL, false)", ()),
             ("SELECT hessra_authz._canonical_key(%s)", (attacker_key,)),
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -125,16 +127,16 @@ def test_hessra_admin_members_manage_keys(hessra_db, admin, app_role):
 def test_function_attributes(admin):
     rows = admin.execute("""
         SELECT p.proname, p.provolatile, p.prosecdef, coalesce(array_to_string(p.proconfig, ','), ''),
-               l.lanname, p.prosrc
+               l.lanname, p.prosrc, p.prosqlbody IS NOT NULL
           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
          WHERE n.nspname = 'hessra_authz'""").fetchall()
     by_name = {}
-    for name, volatile, secdef, config, language, source in rows:
-        by_name.setdefault(name, []).append((volatile, secdef, config, language, source))
+    for name, volatile, secdef, config, language, source, standard_body in rows:
+        by_name.setdefault(name, []).append((volatile, secdef, config, language, source, standard_body))
     for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "authorized",
                  "current_token", "current_subject", "verify_identity", "verify_bearer", "token_identity",
                  "current_identity"):
-        for volatile, secdef, config, _, _ in by_name[name]:
+        for volatile, secdef, config, *_ in by_name[name]:
             assert volatile == "s", name  # STABLE, never IMMUTABLE
             assert "search_path=pg_catalog, pg_temp" in config, name
     for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "verify_identity",
@@ -142,11 +144,15 @@ def test_function_attributes(admin):
         assert all(entry[1] for entry in by_name[name]), name
     for name, entries in by_name.items():
         entries = [entry[2:] for entry in entries]
-        for config, language, source in entries:
+        for config, language, source, standard_body in entries:
             if language == "plpython3u":
                 # PL/Python bodies only call into hessra_pg and run no SQL: no
                 # name to resolve, so no pin (it costs a GUC save/restore per call).
                 assert not re.search(r"plpy\.(execute|prepare|cursor)", source), name
+            elif standard_body:
+                # A SQL-standard body binds its names at CREATE time; unpinned,
+                # it is inlined into its callers.
+                assert config == "", name
             else:
                 assert "search_path=pg_catalog, pg_temp" in config, name
 

@@ -192,11 +192,25 @@ def test_an_unexpected_error_denies_and_is_counted(monkeypatch):
 
     monkeypatch.setattr(rt.RUNTIME, "statement", broken)
     before = rt.RUNTIME.internal_errors["RecursionError"]
-    assert abi_0_3.verify_token(0, "s", None, None, "t", "a", "r", "o", None, None) == "f"
-    assert abi_0_3.identity_scope(0, "s", None, None, "t") == ["ok", None, "f"]
-    assert abi_0_3.authorized_resources(0, "s", None, None, "t", "a", "o") == ["ok"]
-    assert '"reason": "internal_error"' in abi_0_3.explain(0, "s", None, None, False, "t", "a", "r", "o", None, None)
-    assert rt.RUNTIME.internal_errors["RecursionError"] == before + 4
+    assert abi_0_3.verify_token("0 s", None, "t", "a", "r", "o", None, None) == "f"
+    assert abi_0_3.identity_scope("0 s", None, "t") == ["ok", None, "f"]
+    assert abi_0_3.authorized_resources("0 s", None, "t", "a", "o") == ["ok"]
+    assert abi_0_3.token_identity("0 s", None, "t", None) == ["ok", None]
+    assert '"reason": "internal_error"' in abi_0_3.explain("0 s", None, False, "t", "a", "r", "o", None, None)
+    assert rt.RUNTIME.internal_errors["RecursionError"] == before + 5
     monkeypatch.setattr(abi_0_3, "canonical_public_key", broken)
     outcome = abi_0_3.canonical_key("ed25519/00")
     assert '"error": "hessra_authz: internal error (RecursionError)"' in outcome  # an admin call: loud
+
+
+def test_the_context_text_is_read_in_one_place():
+    root = generate_keypair()
+    runtime = runtime_with([RootKey(1, str(root.public_key))])
+    call = runtime.call(f"{int(time.time() * 1_000_000)} 10:20:15,16 777", runtime.config.version)
+    assert abs(call.now - time.time()) < 5
+    assert runtime.confirmed_snapshot == "10:20:15,16"
+    runtime.config_changed("777")  # the same transaction changes the configuration: never confirmed
+    runtime.call(f"{int(time.time() * 1_000_000)} 10:20:15,16 777", runtime.config.version)
+    assert runtime.confirmed_snapshot is None
+    with pytest.raises(rt._Stale):
+        runtime.call("garbage", None)  # no snapshot: the slow path
