@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import hessra_pg
 from hessra_pg.errors import HessraError
+from hessra_pg.extras import missing_extra
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
@@ -56,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except HessraError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as exc:
+        # A command that needs an optional library: name the extra to install.
+        missing = missing_extra(exc, f"hessra-pg {args.command}")
+        if missing is None:
+            raise
+        print(f"{parser.prog}: error: {missing}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

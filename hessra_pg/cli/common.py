@@ -31,6 +31,7 @@ import biscuit_auth
 
 from hessra_pg.core.encoding import decode_token
 from hessra_pg.errors import ConfigurationError, HessraError, KeyFormatError, TokenFormatError
+from hessra_pg.extras import missing_extra
 from hessra_pg.tokens.inspect import TokenInfo
 from hessra_pg.core.keys import keypair_from, keypair_from_env, public_key_from, public_key_from_env, read_key_file
 from hessra_pg.tokens.mint import DEFAULT_DURATION, TokenTime
@@ -73,6 +74,12 @@ def guarded(handler: Handler) -> Handler:
                 os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
             return EXIT_BROKEN_PIPE
         except Exception as error:
+            if isinstance(error, ImportError):
+                # An optional library that is not installed (pglast for
+                # doctor, ...): say which extra brings it.
+                missing = missing_extra(error, f"hessra-pg {getattr(args, 'command', None) or 'command'}")
+                if missing is not None:
+                    raise missing from None
             if os.environ.get(DEBUG_ENV):
                 raise
             raise HessraError(

@@ -4,6 +4,9 @@ Enable in a ``conftest.py``::
 
     pytest_plugins = ["hessra_pg.dev.testing"]
 
+It comes with ``pip install 'hessra-pg[testing]'`` (pytest, and testcontainers
+for the Docker backend; the local-cluster backend runs without testcontainers).
+
 Fixtures:
 
 - ``hessra_postgres`` (session): a running server with ``.dsn(dbname, user)``.
@@ -31,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pytest
-
 import hessra_pg
 from hessra_pg.dev.cluster import SUPERUSER, LocalCluster
+from hessra_pg.extras import needs_extra
+
+with needs_extra("hessra_pg.dev.testing"):
+    import pytest
 
 if TYPE_CHECKING:
     import psycopg
@@ -155,12 +160,15 @@ def _docker_context_root() -> Path | None:
 
 
 def _start_container() -> Any:
-    import docker
+    # Only here: without a Docker engine the plugin runs a local cluster and
+    # needs neither the docker SDK nor testcontainers.
+    with needs_extra("the Docker backend of hessra_pg.dev.testing (HESSRA_PG_TEST_BACKEND=docker)"):
+        import docker
 
-    try:
-        from testcontainers.community.postgres import PostgresContainer
-    except ImportError:  # testcontainers before the community split
-        from testcontainers.postgres import PostgresContainer
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:  # testcontainers before the community split
+            from testcontainers.postgres import PostgresContainer
 
     image = os.environ.get("HESSRA_PG_TEST_IMAGE")
     if not image:
