@@ -25,12 +25,16 @@ One report of checks, each ``ok``, ``warn``, ``FAIL`` or ``skip``:
 Run it with the application's DSN: the role checks are about the role that
 connects. A FAIL means something is unsafe (exit status 1). psycopg is
 imported only when connecting.
+
+Policy expressions (``pg_get_expr()`` of each policy's USING and WITH CHECK)
+are read with PostgreSQL's own parser through pglast, the optional extra
+``hessra-pg[doctor]``: without it doctor stops before connecting with
+:data:`PGLAST_MISSING` (:class:`DoctorRequirementError`, exit status 2).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -48,12 +52,16 @@ __all__ = [
     "LOG_SETTINGS",
     "Check",
     "DoctorConnectionError",
+    "DoctorRequirementError",
     "LogRisk",
+    "PGLAST_MISSING",
+    "PolicyExpressionError",
     "Report",
     "connect",
     "diagnose",
     "log_risks",
     "per_row_calls",
+    "require_parser",
     "run_checks",
     "verifying_calls",
 ]
@@ -185,7 +193,9 @@ def _db_message(error: Any) -> str:
 
 def diagnose(dsn: str, *, admin_dsn: str | None = None) -> Report:
     """Connect with `dsn` (the application's role) and run every check.
-    `admin_dsn`, if given, is used only to read hessra_authz.keys."""
+    `admin_dsn`, if given, is used only to read hessra_authz.keys.
+    DoctorRequirementError, before connecting, without pglast."""
+    require_parser()
     with connect(dsn) as conn:
         if admin_dsn is None:
             return run_checks(conn)
@@ -209,6 +219,7 @@ def _catalog_search_path(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[Any] | None = None) -> Report:
     """Run every check on an autocommit connection of the role to judge."""
+    require_parser()
     with _catalog_search_path(conn):
         role, database, version, superuser, bypassrls = conn.execute(
             "SELECT r.rolname, current_database(), current_setting('server_version'), r.rolsuper, r.rolbypassrls "
@@ -566,19 +577,49 @@ class _Table:
     acts_as_owner: bool
 
 
+@dataclass
+class _Policy:
+    """A policy of a table whose policies mention hessra_authz, with its
+    expressions read: (clause, its hessra_authz calls), or why one could
+    not be read."""
+
+    row: tuple[Any, ...]
+    clauses: list[tuple[str, list[_Call]]] = field(default_factory=list)
+    unreadable: str | None = None
+
+    @property
+    def calls_hessra(self) -> bool:
+        return self.unreadable is not None or any(calls for _, calls in self.clauses)
+
+
+def _read_policy(row: tuple[Any, ...]) -> _Policy:
+    alias, qual, with_check = row[2], row[10], row[11]
+    policy = _Policy(row)
+    for clause, text in (("USING", qual), ("WITH CHECK", with_check)):
+        if not text:
+            continue
+        try:
+            policy.clauses.append((clause, _hessra_calls(text, alias)))
+        except PolicyExpressionError as error:
+            policy.unreadable = f"its {clause} expression can't be read ({error})"
+    return policy
+
+
 def _check_tables(conn: psycopg.Connection[Any], report: Report) -> list[_Table]:
-    rows = conn.execute(_POLICIES_SQL).fetchall()
-    if not rows:
+    tables: dict[int, list[_Policy]] = {}
+    for row in conn.execute(_POLICIES_SQL).fetchall():
+        tables.setdefault(row[0], []).append(_read_policy(row))
+    # The SQL finds the text 'hessra_authz.'; only a call makes a token table
+    # (not a string literal that mentions one).
+    tables = {oid: policies for oid, policies in tables.items() if any(p.calls_hessra for p in policies)}
+    if not tables:
         report.checks.append(Check("tables", WARN, "no table has a policy that calls hessra_authz: nothing is "
                                                    "enforced with tokens yet",
                                    "generate policies with `hessra-pg policy generate`"))
         return []
-    tables: dict[int, list[tuple[Any, ...]]] = {}
-    for row in rows:
-        tables.setdefault(row[0], []).append(row)
     result = []
     for policies in tables.values():
-        oid, qualified, alias, enabled, forced, owner, acts_as_owner = policies[0][:7]
+        oid, qualified, alias, enabled, forced, owner, acts_as_owner = policies[0].row[:7]
         result.append(_Table(oid, qualified, owner, acts_as_owner))
         problems = []
         if not enabled:
@@ -592,11 +633,15 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> list[_Table]
         else:
             report.checks.append(Check(f"table {qualified}", OK, "row level security enabled and forced"))
         good, bad = 0, []
-        for row in policies:
-            name, command, permissive, qual, with_check, applies, quoted_name = row[7:14]
+        for policy in policies:
+            name, command, permissive, _, _, applies, quoted_name = policy.row[7:14]
             label = f"policy {name} on {qualified}"
-            texts = [(clause, text) for clause, text in (("USING", qual), ("WITH CHECK", with_check)) if text]
-            if not any(verifying_calls(text) for _, text in texts):
+            if policy.unreadable is not None:
+                bad.append(Check(label, WARN, f"not checked: {policy.unreadable}",
+                                 "check it by hand (every hessra_authz call inside a (SELECT ...) with no column "
+                                 "of the row); a newer pglast may read it: pip install -U 'hessra-pg[doctor]'"))
+                continue
+            if not any(not call.cheap for _, calls in policy.clauses for call in calls):
                 # Permissive policies are OR-ed: one this role passes without
                 # a token opens the table as far as it reaches.
                 if permissive and applies:
@@ -607,7 +652,8 @@ def _check_tables(conn: psycopg.Connection[Any], report: Report) -> list[_Table]
                         f"DROP POLICY {quoted_name} ON {qualified}; or re-create it AS RESTRICTIVE, TO roles other "
                         "than this one, or with a token check"))
                 continue
-            slow = [f"{call} in {clause}" for clause, text in texts for call in per_row_calls(text, alias)]
+            slow = [f"{_describe(call)} in {clause}" for clause, calls in policy.clauses for call in calls
+                    if call.per_row]
             if slow:
                 bad.append(Check(label, FAIL, "evaluated once per row: " + "; ".join(slow), _PER_STATEMENT_HINT))
             else:
@@ -626,81 +672,198 @@ _PER_STATEMENT_HINT = ("wrap each call in (SELECT ...) with no column of the row
                        "writes these forms)")
 
 
-_CALL = re.compile(r'\bhessra_authz\.("?)([A-Za-z_][A-Za-z0-9_$]*)\1\s*\(')
-_SUBQUERY = re.compile(r"\(\s*SELECT\b", re.IGNORECASE)
+# -- reading policy expressions --------------------------------------------
+#
+# Policy expressions are read with PostgreSQL's own parser (libpg_query,
+# through pglast), never with patterns: string literals, dollar quoting,
+# comments, quoted identifiers and nesting are the parser's business. The
+# text is what pg_get_expr() deparses under search_path = pg_catalog, so
+# every hessra_authz function comes out schema-qualified, and every column
+# inside a subquery comes out qualified by its relation's name.
+
+#: The one line doctor fails with when its parser is not installed.
+PGLAST_MISSING = "hessra-pg doctor needs pglast: pip install 'hessra-pg[doctor]'"
+
+
+class DoctorRequirementError(HessraError, ImportError):
+    """A library doctor needs is not installed (exit status 2, like the
+    CLI's other configuration errors)."""
+
+
+class PolicyExpressionError(HessraError, ValueError):
+    """A policy expression PostgreSQL's parser (pglast) does not accept as
+    one scalar expression."""
+
+
+def require_parser() -> Any:
+    """The pglast module; DoctorRequirementError if it is not installed."""
+    try:
+        import pglast
+        import pglast.ast
+    except ImportError:
+        error = DoctorRequirementError(PGLAST_MISSING)
+        error.name = "pglast"
+        raise error from None
+    return pglast
+
+
+@dataclass(eq=False)
+class _Subquery:
+    """One SubLink (a ``(SELECT ...)``, EXISTS, IN, ARRAY(...)) of a policy
+    expression: PostgreSQL runs it once per statement unless it refers to
+    the row (it is correlated)."""
+
+    correlated: bool = False
+
+
+@dataclass(frozen=True)
+class _Call:
+    function: str
+    cheap: bool
+    location: int
+    subqueries: tuple[_Subquery, ...]  # the enclosing ones, outermost first
+
+    @property
+    def per_row(self) -> bool:
+        """Evaluated for every row: no enclosing subquery runs apart from
+        the row (an uncorrelated one is planned once per statement, as an
+        InitPlan or a materialized SubPlan, whatever it is nested in)."""
+        return not self.cheap and all(subquery.correlated for subquery in self.subqueries)
+
+
+def _identifier(name: str) -> str:
+    """The name a (possibly quoted) SQL identifier denotes: quote_ident()
+    output or a name as written in SQL."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"')
+    return name.lower()
+
+
+class _ExpressionReader:
+    """Walks pglast's raw parse tree of one expression, keeping the
+    subqueries a node sits in and the FROM items each SELECT names."""
+
+    def __init__(self, ast: Any, table: str | None) -> None:
+        self.ast = ast
+        self.table = table
+        self.calls: list[_Call] = []
+        self.subqueries: list[_Subquery] = []
+        self.scopes: list[set[str]] = []  # FROM item names of each enclosing SELECT, innermost last
+
+    def visit(self, node: Any) -> None:
+        ast = self.ast
+        if isinstance(node, (list, tuple)):
+            for item in node:
+                self.visit(item)
+            return
+        if not isinstance(node, ast.Node):
+            return
+        if isinstance(node, ast.SubLink):
+            self.visit(node.testexpr)  # `x IN (SELECT ...)`: x is evaluated with the row
+            self.subqueries.append(_Subquery())
+            self.visit(node.subselect)
+            self.subqueries.pop()
+            return
+        if isinstance(node, ast.SelectStmt):
+            self.scopes.append(self._from_names(node.fromClause))
+            self._visit_fields(node)
+            self.scopes.pop()
+            return
+        if isinstance(node, ast.ColumnRef):
+            if self.subqueries and self._refers_to_row(node):
+                # Every subquery between this reference and the row depends on it.
+                for subquery in self.subqueries:
+                    subquery.correlated = True
+            return
+        if isinstance(node, ast.FuncCall):
+            names = [part.sval for part in node.funcname]
+            if len(names) >= 2 and names[-2] == "hessra_authz":
+                self.calls.append(_Call(names[-1], names[-1] in _CHEAP_FUNCTIONS, node.location or 0,
+                                        tuple(self.subqueries)))
+        self._visit_fields(node)
+
+    def _visit_fields(self, node: Any) -> None:
+        for name in node:
+            self.visit(getattr(node, name))
+
+    def _from_names(self, items: Any) -> set[str]:
+        """The names FROM items are referred to by ("" for one without)."""
+        ast = self.ast
+        names: set[str] = set()
+        for item in items or ():
+            if isinstance(item, ast.JoinExpr):
+                names |= self._from_names((item.larg, item.rarg))
+            alias = getattr(item, "alias", None)
+            if alias is not None:
+                names.add(alias.aliasname)
+            elif isinstance(item, ast.RangeVar):
+                names.add(item.relname)
+            elif isinstance(item, ast.RangeFunction) and isinstance(item.functions[0][0], ast.FuncCall):
+                names.add(item.functions[0][0].funcname[-1].sval)  # unnest(...) is referred to as unnest
+            elif not isinstance(item, ast.JoinExpr):
+                names.add("")
+        return names
+
+    def _refers_to_row(self, column: Any) -> bool:
+        """Whether a column reference inside a subquery is to the policy's
+        row: ``table.column`` (or ``table.*``) unless a FROM item of an
+        enclosing subquery has that name; an unqualified name when no
+        enclosing subquery has a FROM item that could hold it (deparsed
+        text never has one: PostgreSQL qualifies every column there)."""
+        if self.table is None:
+            return False
+        names = [part.sval if isinstance(part, self.ast.String) else "*" for part in column.fields]
+        if len(names) == 1:
+            return names[0] != "*" and not any(self.scopes)
+        qualifier = names[-2]
+        return qualifier == self.table and not any(qualifier in scope for scope in self.scopes)
+
+
+def _hessra_calls(expression: str, table: str | None = None) -> list[_Call]:
+    """The hessra_authz calls of a (deparsed) policy expression, in text
+    order; `table` is the policy's table as quote_ident() writes it (needed
+    to tell correlated subqueries)."""
+    pglast = require_parser()
+    try:
+        statements = pglast.parse_sql(f"SELECT {expression}\n")
+    except pglast.parser.ParseError as error:
+        raise PolicyExpressionError(f"PostgreSQL's parser rejects it: {error}") from None
+    ast = pglast.ast
+    select = statements[0].stmt if len(statements) == 1 else None
+    if not (isinstance(select, ast.SelectStmt) and select.targetList and len(select.targetList) == 1
+            and not any(getattr(select, clause) for clause in (
+                "fromClause", "whereClause", "groupClause", "havingClause", "windowClause", "sortClause",
+                "limitCount", "limitOffset", "lockingClause", "withClause", "intoClause", "distinctClause",
+                "valuesLists", "larg", "rarg"))
+            and select.targetList[0].name is None):
+        raise PolicyExpressionError("it is not one scalar expression")
+    reader = _ExpressionReader(ast, None if table is None else _identifier(table))
+    reader.visit(select.targetList[0].val)
+    return sorted(reader.calls, key=lambda call: call.location)
 
 
 def verifying_calls(expression: str) -> list[str]:
     """The hessra_authz functions a deparsed policy expression calls that
     verify a token: current_token() and current_subject() only read the
-    settings, so a policy with nothing else checks no token."""
-    masked = _mask(expression, identifiers=True)
-    return [match.group(2) for match in _CALL.finditer(masked) if match.group(2) not in _CHEAP_FUNCTIONS]
-
-
-def _mask(text: str, *, identifiers: bool) -> str:
-    """`text` with the insides of string literals (and of quoted identifiers
-    when `identifiers`) blanked, same length, so parentheses and names in
-    them are not mistaken for syntax."""
-    out = list(text)
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "'" or (char == '"' and identifiers):
-            escapes = char == "'" and index > 0 and text[index - 1] in "eE"
-            end = index + 1
-            while end < len(text):
-                if escapes and text[end] == "\\":
-                    end += 2
-                    continue
-                if text[end] == char:
-                    if end + 1 < len(text) and text[end + 1] == char:
-                        end += 2
-                        continue
-                    break
-                end += 1
-            for position in range(index + 1, min(end, len(text))):
-                if out[position] != "\n":
-                    out[position] = " "
-            index = end + 1
-        else:
-            index += 1
-    return "".join(out)
+    settings, so a policy with nothing else checks no token. Raises
+    DoctorRequirementError without pglast, PolicyExpressionError on text
+    that is not one expression."""
+    return [call.function for call in _hessra_calls(expression) if not call.cheap]
 
 
 def per_row_calls(expression: str, table_alias: str) -> list[str]:
     """The hessra_authz calls in a deparsed policy expression that run once
     per row: every call (except the cheap GUC readers current_token and
-    current_subject) must sit inside a ``(SELECT ...)`` that doesn't refer to
-    the row (Postgres deparses outer columns in a subquery as
-    ``table_alias.column``). Returns descriptions like ``hessra_authz.authorized()``."""
-    literals_masked = _mask(expression, identifiers=False)
-    masked = _mask(expression, identifiers=True)
-    subqueries: list[tuple[int, int]] = []
-    stack: list[int] = []
-    for index, char in enumerate(masked):
-        if char == "(":
-            stack.append(index)
-        elif char == ")" and stack:
-            start = stack.pop()
-            if _SUBQUERY.match(masked, start):
-                subqueries.append((start, index))
-    outer = re.compile(r'(?<![\w."$])' + re.escape(table_alias) + r"\.")
+    current_subject) must sit inside a subquery (``(SELECT ...)``, EXISTS,
+    IN, ARRAY(...)) that doesn't refer to the row of `table_alias` (the
+    table's name as quote_ident() writes it; PostgreSQL deparses outer
+    columns in a subquery as ``table_alias.column``). Returns descriptions
+    like ``hessra_authz.authorized()``."""
+    return [_describe(call) for call in _hessra_calls(expression, table_alias) if call.per_row]
 
-    def correlated(span: tuple[int, int]) -> bool:
-        return outer.search(literals_masked, span[0], span[1]) is not None
 
-    found = []
-    for match in _CALL.finditer(masked):
-        function = match.group(2)
-        if function in _CHEAP_FUNCTIONS:
-            continue
-        enclosing = [span for span in subqueries if span[0] < match.start() < span[1]]
-        if any(not correlated(span) for span in enclosing):
-            continue
-        where = " (its subquery refers to the row)" if enclosing else ""
-        found.append(f"hessra_authz.{function}(){where}")
-    return found
+def _describe(call: _Call) -> str:
+    return f"hessra_authz.{call.function}(){' (its subquery refers to the row)' if call.subqueries else ''}"
 
 
 # -- objects the role controls inside policies and indexes -------------------

@@ -176,6 +176,32 @@ def test_per_row_policy(good: HessraDatabase, admin: psycopg.Connection, app_rol
     assert "policies on public.orders" not in checks
 
 
+def test_policies_read_with_postgres_parser(good: HessraDatabase, admin: psycopg.Connection, app_role: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """What the server deparses, read by PostgreSQL's own parser: a LATERAL
+    (SELECT ...) inside a correlated EXISTS runs per row; a (VALUES ...)
+    subquery once per statement; a table whose policies only mention
+    hessra_authz in a string literal is not a token table."""
+    admin.execute("""CREATE POLICY lateral_row ON public.orders AS RESTRICTIVE FOR SELECT USING (EXISTS (
+        SELECT 1 FROM unnest((SELECT hessra_authz.authorized_resources('read'))) r(res),
+               LATERAL (SELECT hessra_authz.verify_token(hessra_authz.current_token(),
+                                                         hessra_authz.current_subject(), r.res, 'read') AS ok) v
+         WHERE v.ok AND r.res = 'orders/' || id))""")
+    admin.execute("CREATE POLICY values_form ON public.payments AS RESTRICTIVE FOR SELECT "
+                  "USING ((VALUES (hessra_authz.authorized('payments', 'read'))))")
+    admin.execute("""CREATE TABLE public.notes (id int PRIMARY KEY, note text);
+        ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY literal ON public.notes USING (note <> 'hessra_authz.authorized(')""")
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert code == 1
+    assert failing(checks) == {
+        "policy lateral_row on public.orders":
+            "evaluated once per row: hessra_authz.verify_token() (its subquery refers to the row) in USING",
+    }
+    assert checks["policies on public.payments"][0] == "ok"
+    assert not [name for name in checks if "public.notes" in name]
+
+
 def test_permissive_policy_without_a_token_check(good: HessraDatabase, admin: psycopg.Connection, app_role: str,
                                                  make_role, capsys: pytest.CaptureFixture[str]) -> None:
     """Permissive policies are OR-ed: one that checks no token opens the table to this
