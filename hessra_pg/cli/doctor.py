@@ -27,8 +27,10 @@ def register(subparsers: Any) -> None:
             "function or type the role owns; no view without security_invoker (nor materialized view) "
             "the role can use reads those tables with another role's rights; the role is not superuser, "
             "has no BYPASSRLS, does not own those tables and is not a member of hessra_admin.\n\n"
+            "Policy expressions are read with PostgreSQL's own parser, pglast: pip install "
+            "'hessra-pg[doctor]'.\n\n"
             "Exit status: 0 when nothing is unsafe (warnings allowed), 1 when a check FAILs, 2 when "
-            "the database can't be reached."
+            "the database can't be reached or pglast is not installed."
         ),
         examples=(
             "  hessra-pg doctor --dsn 'host=db.internal dbname=shop user=app'\n"
