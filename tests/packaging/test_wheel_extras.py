@@ -40,11 +40,12 @@ NEEDS = {
     "hessra_pg.sqlalchemy": "sqlalchemy",
     "hessra_pg.alembic": "alembic",
     "hessra_pg.dev.testing": "pytest",
+    "hessra_pg.dev.factories": "pytest",  # fixture factories for the plugin
     "hessra_pg.testing": "pytest",  # the deprecated alias of dev.testing
 }
 # Modules that say which extra to install when their library is missing.
-NAMES_ITS_EXTRA = {"hessra_pg.sqlalchemy": "sqlalchemy", "hessra_pg.alembic": "alembic",
-                   "hessra_pg.dev.testing": "testing", "hessra_pg.testing": "testing"}
+NAMES_ITS_EXTRA = {"hessra_pg.sqlalchemy": "sqlalchemy", "hessra_pg.dev.testing": "testing",
+                   "hessra_pg.dev.factories": "testing", "hessra_pg.testing": "testing"}
 
 
 @dataclass(frozen=True)
