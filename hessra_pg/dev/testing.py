@@ -20,6 +20,12 @@ Fixtures:
   ``CREATE EXTENSION hessra_authz CASCADE`` applied, dropped afterwards;
   yields a :class:`HessraDatabase`.
 - ``bare_db`` (function): the same without the extension (migrations).
+
+Fixture factories in pytest-postgresql's style, for fixtures with options of
+your own (a port, server settings, an extension version, a schema loaded once
+into a template, roles): ``from hessra_pg.dev.testing import factories``, then
+``my_proc = factories.hessra_proc(...)`` and ``my_db = factories.hessra_db("my_proc", ...)``
+(see :mod:`hessra_pg.dev.factories`).
 """
 
 from __future__ import annotations
@@ -196,3 +202,12 @@ def _build_context(root: Path) -> io.BytesIO:
                         filter=lambda info: None if "__pycache__" in info.name else info)
     buf.seek(0)
     return buf
+
+
+def __getattr__(name: str) -> Any:
+    # `from hessra_pg.dev.testing import factories`, loaded on first use.
+    if name == "factories":
+        from hessra_pg.dev import factories
+
+        return factories
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
