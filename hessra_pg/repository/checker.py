@@ -36,7 +36,12 @@ resource without a service chain is allowed (and checked). Keys are PEM or
     name = "web"
     permissions = [{ resource = "order_service", operations = ["read", "write"] }]
 
-No SQL, no psycopg: this module only parses files.
+No SQL, no psycopg: this module only parses files. tomllib parses them
+(values, syntax errors with their line and column); it gives no positions for
+what it parsed, so :class:`LineIndex` finds the line of each table, key and
+array element by cutting the text into statements at line ends and letting
+tomllib parse each one alone: no TOML lexer (strings, escapes, comments,
+quoted keys) is written here.
 """
 
 from __future__ import annotations
@@ -100,30 +105,50 @@ class Problem:
 
 # -- line index ------------------------------------------------------------
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
+def _loads(text: str) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def _paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:
+    """`path` and the path of everything inside `value`."""
+    yield path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield from _paths(item, path + (key,))
 
 
 class LineIndex:
     """Line numbers of the tables, keys and array elements of a TOML text.
 
-    tomllib gives no positions, so this scans the text once and maps every
-    path (``("resources", "orders", "nodes", 1, "public_key")``, list
-    indices as ints, array-of-tables entries numbered like lists) to the
-    line where it is written. Meant for text that tomllib accepted; on
-    anything else it keeps what it found so far.
+    tomllib gives values but no positions, and this module keeps no TOML
+    lexer of its own to find them: the text is cut at line ends into its
+    statements (a ``[table]`` / ``[[array]]`` header, or ``key = value`` with
+    the lines its value spans), and tomllib parses each statement alone, so
+    strings, escapes, comments and quoted or dotted keys are tomllib's
+    business. A statement is grown a line at a time until tomllib accepts
+    it; a multi-line array is read one element line at a time, each parsed
+    inside ``x = [`` ... ``]``, which gives every element the line it starts
+    on. The only things decided here are that a statement starting with
+    ``[`` is a header, and that ``[[a.b]]`` headers enter the latest entry
+    of the arrays of tables they name.
+
+    Maps every path (``("resources", "orders", "nodes", 1, "public_key")``,
+    list indices as ints, array-of-tables entries numbered like lists) to
+    the line where it is written. Where a value spans lines (a multi-line
+    string, a nested multi-line array), tomllib can't say where inside it a
+    line ends: what it holds, and anything written after it on the line
+    where it ends, get the line where it starts. Meant for text that tomllib
+    accepted; on anything else it keeps what it found so far.
     """
 
     def __init__(self, text: str) -> None:
         self.lines: dict[KeyPath, int] = {}
-        self._text = text
-        self._pos = 0
-        self._line = 1
         self._arrays: dict[KeyPath, int] = {}
-        try:
-            self._scan()
-        except (IndexError, ValueError, tomllib.TOMLDecodeError):
-            pass
+        self._text = text.replace("\r\n", "\n").split("\n")
+        self._scan()
 
     def line(self, path: Iterable[str | int]) -> int:
         """The line of `path`, else of its nearest written ancestor, else 1."""
@@ -134,33 +159,9 @@ class LineIndex:
                 return found
         return 1
 
-    # scanning
-    def _peek(self, ahead: int = 0) -> str:
-        index = self._pos + ahead
-        return self._text[index] if index < len(self._text) else ""
-
-    def _advance(self, count: int = 1) -> None:
-        self._line += self._text.count("\n", self._pos, self._pos + count)
-        self._pos += count
-
-    def _skip_blank(self, newlines: bool) -> None:
-        while self._pos < len(self._text):
-            char = self._text[self._pos]
-            if char in " \t" or (newlines and char in "\r\n"):
-                self._advance()
-            elif char == "#":
-                end = self._text.find("\n", self._pos)
-                self._advance((len(self._text) if end < 0 else end) - self._pos)
-            else:
-                return
-
-    def _expect(self, literal: str) -> None:
-        if not self._text.startswith(literal, self._pos):
-            raise ValueError(f"expected {literal!r} at line {self._line}")
-        self._advance(len(literal))
-
-    def _record(self, path: KeyPath, line: int) -> None:
-        self.lines.setdefault(path, line)
+    def _record(self, value: Any, path: KeyPath, index: int) -> None:
+        for found in _paths(value, path):
+            self.lines.setdefault(found, index + 1)
 
     def _resolve(self, keys: list[str]) -> KeyPath:
         """A header's path, entering the latest entry of arrays of tables."""
@@ -171,124 +172,75 @@ class LineIndex:
                 path += (self._arrays[path] - 1,)
         return path
 
+    def _chunks(self, start: int, *wrappers: tuple[str, str]) -> tuple[int, int, dict[str, Any]] | None:
+        """The fewest lines from `start` that tomllib accepts inside one of
+        `wrappers` (prefix, suffix): (last line, which wrapper, parsed)."""
+        for end in range(start, len(self._text)):
+            chunk = "\n".join(self._text[start:end + 1])
+            for which, (prefix, suffix) in enumerate(wrappers):
+                parsed = _loads(prefix + chunk + suffix)
+                if parsed is not None:
+                    return end, which, parsed
+        return None
+
     def _scan(self) -> None:
         table: KeyPath = ()
-        while True:
-            self._skip_blank(newlines=True)
-            if self._pos >= len(self._text):
-                return
-            line = self._line
-            if self._text.startswith("[[", self._pos):
-                self._advance(2)
-                keys = self._key()
-                self._skip_blank(newlines=False)
-                self._expect("]]")
-                array = self._resolve(keys[:-1]) + (keys[-1],)
-                count = self._arrays.get(array, 0)
-                self._arrays[array] = count + 1
-                table = array + (count,)
-                self._record(array, line)
-                self._record(table, line)
-            elif self._peek() == "[":
-                self._advance()
-                table = self._resolve(self._key())
-                self._skip_blank(newlines=False)
-                self._expect("]")
-                self._record(table, line)
-            else:
-                keys = self._key()
-                for end in range(1, len(keys) + 1):
-                    self._record(table + tuple(keys[:end]), line)
-                self._skip_blank(newlines=False)
-                self._expect("=")
-                self._skip_blank(newlines=False)
-                self._value(table + tuple(keys))
-
-    def _key(self) -> list[str]:
-        keys: list[str] = []
-        while True:
-            self._skip_blank(newlines=False)
-            char = self._peek()
-            if char in "\"'":
-                start = self._pos
-                self._string()
-                keys.append(tomllib.loads("k = " + self._text[start:self._pos])["k"])
-            else:
-                match = _BARE_KEY.match(self._text, self._pos)
-                if not match:
-                    raise ValueError(f"expected a key at line {self._line}")
-                keys.append(match.group())
-                self._advance(match.end() - self._pos)
-            self._skip_blank(newlines=False)
-            if self._peek() != ".":
-                return keys
-            self._advance()
-
-    def _string(self) -> None:
-        text, pos = self._text, self._pos
-        for quote in ('"""', "'''"):
-            if text.startswith(quote, pos):
-                index = pos + 3
-                while True:
-                    if quote == '"""' and text[index] == "\\":
-                        index += 2
-                    elif text.startswith(quote, index):
-                        end = index + 3
-                        while end < len(text) and text[end] == quote[0] and end - index < 5:
-                            end += 1
-                        self._advance(end - pos)
-                        return
-                    else:
-                        index += 1
-        quote = text[pos]
-        index = pos + 1
-        while text[index] != quote:
-            index += 2 if (quote == '"' and text[index] == "\\") else 1
-        self._advance(index + 1 - pos)
-
-    def _value(self, path: KeyPath) -> None:
-        char = self._peek()
-        if char in "\"'":
-            self._string()
-        elif char == "[":
-            self._advance()
-            index = 0
-            while True:
-                self._skip_blank(newlines=True)
-                if self._peek() == "]":
-                    self._advance()
+        index = 0
+        while index < len(self._text):
+            if self._text[index].lstrip().startswith("["):  # a header: one line
+                header = _loads(self._text[index])
+                if header is None:
                     return
-                self._record(path + (index,), self._line)
-                self._value(path + (index,))
+                keys: list[str] = []
+                node: Any = header
+                while isinstance(node, dict) and len(node) == 1:
+                    (key, node), = node.items()
+                    keys.append(key)
+                if isinstance(node, list):  # [[keys]]
+                    array = self._resolve(keys[:-1]) + (keys[-1],)
+                    count = self._arrays.get(array, 0)
+                    self._arrays[array] = count + 1
+                    table = array + (count,)
+                    self.lines.setdefault(array, index + 1)
+                else:
+                    table = self._resolve(keys)
+                self.lines.setdefault(table, index + 1)
                 index += 1
-                self._skip_blank(newlines=True)
-                if self._peek() == ",":
-                    self._advance()
-        elif char == "{":
-            self._advance()
-            while True:
-                self._skip_blank(newlines=True)
-                if self._peek() == "}":
-                    self._advance()
-                    return
-                line = self._line
-                keys = self._key()
-                for end in range(1, len(keys) + 1):
-                    self._record(path + tuple(keys[:end]), line)
-                self._skip_blank(newlines=False)
-                self._expect("=")
-                self._skip_blank(newlines=False)
-                self._value(path + tuple(keys))
-                self._skip_blank(newlines=True)
-                if self._peek() == ",":
-                    self._advance()
-        else:  # number, boolean, date/time: up to a delimiter
-            end = self._pos
-            while end < len(self._text) and self._text[end] not in ",]}#\r\n":
-                end += 1
-            if end == self._pos:
-                raise ValueError(f"expected a value at line {self._line}")
-            self._advance(end - self._pos)
+                continue
+            # key = value (or a blank or comment line), or the start of an
+            # array that goes on past the end of the chunk.
+            found = self._chunks(index, ("", ""), ("", "\n]"))
+            if found is None:
+                return
+            end, open_array, statement = found
+            for key, item in statement.items():
+                self._record(item, table + (key,), index)
+            if not open_array:
+                index = end + 1
+                continue
+            path, node = table, statement
+            while isinstance(node, dict):
+                (key, node), = node.items()
+                path += (key,)
+            index = self._elements(end + 1, path, len(node))
+
+    def _elements(self, index: int, path: KeyPath, count: int) -> int:
+        """Read the rest of the multi-line array at `path` (`count` elements
+        so far) from line `index`; the line after its closing ``]``."""
+        while index < len(self._text):
+            if self._text[index].lstrip().startswith(","):  # `, item` (the comma of the line above)
+                self._text[index] = self._text[index].replace(",", " ", 1)
+            found = self._chunks(index, ("x = [\n", "\n]"), ("x = [\n", ""))
+            if found is None:
+                break
+            end, closed, parsed = found
+            for offset, item in enumerate(parsed["x"]):
+                self._record(item, path + (count + offset,), index)
+            count += len(parsed["x"])
+            index = end + 1
+            if closed:
+                return index
+        return len(self._text)
 
 
 # -- documents -------------------------------------------------------------
@@ -320,6 +272,11 @@ def repository_files(path: str | Path) -> list[Path]:
     if root.exists():
         raise RepositoryReadError(f"{root}: not a regular file or directory")
     raise RepositoryReadError(f"{root}: no such file or directory")
+
+
+# Where tomllib says a syntax error is: the end of its message (Python 3.11
+# has no lineno/colno attributes on TOMLDecodeError).
+_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
 
 
 def _read(path: Path, problems: list[Problem]) -> _Document:

@@ -433,6 +433,53 @@ def test_line_index_paths() -> None:
     assert index.line(["nothing"]) == 1
 
 
+def test_line_index_multiline_arrays() -> None:
+    """Multi-line arrays element by element, whatever the strings in them
+    hold: tomllib reads each statement, this index only counts lines."""
+    text = textwrap.dedent('''\
+        [resources.a]
+        nodes = [ { component = "x" },
+          { component = "y", public_key = """
+        -----BEGIN PUBLIC KEY-----
+        ] }, { component = "fake" },
+        """ }, { component = "z" },
+          "after"
+          , "leading comma"
+          # ] a comment
+          , 'lit ], [' ]
+        a.b = [[1,
+          2], [3]]
+        deep = [
+          [
+            "inner",
+          ],
+          "last",
+        ]
+        [[resources.a.more]]
+        x = 1
+        ''')
+    index = LineIndex(text)
+    assert [index.line(["resources", "a", "nodes", i]) for i in [0, 1, 3, 4, 5]] == [2, 3, 7, 8, 10]
+    assert index.line(["resources", "a", "nodes", 1, "public_key"]) == 3
+    # written after a multi-line string, on the line where it ends: found where the string starts
+    assert index.line(["resources", "a", "nodes", 2]) == 3
+    assert ("resources", "a", "nodes", 6) not in index.lines  # no node from inside the string
+    assert index.line(["resources", "a", "a", "b", 1]) == 11
+    assert [index.line(["resources", "a", "deep", i]) for i in range(2)] == [14, 17]
+    # what an element spanning lines holds is found at the line where it starts
+    assert index.line(["resources", "a", "deep", 0, 0]) == 14
+    assert index.line(["resources", "a", "more", 0, "x"]) == 20
+
+
+def test_line_index_crlf_and_not_toml() -> None:
+    index = LineIndex('[resources.a]\r\nlist = [\r\n  "x",\r\n  "y",\r\n]\r\nz = 1\r\n')
+    assert [index.line(["resources", "a", "list", i]) for i in range(2)] == [3, 4]
+    assert index.line(["resources", "a", "z"]) == 6
+    # text tomllib refuses: what was found before it
+    index = LineIndex('a = 1\nb = [\n  "x",\n  nope\n]\n[c]\n')
+    assert index.lines == {("a",): 1, ("b",): 2, ("b", 0): 3}
+
+
 # -- hessra-pg policy validate --------------------------------------------
 
 def test_policy_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
