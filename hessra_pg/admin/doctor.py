@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import hessra_pg
 from hessra_pg.errors import HessraError
+from hessra_pg.extras import MissingExtraError
 
 if TYPE_CHECKING:
     import psycopg
@@ -685,7 +686,7 @@ _PER_STATEMENT_HINT = ("wrap each call in (SELECT ...) with no column of the row
 PGLAST_MISSING = "hessra-pg doctor needs pglast: pip install 'hessra-pg[doctor]'"
 
 
-class DoctorRequirementError(HessraError, ImportError):
+class DoctorRequirementError(MissingExtraError):
     """A library doctor needs is not installed (exit status 2, like the
     CLI's other configuration errors)."""
 
@@ -701,9 +702,7 @@ def require_parser() -> Any:
         import pglast
         import pglast.ast
     except ImportError:
-        error = DoctorRequirementError(PGLAST_MISSING)
-        error.name = "pglast"
-        raise error from None
+        raise DoctorRequirementError(PGLAST_MISSING, module="pglast", extra="doctor") from None
     return pglast
 
 

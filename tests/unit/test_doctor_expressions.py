@@ -144,6 +144,7 @@ def test_without_pglast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
         require_parser()
     assert str(raised.value) == PGLAST_MISSING == "hessra-pg doctor needs pglast: pip install 'hessra-pg[doctor]'"
     assert isinstance(raised.value, ImportError) and raised.value.name == "pglast"
+    assert raised.value.extra == "doctor"
     with pytest.raises(DoctorRequirementError):
         per_row_calls("true", "orders")
     capsys.readouterr()
