@@ -6,6 +6,9 @@ autogenerate to write the downgrade):
 - ``op.create_hessra_extension()`` <-> ``op.drop_hessra_extension()``
 - ``op.update_hessra_extension(v, from_version=f)`` <-> ``op.update_hessra_extension(f, from_version=v)``
 - ``op.create_hessra_policies(table, **spec)`` <-> ``op.drop_hessra_policies(table, **spec)``
+  (a drop needs only the names: ``op.drop_hessra_policies(table, names=[...])``; its
+  reverse is then the spec or the definitions autogenerate attached)
+- ``op.restore_hessra_policies(table, policies=[...])`` <-> ``op.drop_hessra_policies(table, names=[...])``
 - ``op.add_hessra_key(key, kid)`` <-> ``op.delete_hessra_key(key=key, kid=kid)``
 - ``op.retire_hessra_key(kid, at)`` <-> ``op.unretire_hessra_key(kid)`` (not_after back to NULL)
 - ``op.set_hessra_service_chain(name, nodes, previous_nodes=p)`` -> ``op.set_hessra_service_chain(name, p)``,
@@ -38,7 +41,17 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
 
 from hessra_pg.core.keys import canonical_public_key
-from hessra_pg.rls.policies import PolicySpec, quote_literal, session_search_path_pin
+from hessra_pg.rls.policies import (
+    COMMANDS,
+    DEFAULT_SCHEMA,
+    Policy,
+    PolicySpec,
+    PolicySpecError,
+    quote_ident,
+    quote_literal,
+    session_search_path_pin,
+    spec_from_mapping,
+)
 from hessra_pg.core.verifier import ChainNode, parse_chain
 
 __all__ = [
@@ -50,11 +63,14 @@ __all__ = [
     "DropHessraPoliciesOp",
     "DropHessraServiceChainOp",
     "HessraOperation",
+    "RestoreHessraPoliciesOp",
     "RetireHessraKeyOp",
     "SetHessraServiceChainOp",
     "UnretireHessraKeyOp",
     "UpdateHessraExtensionOp",
     "run_sql",
+    "spec_comment",
+    "spec_from_comment",
 ]
 
 EXTENSION = "hessra_authz"
@@ -282,6 +298,18 @@ class UpdateHessraExtensionOp(HessraOperation):
 
 # -- policies --------------------------------------------------------------------------
 
+#: How the comment that ``create_hessra_policies`` puts on each of its policies
+#: starts; the rest is the spec as JSON (:func:`spec_comment`). Autogenerate
+#: reads it back to write the spec of a policy it drops into the downgrade.
+SPEC_COMMENT_PREFIX = "hessra-pg spec: "
+
+#: PolicySpec fields that define what a policy checks (the others name it).
+_DEFINING = frozenset({"mode", "resource", "expression", "owner_column", "chain", "component", "operations",
+                       "roles", "force", "restrictive"})
+_NAMING = frozenset({"schema", "commands", "names", "name_prefix"})
+_POLICY_COMMANDS = (*COMMANDS, "ALL")
+
+
 def _spec(table: str | PolicySpec, spec: Mapping[str, Any]) -> PolicySpec:
     if isinstance(table, PolicySpec):
         if spec:
@@ -290,10 +318,37 @@ def _spec(table: str | PolicySpec, spec: Mapping[str, Any]) -> PolicySpec:
     return PolicySpec(table, **spec)
 
 
+def spec_comment(spec: PolicySpec) -> str:
+    """``hessra-pg spec: {"mode": "row", "table": "orders", ...}``: the comment
+    ``create_hessra_policies`` sets on each policy it creates."""
+    return SPEC_COMMENT_PREFIX + json.dumps(spec.to_mapping(), sort_keys=True, ensure_ascii=False)
+
+
+def spec_from_comment(comment: str | None) -> PolicySpec | None:
+    """The spec recorded by :func:`spec_comment`, or None (no comment, another
+    comment, or one that no longer makes a valid spec)."""
+    if not comment or not comment.startswith(SPEC_COMMENT_PREFIX):
+        return None
+    try:
+        data = json.loads(comment[len(SPEC_COMMENT_PREFIX):])
+        return spec_from_mapping(data, where="policy comment")
+    except (ValueError, TypeError):  # JSONDecodeError and PolicySpecError are ValueErrors
+        return None
+
+
+def _target(schema: str | None, table: str) -> str:
+    return f"{quote_ident(schema if schema is not None else DEFAULT_SCHEMA)}.{quote_ident(table)}"
+
+
+def _check_table(table: object, schema: object) -> None:
+    PolicySpec(table, schema=schema, resource="-")  # type: ignore[arg-type]  (validates both names)
+
+
 @Operations.register_operation("create_hessra_policies")
 class CreateHessraPoliciesOp(HessraOperation):
     """The policies of :class:`hessra_pg.rls.policies.PolicySpec`: ENABLE/FORCE
-    RLS, DROP POLICY IF EXISTS + CREATE POLICY per command, and with
+    RLS, DROP POLICY IF EXISTS + CREATE POLICY per command, a comment on each
+    policy recording the spec (:func:`spec_comment`), and with
     ``create_index`` the suggested index."""
 
     op_name = "create_hessra_policies"
@@ -322,7 +377,13 @@ class CreateHessraPoliciesOp(HessraOperation):
         return [table], kwargs
 
     def statements(self) -> list[str]:
-        return self.spec.create_statements(indexes=self.create_index)
+        statements = self.spec.create_statements(indexes=False)
+        comment = quote_literal(spec_comment(self.spec))
+        statements += [f"COMMENT ON POLICY {quote_ident(policy.name)} ON {policy.target} IS {comment};"
+                       for policy in self.spec.policies()]
+        if self.create_index:
+            statements += self.spec.index_sql()
+        return statements
 
     def reverse(self) -> DropHessraPoliciesOp:
         return DropHessraPoliciesOp(self.spec, drop_index=self.create_index)
@@ -330,28 +391,74 @@ class CreateHessraPoliciesOp(HessraOperation):
 
 @Operations.register_operation("drop_hessra_policies")
 class DropHessraPoliciesOp(HessraOperation):
-    """DROP POLICY IF EXISTS for each command of the spec. RLS stays enabled
-    (fail closed) unless ``disable_rls``; ``drop_index`` drops the suggested
-    index too."""
+    """DROP POLICY IF EXISTS for the policies named by ``table``, ``schema``
+    and either ``commands`` (default names, with ``name_prefix`` and ``names``
+    as a mapping command -> name, as in the spec) or ``names`` as a list of
+    policy names. Given a whole spec instead (a PolicySpec, or its defining
+    fields: mode, resource, expression, ...) it drops that spec's policies and
+    its reverse creates them again; given only names, its reverse is the one
+    autogenerate attached (``_reverse``: the recorded spec or the policies'
+    definitions), else it has none.
+
+    RLS stays enabled (fail closed) unless ``disable_rls``; ``drop_index``
+    drops the suggested index too (it needs the spec: the index name depends
+    on the mode)."""
 
     op_name = "drop_hessra_policies"
 
     def __init__(self, table: str | PolicySpec, *, disable_rls: bool = False, drop_index: bool = False,
-                 **spec: Any) -> None:
-        self.spec = _spec(table, spec)
+                 _reverse: HessraOperation | None = None, **spec: Any) -> None:
         self.disable_rls = disable_rls
         self.drop_index = drop_index
-        self.spec.policies()
+        self._reverse = _reverse
+        self.spec: PolicySpec | None = None
+        if isinstance(table, PolicySpec) or _DEFINING & spec.keys():
+            self.spec = _spec(table, spec)
+            self.table, self.schema = self.spec.table, self.spec.schema
+            self.names = [policy.name for policy in self.spec.policies()]
+            self.identity: dict[str, Any] = {}
+            return
+        unknown = sorted(set(spec) - _NAMING)
+        if unknown:
+            raise TypeError(f"drop_hessra_policies() got an unexpected keyword argument {unknown[0]!r}")
+        if drop_index:
+            raise PolicySpecError("drop_index needs the spec (its mode names the index): pass the spec's fields")
+        schema, names = spec.get("schema"), spec.get("names")
+        if isinstance(names, str):
+            names = [names]
+        if names is not None and not isinstance(names, Mapping):
+            if "commands" in spec or "name_prefix" in spec:
+                raise PolicySpecError("give names as a list of policy names, or commands (with name_prefix or "
+                                      "a names mapping), not both")
+            _check_table(table, schema)
+            listed = list(names)
+            for name in listed:
+                quote_ident(name)  # a non-empty string without NUL
+            if not listed or len(set(listed)) != len(listed):
+                raise PolicySpecError("names must list one or more distinct policy names")
+            self.names = listed
+            self.identity = {"names": listed}
+        else:
+            naming = PolicySpec(table, resource="-", **spec)  # type: ignore[arg-type]  (validates the naming fields)
+            self.names = [naming.policy_name(command) for command in naming.commands]
+            self.identity = {k: v for k, v in naming.to_mapping().items() if k in _NAMING - {"schema"}}
+        self.table, self.schema = table, schema
+        if schema is not None:
+            self.identity = {"schema": schema, **self.identity}
 
     @classmethod
     def drop_hessra_policies(cls, operations: Operations, /, table: str | PolicySpec, *, disable_rls: bool = False,
                              drop_index: bool = False, **spec: Any) -> None:
-        """Drop the policies ``create_hessra_policies`` made (same spec)."""
+        """Drop hessra policies: ``table`` (and ``schema``) with ``commands``
+        or a list of policy ``names`` is enough; the whole spec works too."""
         operations.invoke(cls(table, disable_rls=disable_rls, drop_index=drop_index, **spec))
 
     def arguments(self) -> tuple[list[Any], dict[str, Any]]:
-        kwargs = self.spec.to_mapping()
-        table = kwargs.pop("table")
+        if self.spec is not None:
+            kwargs = self.spec.to_mapping()
+            table = kwargs.pop("table")
+        else:
+            table, kwargs = self.table, dict(self.identity)
         if self.disable_rls:
             kwargs["disable_rls"] = True
         if self.drop_index:
@@ -359,10 +466,105 @@ class DropHessraPoliciesOp(HessraOperation):
         return [table], kwargs
 
     def statements(self) -> list[str]:
-        return self.spec.drop_statements(disable=self.disable_rls, indexes=self.drop_index)
+        if self.spec is not None:
+            return self.spec.drop_statements(disable=self.disable_rls, indexes=self.drop_index)
+        target = _target(self.schema, self.table)
+        statements = [f"DROP POLICY IF EXISTS {quote_ident(name)} ON {target};" for name in self.names]
+        if self.disable_rls:
+            statements += [f"ALTER TABLE {target} NO FORCE ROW LEVEL SECURITY;",
+                           f"ALTER TABLE {target} DISABLE ROW LEVEL SECURITY;"]
+        return statements
 
-    def reverse(self) -> CreateHessraPoliciesOp:
+    def reverse(self) -> HessraOperation:
+        if self._reverse is not None:
+            return self._reverse
+        if self.spec is None:
+            raise ValueError(f"drop_hessra_policies({self.table!r}, ...) can't be reversed without the spec: "
+                             "pass its fields (mode, resource, expression, ...)")
         return CreateHessraPoliciesOp(self.spec, create_index=self.drop_index)
+
+
+def _definition(table: str, schema: str | None, data: Mapping[str, Any]) -> Policy:
+    if not isinstance(data, Mapping):
+        raise PolicySpecError("each policy definition is a mapping (name, command, using, with_check, ...)")
+    unknown = sorted(set(data) - {"name", "command", "using", "with_check", "roles", "restrictive"})
+    if unknown:
+        raise PolicySpecError(f"unknown policy definition key {unknown[0]!r}")
+    name = data.get("name")
+    quote_ident(name)  # type: ignore[arg-type]
+    command = str(data.get("command", "ALL")).upper()
+    if command not in _POLICY_COMMANDS:
+        raise PolicySpecError(f"command must be one of {', '.join(_POLICY_COMMANDS)}, got {command!r}")
+    using, with_check = data.get("using"), data.get("with_check")
+    for what, value in (("using", using), ("with_check", with_check)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise PolicySpecError(f"{what} must be an SQL expression (a non-empty string)")
+    if using is None and with_check is None:
+        raise PolicySpecError(f"policy {name!r}: give using, with_check or both")
+    roles = data.get("roles", ())
+    roles = (roles,) if isinstance(roles, str) else tuple(roles)
+    for role in roles:
+        quote_ident(role)
+    restrictive = data.get("restrictive", False)
+    if not isinstance(restrictive, bool):
+        raise PolicySpecError("restrictive must be true or false")
+    return Policy(name=name, schema=schema, table=table, command=command, using=using,  # type: ignore[arg-type]
+                  with_check=with_check, roles=roles, restrictive=restrictive)
+
+
+@Operations.register_operation("restore_hessra_policies")
+class RestoreHessraPoliciesOp(HessraOperation):
+    """Re-create policies from their definitions as PostgreSQL prints them
+    (``pg_get_expr`` read with search_path = pg_catalog, pg_temp, so the text
+    binds the same names again): what autogenerate writes into a downgrade for
+    policies it drops that carry no recorded spec (made by a script, by hand,
+    or by an older hessra-pg). Each definition has ``name``, ``command``,
+    ``using`` and/or ``with_check``, and optionally ``roles`` and
+    ``restrictive``. Reverse: drop them by name."""
+
+    op_name = "restore_hessra_policies"
+
+    def __init__(self, table: str, *, policies: Sequence[Mapping[str, Any]], schema: str | None = None) -> None:
+        _check_table(table, schema)
+        self.table, self.schema = table, schema
+        self.policies = [_definition(table, schema, data) for data in policies]
+        names = [policy.name for policy in self.policies]
+        if not names or len(set(names)) != len(names):
+            raise PolicySpecError("policies must define one or more policies with distinct names")
+
+    @classmethod
+    def restore_hessra_policies(cls, operations: Operations, /, table: str, *,
+                                policies: Sequence[Mapping[str, Any]], schema: str | None = None) -> None:
+        """Create (or replace) policies from their recorded definitions."""
+        operations.invoke(cls(table, policies=policies, schema=schema))
+
+    def arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        definitions = []
+        for policy in self.policies:
+            definition: dict[str, Any] = {"name": policy.name, "command": policy.command}
+            if policy.using is not None:
+                definition["using"] = policy.using
+            if policy.with_check is not None:
+                definition["with_check"] = policy.with_check
+            if policy.roles:
+                definition["roles"] = list(policy.roles)
+            if policy.restrictive:
+                definition["restrictive"] = True
+            definitions.append(definition)
+        kwargs: dict[str, Any] = {"schema": self.schema} if self.schema is not None else {}
+        kwargs["policies"] = definitions
+        return [self.table], kwargs
+
+    def statements(self) -> list[str]:
+        statements: list[str] = []
+        for policy in self.policies:
+            statements += [policy.drop_sql(), policy.create_sql()]
+        return statements
+
+    def reverse(self) -> DropHessraPoliciesOp:
+        kwargs: dict[str, Any] = {"schema": self.schema} if self.schema is not None else {}
+        return DropHessraPoliciesOp(self.table, names=[policy.name for policy in self.policies], _reverse=self,
+                                    **kwargs)
 
 
 # -- keys --------------------------------------------------------------------------------
@@ -575,6 +777,7 @@ class DropHessraServiceChainOp(HessraOperation):
 
 OPERATIONS: tuple[type[HessraOperation], ...] = (
     CreateHessraExtensionOp, DropHessraExtensionOp, UpdateHessraExtensionOp, CreateHessraPoliciesOp, DropHessraPoliciesOp,
+    RestoreHessraPoliciesOp,
     AddHessraKeyOp, DeleteHessraKeyOp, RetireHessraKeyOp, UnretireHessraKeyOp,
     SetHessraServiceChainOp, DropHessraServiceChainOp,
 )
