@@ -42,7 +42,8 @@ import hessra_pg.alembic  # noqa: F401
 if context.is_offline_mode():
     context.configure(dialect_name="postgresql", literal_binds=True, transaction_per_migration=True)
 else:
-    context.configure(connection=context.config.attributes["connection"], target_metadata=MetaData(),
+    context.configure(connection=context.config.attributes["connection"],
+                      target_metadata=context.config.attributes.get("target_metadata", MetaData()),
                       transaction_per_migration=True)
 with context.begin_transaction():
     context.run_migrations()
@@ -59,10 +60,13 @@ def script_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def _config(script_dir: Path, connection: Any = None, output: io.StringIO | None = None) -> Config:
+def _config(script_dir: Path, connection: Any = None, output: io.StringIO | None = None,
+            metadata: MetaData | None = None) -> Config:
     cfg = Config(output_buffer=output) if output is not None else Config()
     cfg.set_main_option("script_location", str(script_dir))
     cfg.attributes["connection"] = connection
+    if metadata is not None:
+        cfg.attributes["target_metadata"] = metadata
     return cfg
 
 
@@ -219,6 +223,14 @@ def _sample_operations() -> list[ha.HessraOperation]:
         ha.CreateHessraPoliciesOp("p", mode="service_chain", resource="r", chain="c", component="db",
                                   operations={"SELECT": "list", "DELETE": "remove"}, commands=("SELECT", "DELETE")),
         ha.DropHessraPoliciesOp("orders", resource="orders", disable_rls=True),
+        ha.DropHessraPoliciesOp("orders"),
+        ha.DropHessraPoliciesOp("orders", schema="shop", commands=["select", "DELETE"], name_prefix="own",
+                                names={"DELETE": "gone"}, disable_rls=True),
+        ha.DropHessraPoliciesOp("u", names=["chain delete", "x'y"]),
+        ha.RestoreHessraPoliciesOp("u", schema="shop", policies=[
+            {"name": "a", "command": "SELECT", "using": "(id > 0)"},
+            {"name": "b", "command": "UPDATE", "using": "true", "with_check": "(id < 10)", "roles": ["app", "public"],
+             "restrictive": True}]),
         ha.AddHessraKeyOp(public_key_pem(key.public_key), 3, not_before="2020-01-01T00:00:00Z", comment="c"),
         ha.AddHessraKeyOp(str(key.public_key)),
         ha.DeleteHessraKeyOp(kid=4),
@@ -242,8 +254,9 @@ def _samples_with_reverses() -> list[ha.HessraOperation]:
         result.append(operation)
         try:
             result.append(operation.reverse())
-        except ValueError:  # delete by kid alone, update without from_version: no reverse
-            assert isinstance(operation, (ha.DeleteHessraKeyOp, ha.UpdateHessraExtensionOp))
+        except ValueError:  # delete by kid alone, update without from_version, drop by names: no reverse
+            assert isinstance(operation, (ha.DeleteHessraKeyOp, ha.UpdateHessraExtensionOp, ha.DropHessraPoliciesOp))
+            assert not isinstance(operation, ha.DropHessraPoliciesOp) or operation.spec is None
     return result
 
 
@@ -381,3 +394,278 @@ def test_offline_sql_binds_no_planted_operator(hessra_db, admin, root, app_role,
     assert admin.execute("SHOW search_path").fetchone()[0] == "public, pg_catalog"
     assert app_owned_dependencies(admin, app_role) == []
     assert _app_sees(hessra_db, app_role, mint_authorization(root, "alice", "orders/42", "read")) == [42]
+
+
+def test_drop_hessra_policies_needs_only_names():
+    assert ha.DropHessraPoliciesOp("orders").statements() == [
+        f'DROP POLICY IF EXISTS "hessra_orders_{c}" ON "public"."orders";' for c in ("select", "insert", "update",
+                                                                                  "delete")]
+    op = ha.DropHessraPoliciesOp("o", schema="shop", commands=["SELECT"], names={"SELECT": "mine"})
+    assert op.names == ["mine"] and op.arguments() == (["o"], {"schema": "shop", "commands": ["SELECT"],
+                                                               "names": {"SELECT": "mine"}})
+    assert ha.DropHessraPoliciesOp("o", names="p").statements() == ['DROP POLICY IF EXISTS "p" ON "public"."o";']
+    with pytest.raises(ValueError, match="can't be reversed without the spec"):
+        ha.DropHessraPoliciesOp("o", names=["p"]).reverse()
+    full = ha.DropHessraPoliciesOp("o", mode="row", expression="'o/' || id", commands=["SELECT"])
+    assert full.reverse() == ha.CreateHessraPoliciesOp("o", mode="row", expression="'o/' || id", commands=["SELECT"])
+    restore = ha.RestoreHessraPoliciesOp("o", policies=[{"name": "p", "command": "SELECT", "using": "true"}])
+    assert ha.DropHessraPoliciesOp("o", names=["p"], _reverse=restore).reverse() is restore
+    assert restore.reverse() == ha.DropHessraPoliciesOp("o", names=["p"])
+    with pytest.raises(ValueError, match="drop_index needs the spec"):
+        ha.DropHessraPoliciesOp("o", drop_index=True)
+    with pytest.raises(ValueError, match="not both"):
+        ha.DropHessraPoliciesOp("o", names=["p"], commands=["SELECT"])
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ha.DropHessraPoliciesOp("o", tabel="x")
+    with pytest.raises(ValueError, match="command"):
+        ha.RestoreHessraPoliciesOp("o", policies=[{"name": "p", "command": "TRUNCATE", "using": "true"}])
+    # The spec comment round-trips.
+    spec = PolicySpec("o", schema="s", mode="row", expression="'o\\\\' || id", operations={"SELECT": "view"})
+    assert ha.spec_from_comment(ha.spec_comment(spec)) == spec
+    assert ha.spec_from_comment("hessra-pg spec: {broken") is None and ha.spec_from_comment("other") is None
+
+
+# -- autogenerate ----------------------------------------------------------------------------
+
+from alembic.autogenerate import produce_migrations  # noqa: E402
+
+ORDERS_SPEC = {"mode": "row", "expression": "'orders/' || id"}
+DOCS_OWNER = {"mode": "identity", "owner_column": "owner", "commands": ["SELECT"]}
+DOCS_WRITE = {"resource": "docs", "commands": ["INSERT", "UPDATE", "DELETE"]}
+ITEMS = PolicySpec("items", schema="shop", resource="items", operations={"SELECT": "list"}, commands=["SELECT"])
+
+
+def _app_metadata(orders: dict[str, Any] | None = ORDERS_SPEC, docs: list[dict[str, Any]] | None = None,
+                  with_docs: bool = True, items: bool = True) -> MetaData:
+    """The application's models, with the hessra policies declared on them."""
+    metadata = MetaData()
+    ha.register_policies(metadata, *([ITEMS] if items else []))  # a table the metadata does not model
+    Table("orders", metadata, Column("id", Integer, primary_key=True),
+          info={"hessra_policies": orders} if orders is not None else {})
+    if with_docs:
+        Table("docs", metadata, Column("id", Integer, primary_key=True), Column("owner", Text),
+              info={"hessra_policies": [DOCS_OWNER, DOCS_WRITE] if docs is None else docs})
+    return metadata
+
+
+def _diff(dsn: str, metadata: MetaData, autocommit: bool = False) -> list[Any]:
+    engine = _engine(dsn).execution_options(isolation_level="AUTOCOMMIT") if autocommit else _engine(dsn)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"target_metadata": metadata})
+            result = list(produce_migrations(context, metadata).upgrade_ops.ops)
+            # The comparison's settings went with its savepoint.
+            assert connection.exec_driver_sql("SHOW search_path").scalar() == '"$user", public'
+            assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "0"
+            return result
+    finally:
+        engine.dispose()
+
+
+def _revision(dsn: str, script_dir: Path, metadata: MetaData, rev_id: str) -> str:
+    """`alembic revision --autogenerate` then `alembic upgrade head`; the revision's text."""
+    engine = _engine(dsn)
+    try:
+        with engine.begin() as connection:
+            cfg = _config(script_dir, connection, metadata=metadata)
+            script = command.revision(cfg, message=f"autogenerate {rev_id}", autogenerate=True, rev_id=rev_id)
+            command.upgrade(cfg, "head")
+        return Path(script.path).read_text()  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+
+def _move(dsn: str, script_dir: Path, target: str, how: str = "downgrade") -> None:
+    engine = _engine(dsn)
+    try:
+        with engine.begin() as connection:
+            getattr(command, how)(_config(script_dir, connection), target)
+    finally:
+        engine.dispose()
+
+
+def _policies(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT schemaname, tablename, policyname, permissive, roles, cmd, qual, with_check "
+                            "FROM pg_policies ORDER BY 1, 2, 3").fetchall()
+
+
+def _calls(operations: list[Any]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(op name, table, policy names) of the hessra operations."""
+    result = []
+    for operation in operations:
+        if isinstance(operation, ha.CreateHessraPoliciesOp):
+            result.append(("create", operation.spec.table, tuple(p.name for p in operation.spec.policies())))
+        elif isinstance(operation, ha.DropHessraPoliciesOp):
+            result.append(("drop", operation.table, tuple(operation.names)))
+        elif isinstance(operation, ops.CreateTableOp):
+            result.append(("create_table", operation.table_name, ()))
+        elif isinstance(operation, ops.DropTableOp):
+            result.append(("drop_table", operation.table_name, ()))
+        else:
+            result.append((type(operation).__name__, "", ()))
+    return result
+
+
+def test_autogenerate_creates_replaces_and_drops_declared_policies(hessra_db, admin, script_dir):
+    admin.execute("CREATE SCHEMA shop")
+    admin.execute("CREATE TABLE shop.items (id int PRIMARY KEY)")
+    dsn = hessra_db.dsn
+
+    # 1. Nothing in the database: create_table, then the policies (after the tables they guard).
+    calls = _calls(_diff(dsn, _app_metadata()))
+    assert sorted(calls[:2]) == [("create_table", "docs", ()), ("create_table", "orders", ())]
+    assert calls[2:] == [  # by schema, table
+        ("create", "docs", ("hessra_docs_select",)),
+        ("create", "docs", ("hessra_docs_insert", "hessra_docs_update", "hessra_docs_delete")),
+        ("create", "orders", tuple(f"hessra_orders_{c}" for c in ("select", "insert", "update", "delete"))),
+        ("create", "items", ("hessra_items_select",)),
+    ]
+    text = _revision(dsn, script_dir, _app_metadata(), "g1")
+    assert IMPORT in text
+    assert "op.create_hessra_policies('orders', mode='row', expression=\"'orders/' || id\")" in text
+    assert "op.create_hessra_policies('items', schema='shop', resource='items', operations={'SELECT': 'list'}, " \
+           "commands=['SELECT'])" in text
+    assert "op.drop_hessra_policies('orders', mode='row', expression=\"'orders/' || id\")" in text  # downgrade
+    first = _policies(dsn)
+    assert len(first) == 9
+    with psycopg.connect(dsn) as conn:
+        comments = conn.execute("SELECT obj_description(oid, 'pg_policy') FROM pg_policy "
+                                "WHERE polname = 'hessra_orders_select'").fetchone()
+    assert ha.spec_from_comment(comments[0]) == PolicySpec("orders", **ORDERS_SPEC)
+
+    # 2. Applied: nothing left to do, though PostgreSQL prints the expressions in its own words.
+    assert "'orders/'::text" in {row[2]: row for row in first}["hessra_orders_select"][6]
+    assert _diff(dsn, _app_metadata()) == []
+
+    # 3. Another operation and another mode: drop + create (a replace); the downgrade has the old specs.
+    changed = _app_metadata(orders={**ORDERS_SPEC, "operations": {"SELECT": "view"}},
+                            docs=[DOCS_OWNER, {"mode": "row", "expression": "'docs/' || id",
+                                               "commands": ["INSERT", "UPDATE", "DELETE"]}])
+    orders_names = tuple(f"hessra_orders_{c}" for c in ("select", "insert", "update", "delete"))
+    docs_write = ("hessra_docs_delete", "hessra_docs_insert", "hessra_docs_update")
+    assert _calls(_diff(dsn, changed)) == [
+        ("drop", "docs", docs_write), ("create", "docs", tuple(sorted(docs_write, key=lambda n: "iud".index(n[12])))),
+        ("drop", "orders", tuple(sorted(orders_names))), ("create", "orders", orders_names),
+    ]
+    text = _revision(dsn, script_dir, changed, "g2")
+    upgrade, downgrade = text.split("def downgrade")
+    assert "op.drop_hessra_policies('orders', names=['hessra_orders_delete', 'hessra_orders_insert', " \
+           "'hessra_orders_select', 'hessra_orders_update'])" in upgrade
+    assert "op.create_hessra_policies('orders', mode='row', expression=\"'orders/' || id\", " \
+           "operations={'SELECT': 'view'})" in upgrade
+    assert "op.create_hessra_policies('docs', resource='docs', commands=['INSERT', 'UPDATE', 'DELETE'])" in downgrade
+    assert "op.create_hessra_policies('orders', mode='row', expression=\"'orders/' || id\")" in downgrade
+    second = _policies(dsn)
+    assert "'view'::text" in {row[2]: row for row in second}["hessra_orders_select"][6]
+    assert _diff(dsn, changed) == []
+    _move(dsn, script_dir, "g1")
+    assert _policies(dsn) == first
+    _move(dsn, script_dir, "head", "upgrade")
+    assert _policies(dsn) == second
+
+    # 4. A spec removed from a table: its policies dropped; the downgrade re-creates them from the recorded spec.
+    removed = _app_metadata(orders={**ORDERS_SPEC, "operations": {"SELECT": "view"}}, docs=[DOCS_OWNER])
+    assert _calls(_diff(dsn, removed)) == [("drop", "docs", docs_write)]
+    text = _revision(dsn, script_dir, removed, "g3")
+    assert "op.drop_hessra_policies('docs', names=['hessra_docs_delete', 'hessra_docs_insert', " \
+           "'hessra_docs_update'])" in text
+    assert "op.create_hessra_policies('docs', mode='row', expression=\"'docs/' || id\", " \
+           "commands=['INSERT', 'UPDATE', 'DELETE'])" in text.split("def downgrade")[1]
+    assert [row[2] for row in _policies(dsn) if row[1] == "docs"] == ["hessra_docs_select"]
+    assert _diff(dsn, removed) == []
+    _move(dsn, script_dir, "g2")
+    assert _policies(dsn) == second
+    _move(dsn, script_dir, "head", "upgrade")
+
+    # 5. The table removed from the models: its policies go before its drop_table (and come back after it).
+    no_docs = _app_metadata(orders={**ORDERS_SPEC, "operations": {"SELECT": "view"}}, with_docs=False)
+    assert _calls(_diff(dsn, no_docs)) == [("drop", "docs", ("hessra_docs_select",)), ("drop_table", "docs", ())]
+    _revision(dsn, script_dir, no_docs, "g4")
+    assert _diff(dsn, no_docs) == []
+    _move(dsn, script_dir, "g3")
+    assert [row[2] for row in _policies(dsn) if row[1] == "docs"] == ["hessra_docs_select"]
+    assert _diff(dsn, removed) == []
+
+
+def test_autogenerate_restores_policies_without_a_recorded_spec(hessra_db, admin, script_dir, app_role):
+    """Policies made outside the operations (no spec comment), or edited by hand since:
+    dropped or replaced, and the downgrade restores their definitions exactly."""
+    from hessra_pg.rls.policies import generate_sql
+
+    dsn = hessra_db.dsn
+    admin.execute("CREATE TABLE public.orders (id int PRIMARY KEY)")
+    admin.execute(generate_sql(PolicySpec("orders", **ORDERS_SPEC), indexes=False))  # the CLI's script: no comments
+    admin.execute(generate_sql(PolicySpec("orders", resource="legacy", name_prefix="legacy", commands=["SELECT"],
+                                          roles=[app_role], restrictive=True)))
+    admin.execute("CREATE POLICY unrelated ON public.orders FOR SELECT USING (id > 0)")  # no hessra call: kept
+    before = _policies(dsn)
+    metadata = _app_metadata(docs=None, with_docs=False, items=False)
+    # Same policies, made by a script: equal (the rehearsal compares what the database holds).
+    diff = _diff(dsn, metadata)
+    assert _calls(diff) == [("drop", "orders", ("legacy_orders_select",))]
+    assert isinstance(diff[0].reverse(), ha.RestoreHessraPoliciesOp)
+    text = _revision(dsn, script_dir, metadata, "r1")
+    assert "op.restore_hessra_policies('orders', policies=[{'name': 'legacy_orders_select', 'command': 'SELECT', " \
+           "'using': " in text
+    assert f"'roles': [{app_role!r}], 'restrictive': True" in text
+    _move(dsn, script_dir, "base")
+    assert _policies(dsn) == before
+    _move(dsn, script_dir, "head", "upgrade")
+
+    # Made by the operation (spec recorded), then one edited by hand: the downgrade re-creates
+    # the others from the recorded spec and restores the edit as it was.
+    admin.execute(_offline_sql(lambda operations: operations.create_hessra_policies("orders", **ORDERS_SPEC)))
+    admin.execute("ALTER POLICY hessra_orders_select ON public.orders USING (id < 100)")
+    edited = _policies(dsn)
+    diff = _diff(dsn, metadata)
+    assert _calls(diff) == [("drop", "orders", ("hessra_orders_delete", "hessra_orders_insert", "hessra_orders_update")),
+                            ("drop", "orders", ("hessra_orders_select",)),
+                            ("create", "orders", tuple(f"hessra_orders_{c}" for c in
+                                                       ("select", "insert", "update", "delete")))]
+    assert diff[0].reverse() == ha.CreateHessraPoliciesOp("orders", commands=["INSERT", "UPDATE", "DELETE"],
+                                                          **ORDERS_SPEC)
+    assert diff[1].reverse() == ha.RestoreHessraPoliciesOp("orders", policies=[
+        {"name": "hessra_orders_select", "command": "SELECT", "using": "(id < 100)"}])
+    _revision(dsn, script_dir, metadata, "r2")
+    assert _diff(dsn, metadata) == []
+    _move(dsn, script_dir, "r1")
+    assert _policies(dsn) == edited
+
+
+def test_autogenerate_falls_back_to_recorded_specs(hessra_db, admin, app_role, script_dir, caplog):
+    """A role that can't rehearse (not the table owner) compares the specs in the comments."""
+    dsn = hessra_db.dsn
+    _revision(dsn, script_dir, _app_metadata(docs=None, with_docs=False, items=False), "f1")
+    admin.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(app_role)))
+    app_dsn = hessra_db.dsn_for(app_role)
+    assert _diff(app_dsn, _app_metadata(with_docs=False, items=False)) == []
+    assert "comparing the spec recorded in their comments instead" in caplog.text
+    changed = _app_metadata(orders={**ORDERS_SPEC, "operations": {"SELECT": "view"}}, with_docs=False, items=False)
+    calls = _calls(_diff(app_dsn, changed))
+    assert [call[:2] for call in calls] == [("drop", "orders"), ("create", "orders")]
+
+
+def test_autogenerate_leaves_the_database_as_it_was(hessra_db, admin, script_dir):
+    """The rehearsal is rolled back, in a transaction of its own on an autocommit connection."""
+    dsn = hessra_db.dsn
+    _revision(dsn, script_dir, _app_metadata(with_docs=False, items=False), "s1")
+    before = _policies(dsn)
+    changed = _app_metadata(orders={"mode": "table", "resource": "orders"}, with_docs=False, items=False)
+    for autocommit in (False, True):
+        assert [call[0] for call in _calls(_diff(dsn, changed, autocommit=autocommit))] == ["drop", "create"]
+        assert _policies(dsn) == before
+
+
+def test_register_policies_validates():
+    metadata = MetaData()
+    with pytest.raises(ValueError, match="'table' is required"):
+        ha.register_policies(metadata, {"mode": "table", "resource": "r"})
+    assert ha.declared_policies(MetaData()) is None
+    assert ha.declared_policies(metadata) == []
+    Table("t", metadata, Column("id", Integer), schema="s", info={"hessra_policies": PolicySpec("u", resource="r")})
+    with pytest.raises(ValueError, match="not the table it is declared on"):
+        ha.declared_policies(metadata)
+    metadata = MetaData()
+    Table("t", metadata, Column("id", Integer), schema="s", info={"hessra_policies": {"resource": "r"}})
+    assert ha.declared_policies(metadata) == [PolicySpec("t", schema="s", resource="r")]
