@@ -30,6 +30,10 @@ DROP FUNCTION hessra_authz._token_identity(float8, text, text, text, text, text)
 DROP FUNCTION hessra_authz._identity_scope(float8, text, text, text, text);
 DROP FUNCTION hessra_authz._authorized_resources(float8, text, text, text, text, text, text);
 DROP FUNCTION hessra_authz._load_config(text, jsonb, jsonb, jsonb, oid);
+-- The verifier's STALE answer carries the version it holds: _sync(held)
+-- compares in plpgsql, with no PL/Python call to ask.
+DROP FUNCTION hessra_authz._sync();
+DROP FUNCTION hessra_authz._config_version();
 
 -- ---------------------------------------------------------------------------
 -- Freshness that no trigger setting skips
@@ -202,13 +206,6 @@ from hessra_pg.plpython import abi_0_3
 abi_0_3.config_changed(xid)
 $$;
 
-CREATE OR REPLACE FUNCTION hessra_authz._config_version() RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
-AS $$
-from hessra_pg.plpython import abi_0_3
-return abi_0_3.config_version()
-$$;
-
 CREATE OR REPLACE FUNCTION hessra_authz._canonical_key(key text) RETURNS text
 LANGUAGE plpython3u IMMUTABLE STRICT
 AS $$
@@ -237,57 +234,51 @@ from hessra_pg.plpython import abi_0_3
 return abi_0_3.cache_stats(admin)
 $$;
 
--- Reads the configuration version with the statement's snapshot on every
--- call and hands the rows over only when the version held differs.
-CREATE OR REPLACE FUNCTION hessra_authz._sync() RETURNS text
+-- Reads the configuration version with the statement's snapshot and, when
+-- it differs from the version the verifier holds (`held`, which the
+-- verifier's STALE answer carries), hands the rows over in one query.
+CREATE FUNCTION hessra_authz._sync(held text) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     version text;
-    kids integer[];
-    public_keys text[];
-    not_before_us int8[];
-    not_after_us int8[];
-    node_chains text[];
-    node_kinds text[];
-    node_components text[];
-    node_keys text[];
-    revoked_ids text[];
-    revoked_identities text[];
     outcome text;
 BEGIN
     SELECT c.generation::text || '/' || c.xmin::text INTO version FROM hessra_authz.config_state AS c;
-    IF hessra_authz._config_version() IS DISTINCT FROM version THEN
+    IF version IS DISTINCT FROM _sync.held THEN
         -- extract() is exact numeric: no float text conversion on the way.
-        SELECT pg_catalog.array_agg(k.kid ORDER BY k.kid),
-               pg_catalog.array_agg(k.public_key ORDER BY k.kid),
-               pg_catalog.array_agg(CASE WHEN k.not_before = '-infinity' THEN NULL
-                                         ELSE (pg_catalog.extract('epoch', k.not_before) * 1000000)::int8 END
-                                    ORDER BY k.kid),
-               pg_catalog.array_agg(CASE WHEN k.not_after IS NULL OR k.not_after = 'infinity' THEN NULL
-                                         WHEN k.not_after = '-infinity' THEN -9223372036854775807
-                                         ELSE (pg_catalog.extract('epoch', k.not_after) * 1000000)::int8 END
-                                    ORDER BY k.kid)
-          INTO kids, public_keys, not_before_us, not_after_us
-          FROM hessra_authz.keys AS k;
-        SELECT pg_catalog.array_agg(c.name ORDER BY c.name, n.position),
-               pg_catalog.array_agg(pg_catalog.jsonb_typeof(n.node) ORDER BY c.name, n.position),
-               pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(n.node -> 'component') = 'string'
-                                         THEN n.node ->> 'component' END ORDER BY c.name, n.position),
-               pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(n.node -> 'public_key') = 'string'
-                                         THEN n.node ->> 'public_key' END ORDER BY c.name, n.position)
-          INTO node_chains, node_kinds, node_components, node_keys
-          FROM hessra_authz.service_chains AS c
-          LEFT JOIN LATERAL pg_catalog.jsonb_array_elements(c.nodes) WITH ORDINALITY AS n(node, position) ON true;
-        SELECT pg_catalog.array_agg(r.revocation_id) FILTER (WHERE r.revocation_id IS NOT NULL),
-               pg_catalog.array_agg(r.identity) FILTER (WHERE r.identity IS NOT NULL)
-          INTO revoked_ids, revoked_identities
-          FROM hessra_authz.revocations AS r;
-        outcome := hessra_authz._load_config(
-            version, kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds, node_components,
-            node_keys, revoked_ids, revoked_identities,
-            (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()),
-            (SELECT d.xmin::text FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()));
+        SELECT hessra_authz._load_config(
+                   version, k.kids, k.public_keys, k.not_before_us, k.not_after_us,
+                   n.node_chains, n.node_kinds, n.node_components, n.node_keys,
+                   r.revoked_ids, r.revoked_identities, d.oid, d.xmin::text)
+          INTO outcome
+          FROM (SELECT pg_catalog.array_agg(k.kid ORDER BY k.kid) AS kids,
+                       pg_catalog.array_agg(k.public_key ORDER BY k.kid) AS public_keys,
+                       pg_catalog.array_agg(CASE WHEN k.not_before = '-infinity' THEN NULL
+                                                 ELSE (pg_catalog.extract('epoch', k.not_before) * 1000000)::int8 END
+                                            ORDER BY k.kid) AS not_before_us,
+                       pg_catalog.array_agg(CASE WHEN k.not_after IS NULL OR k.not_after = 'infinity' THEN NULL
+                                                 WHEN k.not_after = '-infinity' THEN -9223372036854775807
+                                                 ELSE (pg_catalog.extract('epoch', k.not_after) * 1000000)::int8 END
+                                            ORDER BY k.kid) AS not_after_us
+                  FROM hessra_authz.keys AS k) AS k,
+               (SELECT pg_catalog.array_agg(c.name ORDER BY c.name, e.position) AS node_chains,
+                       pg_catalog.array_agg(pg_catalog.jsonb_typeof(e.node) ORDER BY c.name, e.position) AS node_kinds,
+                       pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'component') = 'string'
+                                                 THEN e.node ->> 'component' END
+                                            ORDER BY c.name, e.position) AS node_components,
+                       pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'public_key') = 'string'
+                                                 THEN e.node ->> 'public_key' END
+                                            ORDER BY c.name, e.position) AS node_keys
+                  FROM hessra_authz.service_chains AS c
+                  LEFT JOIN LATERAL pg_catalog.jsonb_array_elements(c.nodes) WITH ORDINALITY AS e(node, position)
+                    ON true) AS n,
+               (SELECT pg_catalog.array_agg(r.revocation_id) FILTER (WHERE r.revocation_id IS NOT NULL)
+                           AS revoked_ids,
+                       pg_catalog.array_agg(r.identity) FILTER (WHERE r.identity IS NOT NULL) AS revoked_identities
+                  FROM hessra_authz.revocations AS r) AS r,
+               pg_catalog.pg_database AS d
+         WHERE d.datname = pg_catalog.current_database();
         IF outcome <> '' THEN
             PERFORM hessra_authz._raise(outcome);
         END IF;
@@ -389,6 +380,7 @@ COMMENT ON FUNCTION hessra_authz.revoke_admin(name) IS
 
 REVOKE EXECUTE ON FUNCTION
     hessra_authz._context(),
+    hessra_authz._sync(text),
     hessra_authz._verify_token(text, text, text, text, text, text, text, text),
     hessra_authz._verify_capability(text, text, text, text, text),
     hessra_authz._verify_service_chain(text, text, text, text, text, text, text, text),
@@ -423,9 +415,9 @@ DECLARE
         verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix);
 BEGIN
-    IF outcome = 's' THEN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
         outcome := hessra_authz._verify_token(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix);
     END IF;
@@ -444,9 +436,9 @@ DECLARE
         hessra_authz._context(), NULL,
         verify_capability.token, verify_capability.resource, verify_capability.operation);
 BEGIN
-    IF outcome = 's' THEN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
         outcome := hessra_authz._verify_capability(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_capability.token, verify_capability.resource, verify_capability.operation);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
@@ -468,9 +460,9 @@ DECLARE
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
 BEGIN
-    IF outcome = 's' THEN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
         outcome := hessra_authz._verify_service_chain(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
     END IF;
@@ -493,9 +485,9 @@ DECLARE
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
 BEGIN
-    IF outcome = 's' THEN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
         outcome := hessra_authz._verify_service_chain_nodes(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
     END IF;
@@ -517,9 +509,9 @@ DECLARE
         verify_identity.token, verify_identity.identity, verify_identity.domain,
         verify_identity.ensure_subject_in_domain);
 BEGIN
-    IF outcome = 's' THEN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
         outcome := hessra_authz._verify_identity(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_identity.token, verify_identity.identity, verify_identity.domain,
         verify_identity.ensure_subject_in_domain);
     END IF;
@@ -538,9 +530,9 @@ DECLARE
         hessra_authz._context(), NULL,
         verify_bearer.token, verify_bearer.domain);
 BEGIN
-    IF outcome = 's' THEN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
         outcome := hessra_authz._verify_bearer(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_bearer.token, verify_bearer.domain);
     END IF;
     IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
@@ -563,9 +555,9 @@ DECLARE
         admin, explain.token, explain.subject, explain.resource, explain.operation, explain.domain, explain.prefix);
     result jsonb;
 BEGIN
-    IF outcome = 's' THEN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
         outcome := hessra_authz._explain(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             admin, explain.token, explain.subject, explain.resource, explain.operation, explain.domain,
             explain.prefix);
     END IF;
@@ -589,7 +581,7 @@ DECLARE
 BEGIN
     IF result[1] = 's' THEN
         result := hessra_authz._token_identity(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(result[2]),
             token_identity.token, token_identity.domain);
     END IF;
     IF result[1] <> 'ok' THEN
@@ -628,7 +620,7 @@ DECLARE
 BEGIN
     IF result[1] = 's' THEN
         result := hessra_authz._identity_scope(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(result[2]),
             token);
     END IF;
     IF result[1] <> 'ok' THEN
@@ -727,7 +719,7 @@ DECLARE
 BEGIN
     IF result[1] = 's' THEN
         result := hessra_authz._authorized_resources(
-            hessra_authz._context(), hessra_authz._sync(),
+            hessra_authz._context(), hessra_authz._sync(result[2]),
             token_resources.token, token_resources.subject, token_resources.operation);
     END IF;
     IF result[1] <> 'ok' THEN

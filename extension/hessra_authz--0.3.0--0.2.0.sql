@@ -24,6 +24,7 @@ DROP FUNCTION hessra_authz._authorized_resources(text, text, text, text, text);
 DROP FUNCTION hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[], text[], text[],
                                         text[], oid, text);
 DROP FUNCTION hessra_authz._cache_stats(boolean);
+DROP FUNCTION hessra_authz._sync(text);
 DROP FUNCTION hessra_authz.grant_admin(name);
 DROP FUNCTION hessra_authz.revoke_admin(name);
 DROP FUNCTION hessra_authz._admin_functions();
@@ -643,3 +644,5 @@ COMMENT ON FUNCTION hessra_authz.cache_stats() IS
 SELECT hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
 
 DROP FUNCTION hessra_authz._context();
+-- 0.3.0 had dropped these two; recreated here, they must be private again.
+REVOKE EXECUTE ON FUNCTION hessra_authz._sync(), hessra_authz._config_version() FROM PUBLIC;

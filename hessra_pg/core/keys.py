@@ -6,29 +6,46 @@ what biscuit prints: `ed25519/<64 hex>` or `secp256r1/<66 hex>` (spec §1.4).
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
-from typing import Mapping
-
 import biscuit_auth
 
 from ..errors import KeyFormatError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the core stays off typing at run time (first-call imports)
+    from typing import Mapping
 
 _ALGORITHMS = {
     "ed25519": (biscuit_auth.Algorithm.Ed25519, 32),
     "secp256r1": (biscuit_auth.Algorithm.Secp256r1, 33),
 }
-_ALG_HEX = re.compile(r"(ed25519|secp256r1)/([0-9a-fA-F]+)")
-_PEM_PUBLIC = re.compile(
-    r"-----BEGIN PUBLIC KEY-----\s*[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----"
-)
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_PEM_PUBLIC = r"-----BEGIN PUBLIC KEY-----\s*[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----"
+#: Parsed keys by text: the server parses the same few keys on every cold
+#: verification. Cleared when full (keys are few).
+_PARSED: dict[str, biscuit_auth.PublicKey] = {}
+_PARSED_SIZE = 256
 #: PEM text longer than this is not a public key; refuse before parsing.
 _MAX_KEY_TEXT = 4096
 
 
 def parse_public_key(text: str) -> biscuit_auth.PublicKey:
     """Parse a public key given as PEM or `alg/hex`; raise KeyFormatError."""
-    return _parse_public_key_cached(_normalise(text))
+    text = _normalise(text)
+    key = _PARSED.get(text)
+    if key is None:
+        key = _parse_public_key(text)
+        if len(_PARSED) >= _PARSED_SIZE:
+            _PARSED.clear()
+        _PARSED[text] = key
+    return key
+
+
+def _split_alg_hex(text: str) -> tuple[str, str] | None:
+    """(algorithm, hex) of an `ed25519/<hex>` or `secp256r1/<hex>` text."""
+    algorithm, slash, hex_text = text.partition("/")
+    if slash and algorithm in _ALGORITHMS and hex_text and _HEX_DIGITS.issuperset(hex_text):
+        return algorithm, hex_text
+    return None
 
 
 def canonical_public_key(text: str) -> str:
@@ -47,10 +64,11 @@ def _normalise(text: object) -> str:
     return text
 
 
-@lru_cache(maxsize=256)
-def _parse_public_key_cached(text: str) -> biscuit_auth.PublicKey:
+def _parse_public_key(text: str) -> biscuit_auth.PublicKey:
     if text.startswith("-----BEGIN"):
-        if not _PEM_PUBLIC.fullmatch(text):
+        import re  # PEM comes from administrators and clients, not the hot path
+
+        if not re.fullmatch(_PEM_PUBLIC, text):
             raise KeyFormatError(
                 "PEM key must be a single '-----BEGIN PUBLIC KEY-----' block "
                 "(SPKI, P-256 or Ed25519); private keys are not accepted here"
@@ -61,12 +79,12 @@ def _parse_public_key_cached(text: str) -> biscuit_auth.PublicKey:
             raise KeyFormatError(
                 "PEM public key could not be parsed: expected an SPKI P-256 or Ed25519 key"
             ) from None
-    match = _ALG_HEX.fullmatch(text)
-    if not match:
+    split = _split_alg_hex(text)
+    if split is None:
         raise KeyFormatError(
             "public key must be PEM or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'"
         )
-    alg_name, hex_text = match.groups()
+    alg_name, hex_text = split
     algorithm, size = _ALGORITHMS[alg_name]
     if len(hex_text) != 2 * size:
         raise KeyFormatError(f"{alg_name} public key must be {2 * size} hex digits, got {len(hex_text)}")
@@ -166,7 +184,7 @@ def _key_text(value: str) -> str:
     """PEM or alg/hex as given, or a STANDARD-base64-encoded PEM (the form
     hessra-config's environment variables use, spec §1.4)."""
     value = value.strip()
-    if value.startswith("-----BEGIN") or _ALG_HEX.fullmatch(value):
+    if value.startswith("-----BEGIN") or _split_alg_hex(value) is not None:
         return value
     import base64
     import binascii

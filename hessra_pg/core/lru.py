@@ -11,16 +11,20 @@ must not flush the whole cache.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Generic, Hashable, TypeVar
+try:  # collections re-exports it, at ~2 ms of imports in a new backend
+    from _collections import OrderedDict
+except ImportError:  # pragma: no cover (other Pythons)
+    from collections import OrderedDict
 
-V = TypeVar("V")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the core stays off typing at run time (first-call imports)
+    from typing import Any, Hashable
 
 #: What any entry costs beyond its payload (dict slot, tuples, the value object).
 ENTRY_OVERHEAD = 256
 
 
-class ByteBoundedLRU(Generic[V]):
+class ByteBoundedLRU:
     """LRU mapping whose summed entry weights stay within `bound` bytes."""
 
     __slots__ = ("bound", "bytes", "_items")
@@ -28,16 +32,16 @@ class ByteBoundedLRU(Generic[V]):
     def __init__(self, bound: int) -> None:
         self.bound = bound
         self.bytes = 0
-        self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
 
-    def get(self, key: Hashable) -> V | None:
+    def get(self, key: Hashable) -> Any:
         item = self._items.get(key)
         if item is None:
             return None
         self._items.move_to_end(key)
         return item[0]
 
-    def put(self, key: Hashable, value: V, weight: int) -> bool:
+    def put(self, key: Hashable, value: Any, weight: int) -> bool:
         """Keep `value` under `key`, charged `weight` bytes; False if it is too
         heavy to keep."""
         weight += ENTRY_OVERHEAD

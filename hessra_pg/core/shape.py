@@ -25,10 +25,12 @@ Together these keep the worst appended block to a few milliseconds
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable
-
 from ..errors import TokenFormatError, TokenShapeError
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the core stays off typing at run time (first-call imports)
+    from typing import Iterable
 
 MAX_BLOCKS = 32
 MAX_FACTS_PER_BLOCK = 16
@@ -60,20 +62,25 @@ _BINARY_REGEX, _BINARY_ALL, _BINARY_ANY, _BINARY_FFI = 8, 25, 26, 28
 _UNBOUNDED_BINARY = {_BINARY_REGEX, _BINARY_ALL, _BINARY_ANY, _BINARY_FFI}
 
 
-@dataclass
-class BlockShape:
-    facts: int = 0
-    rules: int = 0
-    #: (body predicates, expression ops, uses an unbounded op) per check query
-    queries: list[tuple[int, int, bool]] = field(default_factory=list)
-    third_party: bool = False
-    longest_symbol: int = 0
+class BlockShape(Record):
+    __slots__ = ("facts", "rules", "queries", "third_party", "longest_symbol")
+
+    def __init__(self, facts: int = 0, rules: int = 0, queries: list[tuple[int, int, bool]] | None = None,
+                 third_party: bool = False, longest_symbol: int = 0) -> None:
+        self.facts = facts
+        self.rules = rules
+        #: (body predicates, expression ops, uses an unbounded op) per check query
+        self.queries = [] if queries is None else queries
+        self.third_party = third_party
+        self.longest_symbol = longest_symbol
 
 
-@dataclass
-class TokenShape:
-    root_key_id: int | None
-    blocks: list[BlockShape]
+class TokenShape(Record):
+    __slots__ = ("root_key_id", "blocks")
+
+    def __init__(self, root_key_id: int | None, blocks: list[BlockShape]) -> None:
+        self.root_key_id = root_key_id
+        self.blocks = blocks
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

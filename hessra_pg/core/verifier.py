@@ -10,19 +10,23 @@ Nothing here touches a database; callers pass the keys, chains and time.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
 import biscuit_auth
 
-from .encoding import decode_token
 from ..errors import ConfigurationError, KeyFormatError, TokenFormatError, TokenShapeError
-from .datalog import actor_scope
+from .encoding import decode_token
 from .keys import parse_public_key
 from .lru import ByteBoundedLRU, text_size
+from .record import Record
 from .shape import check_shape, read_shape
+
+try:  # datetime.py only re-exports _datetime; it costs ~1.5 ms in a new backend
+    from _datetime import timedelta
+except ImportError:  # pragma: no cover (other Pythons)
+    from datetime import timedelta
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the core stays off typing at run time (first-call imports)
+    from typing import Any, Callable, Iterable, Mapping, Sequence
 
 #: Biscuit's default max_time (1 ms) denies valid tokens on a busy machine
 #: (design §3). The shape limits bound the work; this is only a backstop.
@@ -56,10 +60,7 @@ REASONS = (
 #: The detail explain() gives roles without admin rights.
 REDACTED_DETAIL = "details are shown to hessra_authz administrators only"
 
-# A whole printed line, so a string term that merely contains this text
-# (say an operation name) can't pose as a time check.
-TIME_CHECK = re.compile(r"^check if time\(\$(\w+)\), \$\1 < (-?\d+);$", re.M)
-_FAILED_CHECK = re.compile(r"Check n°(\d+) in (?:block n°(\d+)|authorizer): ")
+_FAILED_CHECK = r"Check n°(\d+) in (?:block n°(\d+)|authorizer): "
 _POLICY = "allow if subject($sub), resource($res), operation($op), right($sub, $res, $op);"
 _RIGHTS_QUERY = "data($s, $r, $o) <- right($s, $r, $o)"
 #: Every exception biscuit-python raises for a bad token or a failed check.
@@ -76,14 +77,17 @@ BISCUIT_ERRORS: tuple[type[BaseException], ...] = tuple(
 )
 
 
-@dataclass(frozen=True)
-class RootKey:
+class RootKey(Record):
     """A root (authority) public key with its validity window (epoch seconds)."""
 
-    kid: int
-    public_key: str
-    not_before: int | None = None
-    not_after: int | None = None
+    __slots__ = ("kid", "public_key", "not_before", "not_after")
+
+    def __init__(self, kid: int, public_key: str, not_before: float | None = None,
+                 not_after: float | None = None) -> None:
+        self.kid = kid
+        self.public_key = public_key
+        self.not_before = not_before
+        self.not_after = not_after
 
     def active_at(self, now: int) -> bool:
         if self.not_before is not None and now < self.not_before:
@@ -91,16 +95,17 @@ class RootKey:
         return self.not_after is None or now < self.not_after
 
 
-@dataclass(frozen=True)
-class ChainNode:
+class ChainNode(Record):
     """One node of a service chain (spec §3), public key in canonical form."""
 
-    component: str
-    public_key: str
+    __slots__ = ("component", "public_key")
+
+    def __init__(self, component: str, public_key: str) -> None:
+        self.component = component
+        self.public_key = public_key
 
 
-@dataclass(frozen=True)
-class Revocations:
+class Revocations(Record):
     """Revoked block revocation ids (lowercase hex) and revoked identities.
 
     A token is revoked if any of its blocks' ids is listed (revoking the
@@ -108,8 +113,11 @@ class Revocations:
     revoked if it, or an ancestor in the `:` hierarchy, is listed.
     """
 
-    ids: frozenset[str] = frozenset()
-    identities: frozenset[str] = frozenset()
+    __slots__ = ("ids", "identities")
+
+    def __init__(self, ids: frozenset[str] = frozenset(), identities: frozenset[str] = frozenset()) -> None:
+        self.ids = ids
+        self.identities = identities
 
     def covers_identity(self, identity: str) -> bool:
         if not self.identities:
@@ -127,17 +135,20 @@ class Revocations:
 NO_REVOCATIONS = Revocations()
 
 
-@dataclass
-class Decision:
+class Decision(Record):
     """The outcome of one verification. `reason` is one of REASONS (for a
     missing attestation it is `missing_attestation:<component>`)."""
 
-    valid: bool
-    reason: str
-    kid: int | None = None
-    expires_at: int | None = None
-    revocation_ids: tuple[str, ...] = ()
-    detail: str | None = None
+    __slots__ = ("valid", "reason", "kid", "expires_at", "revocation_ids", "detail")
+
+    def __init__(self, valid: bool, reason: str, kid: int | None = None, expires_at: int | None = None,
+                 revocation_ids: tuple[str, ...] = (), detail: str | None = None) -> None:
+        self.valid = valid
+        self.reason = reason
+        self.kid = kid
+        self.expires_at = expires_at
+        self.revocation_ids = revocation_ids
+        self.detail = detail
 
     def redacted(self) -> "Decision":
         """What a role that doesn't administer the keys may learn (README
@@ -174,22 +185,28 @@ class TokenRejected(Exception):
         self.detail = detail
 
 
-@dataclass
-class VerifiedToken:
+class VerifiedToken(Record):
     """A token whose signatures were checked against one root key."""
 
-    biscuit: biscuit_auth.Biscuit
-    key: RootKey
-    expires_at: int | None
-    revocation_ids: tuple[str, ...]
-    block_sources: tuple[str, ...] = field(repr=False, default=())
-    #: Every time check is a `check if time($t), $t < N` line, so the token
-    #: can't turn invalid before expires_at (decisions may be cached).
-    expiry_known: bool = True
-    #: Estimated bytes held while it is cached (see estimated_weight).
-    weight: int = 0
-    #: The serialized token (its structure is read from it, hessra_pg.core.datalog).
-    data: bytes = field(repr=False, default=b"")
+    __slots__ = ("biscuit", "key", "expires_at", "revocation_ids", "block_sources", "expiry_known", "weight", "data")
+    _hidden = frozenset({"biscuit", "block_sources", "data"})
+
+    def __init__(self, biscuit: biscuit_auth.Biscuit, key: RootKey, expires_at: int | None,
+                 revocation_ids: tuple[str, ...], block_sources: tuple[str, ...] = (), expiry_known: bool = True,
+                 weight: int = 0, data: bytes = b"") -> None:
+        self.biscuit = biscuit
+        self.key = key
+        self.expires_at = expires_at
+        self.revocation_ids = revocation_ids
+        #: Every block printed (Datalog text), as biscuit prints them.
+        self.block_sources = block_sources
+        #: Every time check is a `check if time($t), $t < N` line, so the token
+        #: can't turn invalid before expires_at (decisions may be cached).
+        self.expiry_known = expiry_known
+        #: Estimated bytes held while it is cached (see estimated_weight).
+        self.weight = weight
+        #: The serialized token (its structure is read from it, hessra_pg.core.datalog).
+        self.data = data
 
     def decision(self, valid: bool, reason: str, detail: str | None = None) -> Decision:
         """A Decision about this token (its key id, expiry and revocation ids)."""
@@ -309,6 +326,35 @@ def estimated_weight(data: bytes, sources: Sequence[str]) -> int:
     return 2048 + 3 * len(data) + sum(2 * len(source) + 200 * source.count(";") for source in sources)
 
 
+_TIME_CHECK_HEAD = "check if time($"
+
+
+def time_check_limit(line: str) -> int | None:
+    """N if `line` is exactly `check if time($v), $v < N;` (a whole printed
+    line, so a string term that merely contains this text, say an operation
+    name, can't pose as a time check), else None."""
+    if not line.startswith(_TIME_CHECK_HEAD) or not line.endswith(";"):
+        return None
+    variable, separator, rest = line[len(_TIME_CHECK_HEAD):-1].partition("), $")
+    if not separator or not variable.replace("_", "a").isalnum() or not rest.startswith(variable + " < "):
+        return None
+    number = rest[len(variable) + 3:]
+    digits = number[1:] if number.startswith("-") else number
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(number)
+
+
+def time_check_limits(source: str) -> list[int]:
+    """N of every `check if time($v), $v < N;` line of a printed block."""
+    limits = []
+    for line in source.split("\n"):
+        limit = time_check_limit(line)
+        if limit is not None:
+            limits.append(limit)
+    return limits
+
+
 def _time_checks(sources: Iterable[str]) -> tuple[int | None, bool]:
     """(the minimum N of every `check if time($t), $t < N` line, or None;
     whether `time` appears only in such lines, so the token can't turn
@@ -319,9 +365,9 @@ def _time_checks(sources: Iterable[str]) -> tuple[int | None, bool]:
         mentions = source.count("time(")
         if not mentions:
             continue
-        found = TIME_CHECK.findall(source)
+        found = time_check_limits(source)
         known = known and len(found) == mentions
-        values.extend(int(limit) for _, limit in found)
+        values.extend(found)
     return (min(values) if values else None), known
 
 
@@ -461,7 +507,9 @@ def _diagnose(
 
 def _failed_checks(message: str) -> list[tuple[int | None, int, str]]:
     """(block or None for the authorizer, check index, Datalog) per failure."""
-    matches = list(_FAILED_CHECK.finditer(message))
+    import re  # only denials being explained get here
+
+    matches = list(re.finditer(_FAILED_CHECK, message))
     result = []
     for position, match in enumerate(matches):
         end = matches[position + 1].start() if position + 1 < len(matches) else len(message)
@@ -691,15 +739,17 @@ def identity_candidates(verified: VerifiedToken) -> list[str]:
     return found
 
 
-@dataclass(frozen=True)
-class IdentityScope:
+class IdentityScope(Record):
     """What a valid identity token proves, as row policies use it: the most
     specific identity, whether every descendant (identity:...) too, and
     whether that description is exact."""
 
-    identity: str | None
-    descendants: bool = False
-    exact: bool = True
+    __slots__ = ("identity", "descendants", "exact")
+
+    def __init__(self, identity: str | None, descendants: bool = False, exact: bool = True) -> None:
+        self.identity = identity
+        self.descendants = descendants
+        self.exact = exact
 
 
 def identity_scope(
@@ -727,6 +777,8 @@ def identity_scope(
         return IdentityScope(None)
     if revoked.revoked_block(verified) is not None:
         return IdentityScope(None)
+    from .datalog import actor_scope  # only identity scopes read the Datalog structure
+
     try:
         scope = actor_scope(verified.data) if verified.data else None
     except TokenFormatError:

@@ -44,6 +44,14 @@ __all__ = [
 ]
 
 
+def _v02(outcome: Any) -> Any:
+    """0.3.0's STALE answer carries the version held; 0.2.0's wrappers
+    expect it bare."""
+    if isinstance(outcome, str):
+        return STALE if outcome.startswith(STALE) else outcome
+    return [STALE] if outcome[0] == STALE else outcome
+
+
 def _context(now: float, snapshot: str | None, xid: str | None) -> str:
     """0.2.0's separate arguments as 0.3.0's context text (Runtime.call)."""
     return " ".join(str(part) for part in (round(now * 1_000_000), snapshot, xid) if part is not None)
@@ -73,45 +81,46 @@ def load_config(plpy: Any, version: str, keys: str, chains: str, revocations: st
 def verify_token(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                  token: str | None, subject: str | None, resource: str | None, operation: str | None,
                  domain: str | None = None, prefix: str | None = None) -> str:
-    return abi_0_3.verify_token(_context(now, snapshot, xid), version, token, subject, resource, operation, domain, prefix)
+    return _v02(abi_0_3.verify_token(_context(now, snapshot, xid), version, token, subject, resource, operation,
+                                     domain, prefix))
 
 
 def verify_capability(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                       token: str | None, resource: str | None, operation: str | None) -> str:
-    return abi_0_3.verify_capability(_context(now, snapshot, xid), version, token, resource, operation)
+    return _v02(abi_0_3.verify_capability(_context(now, snapshot, xid), version, token, resource, operation))
 
 
 def verify_service_chain(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                          token: str | None, subject: str | None, resource: str | None, operation: str | None,
                          chain: str | None, component: str | None = None) -> str:
-    return abi_0_3.verify_service_chain(_context(now, snapshot, xid), version, token, subject, resource, operation,
-                                        chain, component)
+    return _v02(abi_0_3.verify_service_chain(_context(now, snapshot, xid), version, token, subject, resource,
+                                             operation, chain, component))
 
 
 def verify_service_chain_nodes(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                                token: str | None, subject: str | None, resource: str | None,
                                operation: str | None, nodes: str | None, component: str | None = None) -> str:
-    return abi_0_3.verify_service_chain_nodes(_context(now, snapshot, xid), version, token, subject, resource,
-                                              operation, nodes, component)
+    return _v02(abi_0_3.verify_service_chain_nodes(_context(now, snapshot, xid), version, token, subject,
+                                                   resource, operation, nodes, component))
 
 
 def explain(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None, token: str | None,
             subject: str | None, resource: str | None, operation: str | None, domain: str | None = None,
             prefix: str | None = None) -> str:
-    return abi_0_3.explain(_context(now, snapshot, xid), version, True, token, subject, resource, operation, domain,
-                           prefix)
+    return _v02(abi_0_3.explain(_context(now, snapshot, xid), version, True, token, subject, resource, operation,
+                                domain, prefix))
 
 
 def verify_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                     token: str | None, identity: str | None, domain: str | None = None,
                     ensure_subject_in_domain: bool | None = False) -> str:
-    return abi_0_3.verify_identity(_context(now, snapshot, xid), version, token, identity, domain,
-                                   ensure_subject_in_domain)
+    return _v02(abi_0_3.verify_identity(_context(now, snapshot, xid), version, token, identity, domain,
+                                        ensure_subject_in_domain))
 
 
 def verify_bearer(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                   token: str | None, domain: str | None = None) -> str:
-    return abi_0_3.verify_bearer(_context(now, snapshot, xid), version, token, domain)
+    return _v02(abi_0_3.verify_bearer(_context(now, snapshot, xid), version, token, domain))
 
 
 def token_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
@@ -124,12 +133,12 @@ def token_identity(plpy: Any, now: float, snapshot: str | None, xid: str | None,
 
 def identity_scope(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                    token: str | None) -> list[str | None]:
-    return abi_0_3.identity_scope(_context(now, snapshot, xid), version, token)
+    return _v02(abi_0_3.identity_scope(_context(now, snapshot, xid), version, token))
 
 
 def authorized_resources(plpy: Any, now: float, snapshot: str | None, xid: str | None, version: str | None,
                          token: str | None, subject: str | None, operation: str | None) -> list[str | None]:
-    return abi_0_3.authorized_resources(_context(now, snapshot, xid), version, token, subject, operation)
+    return _v02(abi_0_3.authorized_resources(_context(now, snapshot, xid), version, token, subject, operation))
 
 
 def canonical_key(plpy: Any, key: str) -> str:

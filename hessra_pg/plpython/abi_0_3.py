@@ -9,15 +9,18 @@ two places, not every wrapper. Every value crosses as an integer, a boolean
 or text that no session setting formats (docs/security.md).
 
 Outcomes are texts: 't', 'f', a JSON result, a JSON error object that
-hessra_authz._raise() turns into an ERROR, or STALE ('s': run
-hessra_authz._sync() and call again); text[] results are headed "ok", "s" or
-"error". A yes/no function never raises for any token or argument: an
-unexpected exception denies (runtime.internal_error).
+hessra_authz._raise() turns into an ERROR, or STALE ('s' followed by the
+configuration version held: run hessra_authz._sync(held) and call again);
+text[] results are headed "ok", "s" (then the version held) or "error". A
+yes/no function never raises for any token or argument: an unexpected
+exception denies (runtime.internal_error).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing at run time: this is imported by every backend's first verification
+    from typing import Any, Callable
 
 from ..errors import ConfigurationError, HessraError, KeyFormatError, TokenFormatError
 from ..core.keys import canonical_public_key
@@ -39,7 +42,10 @@ def _entry(denied: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             try:
                 return function(*args)
             except _Stale:
-                return [STALE] if array else STALE
+                # The version held travels with the answer: _sync(held)
+                # compares it in plpgsql, without calling back into Python.
+                held = RUNTIME.config_version()
+                return [STALE, held] if array else STALE + (held or "")
             except HessraError as error:
                 outcome = error_outcome(error)
                 return ["error", outcome] if array else outcome

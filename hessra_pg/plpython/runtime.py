@@ -40,16 +40,12 @@ Memory: every cache is bounded by (estimated) bytes, see hessra_pg.core.lru.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
 
-from ..errors import ConfigurationError, HessraError, StaleSnapshotError
 from ..core.lru import ByteBoundedLRU, text_size
-from .shared_decisions import SharedDecisions
+from ..core.record import Record
+from ..errors import ConfigurationError, HessraError, StaleSnapshotError
+from .shared_decisions import SharedDecisions, blake2b
 from ..core.verifier import (
     ChainNode,
     Decision,
@@ -65,6 +61,12 @@ from ..core.verifier import (
     verify,
     verify_identity,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing at run time: this is imported by every backend's first verification
+    from typing import Any, Callable, TypeVar
+
+    R = TypeVar("R")
 
 #: Signature-checked tokens (and the reasons of malformed ones), each
 #: charged its estimated weight (hessra_pg.core.verifier.estimated_weight).
@@ -82,25 +84,30 @@ class _Stale(Exception):
     """The configuration held may be out of date: go through _sync()."""
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(Record):
     """Keys, chains and revocations of one configuration version."""
 
-    version: str
-    generation: int
-    keys: tuple[RootKey, ...]
-    #: name -> tuple of ChainNode, or the ConfigurationError of a bad row
-    chains: dict[str, Any]
-    revocations: Revocations
+    __slots__ = ("version", "generation", "keys", "chains", "revocations")
+
+    def __init__(self, version: str, generation: int, keys: tuple[RootKey, ...], chains: dict[str, Any],
+                 revocations: Revocations) -> None:
+        self.version = version
+        self.generation = generation
+        self.keys = keys
+        #: name -> tuple of ChainNode, or the ConfigurationError of a bad row
+        self.chains = chains
+        self.revocations = revocations
 
 
-@dataclass(frozen=True, slots=True)
-class _Rejection:
+class _Rejection(Record):
     """A malformed token's reason, kept instead of the exception (re-raising
     one exception instance grows its traceback on every raise)."""
 
-    reason: str
-    detail: str
+    __slots__ = ("reason", "detail")
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
 
 
 def result_size(result: Any) -> int:
@@ -138,11 +145,14 @@ class Runtime:
         self.committed_generation = 0
         self.shared: SharedDecisions | None = None
         self.shared_database: tuple[int, str] | None = None
-        self.tokens: ByteBoundedLRU[VerifiedToken | _Rejection] = ByteBoundedLRU(TOKEN_CACHE_BYTES)
-        self.decisions: ByteBoundedLRU[tuple[Any, float]] = ByteBoundedLRU(DECISION_CACHE_BYTES)
-        self.results: ByteBoundedLRU[tuple[Any, float]] = ByteBoundedLRU(RESULT_CACHE_BYTES)
+        #: VerifiedToken or _Rejection by (token digest, version)
+        self.tokens = ByteBoundedLRU(TOKEN_CACHE_BYTES)
+        #: (result, valid until) by (version, token digest, arguments)
+        self.decisions = ByteBoundedLRU(DECISION_CACHE_BYTES)
+        #: (result, valid until) by (arguments, token digest, statement start, version)
+        self.results = ByteBoundedLRU(RESULT_CACHE_BYTES)
         #: Unexpected exceptions by class name (each denied; see entry points).
-        self.internal_errors: Counter[str] = Counter()
+        self.internal_errors: dict[str, int] = {}
 
     # -- configuration ------------------------------------------------------
 
@@ -245,9 +255,6 @@ class Runtime:
         }
 
 
-R = TypeVar("R")
-
-
 class Statement:
     """One call: the runtime, the configuration current for it, the
     verification time, and the token digest (computed once per call)."""
@@ -265,7 +272,7 @@ class Statement:
 
     def digest(self, token: str) -> bytes:
         if token is not self._token:
-            self._token, self._digest = token, hashlib.blake2b(token.encode(), digest_size=16).digest()
+            self._token, self._digest = token, blake2b(token.encode(), digest_size=16).digest()
         return self._digest
 
     # -- signature check through the token cache ---------------------------
@@ -380,7 +387,12 @@ class Statement:
         def compute() -> Decision:
             chain: tuple[ChainNode, ...] | None = None
             if use_chain:
-                chain = parse_chain(json.loads(nodes_json)) if nodes_json is not None else self.chain(chain_name)
+                if nodes_json is not None:
+                    import json  # only the jsonb-nodes overload of verify_service_chain
+
+                    chain = parse_chain(json.loads(nodes_json))
+                else:
+                    chain = self.chain(chain_name)
             return verify(token, config.keys, now=self.now, subject=subject, resource=resource, operation=operation,
                           domain=domain, prefix=prefix, chain=chain, component=component, capability=capability,
                           load=self.load, revoked=config.revocations, diagnose=detailed,
@@ -454,6 +466,8 @@ def error_outcome(error: HessraError) -> str:
     """The JSON error outcome that hessra_authz._raise() turns into an ERROR."""
     message = f"hessra_authz: {error}"
     hint = error.hint or next((text for needle, text in _HINTS.items() if needle in message), None)
+    import json  # errors are rare: keep json off the first call's imports
+
     return json.dumps({"error": message, "hint": hint, "detail": error.detail, "sqlstate": error.sqlstate})
 
 
@@ -461,7 +475,7 @@ def internal_error(runtime: Runtime, error: BaseException) -> None:
     """Count an unexpected exception; warn (once per class per backend,
     without traceback or token) so an operator notices."""
     name = type(error).__name__
-    runtime.internal_errors[name] += 1
+    runtime.internal_errors[name] = runtime.internal_errors.get(name, 0) + 1
     if runtime.internal_errors[name] == 1:
         try:
             import plpy  # type: ignore[import-not-found]

@@ -32,12 +32,16 @@ reuses the OID of a dropped one never inherits its value.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import struct
 
 from .. import __version__
+
+try:  # hashlib would load OpenSSL (~3 ms in a new backend) for a built-in hash
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover (other Pythons)
+    from hashlib import blake2b
 
 #: Entries per database (a slot per digest; a newer entry replaces an older).
 SLOTS = 1 << 16
@@ -59,7 +63,7 @@ class SharedDecisions:
         self.path = path
         self.hits = 0
         self.misses = 0
-        self._tag = hashlib.blake2b(tag.encode(), digest_size=16).digest()
+        self._tag = blake2b(tag.encode(), digest_size=16).digest()
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -108,7 +112,7 @@ class SharedDecisions:
         package version (a backend still running older verifier code must
         not answer for a newer one, or the reverse)."""
         text = f"{__version__}\0{version}\0{arguments}\0"
-        return hashlib.blake2b(text.encode() + token_digest, digest_size=16).digest()
+        return blake2b(text.encode() + token_digest, digest_size=16).digest()
 
     def allowed_until(self, digest: bytes, now: float) -> float | None:
         """Until when the recorded decision holds, if a verifier recorded one
@@ -132,4 +136,4 @@ class SharedDecisions:
 
 
 def _check(head: bytes) -> bytes:
-    return hashlib.blake2b(head, digest_size=8, person=b"hessra-decision").digest()
+    return blake2b(head, digest_size=8, person=b"hessra-decision").digest()

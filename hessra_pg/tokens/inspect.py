@@ -18,7 +18,7 @@ from ..core.encoding import decode_token
 from ..errors import TokenFormatError
 from ..core.keys import parse_public_key
 from ..core.shape import read_shape
-from ..core.verifier import TIME_CHECK
+from ..core.verifier import time_check_limits
 
 _STRING = r'"((?:[^"\\]|\\.)*)"'
 _RIGHT = re.compile(rf"^right\({_STRING}, {_STRING}, {_STRING}\);$", re.M)
@@ -93,7 +93,7 @@ def inspect_token(token: str, root_key: str | None = None) -> TokenInfo:
     external = [_external_key(parsed, i) for i in range(count)]
     blocks = [BlockInfo(i, external[i], revocation_ids[i] if i < len(revocation_ids) else "", sources[i])
               for i in range(count)]
-    times = [int(m.group(2)) for source in sources for m in TIME_CHECK.finditer(source)]
+    times = [limit for source in sources for limit in time_check_limits(source)]
     authority = sources[0]
     info = TokenInfo(
         kind="unknown",

@@ -191,7 +191,7 @@ def test_an_unexpected_error_denies_and_is_counted(monkeypatch):
         raise RecursionError("simulated")
 
     monkeypatch.setattr(rt.RUNTIME, "statement", broken)
-    before = rt.RUNTIME.internal_errors["RecursionError"]
+    before = rt.RUNTIME.internal_errors.get("RecursionError", 0)
     assert abi_0_3.verify_token("0 s", None, "t", "a", "r", "o", None, None) == "f"
     assert abi_0_3.identity_scope("0 s", None, "t") == ["ok", None, "f"]
     assert abi_0_3.authorized_resources("0 s", None, "t", "a", "o") == ["ok"]
