@@ -307,10 +307,21 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     e jsonb := _raise.outcome::jsonb;
+    message text := e->>'error';
+    code text := coalesce(e->>'sqlstate', '22023');
+    hint text := NULLIF(e->>'hint', '');
+    detail text := CASE WHEN NULLIF(e->>'detail', '') IS NOT NULL AND hessra_authz._is_admin() THEN e->>'detail' END;
 BEGIN
-    RAISE EXCEPTION USING MESSAGE = e->>'error', HINT = coalesce(e->>'hint', ''),
-                          DETAIL = CASE WHEN hessra_authz._is_admin() THEN coalesce(e->>'detail', '') ELSE '' END,
-                          ERRCODE = coalesce(e->>'sqlstate', '22023');
+    -- Only the fields there are: an empty DETAIL or HINT line says nothing.
+    IF hint IS NOT NULL AND detail IS NOT NULL THEN
+        RAISE EXCEPTION USING MESSAGE = message, HINT = hint, DETAIL = detail, ERRCODE = code;
+    ELSIF hint IS NOT NULL THEN
+        RAISE EXCEPTION USING MESSAGE = message, HINT = hint, ERRCODE = code;
+    ELSIF detail IS NOT NULL THEN
+        RAISE EXCEPTION USING MESSAGE = message, DETAIL = detail, ERRCODE = code;
+    ELSE
+        RAISE EXCEPTION USING MESSAGE = message, ERRCODE = code;
+    END IF;
 END
 $$;
 

@@ -1,37 +1,89 @@
-"""Exception classes. Every error raised to a user is one of these, with an
-actionable message that never contains a token."""
+"""Every exception hessra_pg raises, in one place, each with its SQLSTATE.
+
+Every error a user sees is one of these, with an actionable message that
+never contains a token. Inside the database an error becomes an ERROR with
+the class's SQLSTATE, its message, its hint, and its detail (shown to key
+administrators only: it may name configuration an application role has no
+business seeing). Token problems are never errors: verifications answer
+false (hessra_pg.core.verifier.TokenRejected is internal).
+"""
+
+from __future__ import annotations
 
 
 class HessraError(Exception):
-    """Base class of every hessra_pg error.
+    """Base class of every hessra_pg error."""
 
-    Inside the database an error becomes an ERROR with this SQLSTATE, the
-    message, `hint`, and `detail` (shown to key administrators only: it may
-    name configuration an application role has no business seeing).
-    """
-
-    sqlstate = "22023"  # invalid_parameter_value
+    #: The SQLSTATE this error carries through SQL (class 22: data
+    #: exception, 55: prerequisite state, 42: undefined object, XX: internal).
+    sqlstate = "XX000"  # internal_error: nothing more specific applies
+    #: What to do about it; an instance may give a more specific one.
+    hint: str | None = None
 
     def __init__(self, *args: object, detail: str | None = None, hint: str | None = None) -> None:
         super().__init__(*args)
         self.detail = detail
-        self.hint = hint
+        if hint is not None:
+            self.hint = hint
+
+
+class ArgumentError(HessraError, ValueError):
+    """An argument can't be used: NULL where a value is needed, a component
+    that is not in the chain."""
+
+    sqlstate = "22023"  # invalid_parameter_value
 
 
 class KeyFormatError(HessraError, ValueError):
     """A public or private key could not be parsed."""
 
+    sqlstate = "22023"  # invalid_parameter_value
+    hint = "Keys are PEM (SPKI, P-256 or Ed25519) or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'."
+
 
 class TokenFormatError(HessraError, ValueError):
     """A token is not valid base64 or not a Biscuit (never includes the token)."""
+
+    sqlstate = "22023"  # invalid_parameter_value
 
 
 class TokenShapeError(TokenFormatError):
     """A token exceeds the size or shape limits that keep verification bounded."""
 
+    sqlstate = "54000"  # program_limit_exceeded
+
 
 class ConfigurationError(HessraError):
     """The verifier's configuration (keys, chains) is missing or invalid."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
+class NoActiveKeyError(ConfigurationError):
+    """No key in hessra_authz.keys is active at this time."""
+
+    hint = "Add the authority's public key: SELECT hessra_authz.add_key('<PEM or alg/hex>');"
+
+
+class UnknownChainError(ConfigurationError):
+    """A service chain named by the caller is not registered."""
+
+    sqlstate = "42704"  # undefined_object
+    hint = "Register it with hessra_authz.set_service_chain(name, nodes)."
+
+
+class UnknownComponentError(ConfigurationError):
+    """The component passed is not a node of the service chain."""
+
+    sqlstate = "22023"  # invalid_parameter_value
+    hint = "Pass one of the chain's components, or NULL to require every node."
+
+
+class ChainFormatError(ConfigurationError, ValueError):
+    """Service chain nodes are not a JSON array of {component, public_key}."""
+
+    sqlstate = "22023"  # invalid_parameter_value
+    hint = 'Nodes are a JSON array of {"component": ..., "public_key": "ed25519/<hex>"} objects in chain order.'
 
 
 class StaleSnapshotError(ConfigurationError):
@@ -39,3 +91,9 @@ class StaleSnapshotError(ConfigurationError):
     committed (and that this database's backends already enforce)."""
 
     sqlstate = "40001"  # serialization_failure: the application retries
+
+
+class InternalError(HessraError):
+    """Something failed that should not have: a bug to report."""
+
+    sqlstate = "XX000"

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import biscuit_auth
 
-from ..errors import ConfigurationError, KeyFormatError, TokenFormatError, TokenShapeError
+from ..errors import (
+    ChainFormatError,
+    ConfigurationError,
+    KeyFormatError,
+    NoActiveKeyError,
+    TokenFormatError,
+    TokenShapeError,
+    UnknownComponentError,
+)
 from .encoding import decode_token
 from .keys import parse_public_key
 from .lru import ByteBoundedLRU, text_size
@@ -60,7 +68,6 @@ REASONS = (
 #: The detail explain() gives roles without admin rights.
 REDACTED_DETAIL = "details are shown to hessra_authz administrators only"
 
-_FAILED_CHECK = r"Check n°(\d+) in (?:block n°(\d+)|authorizer): "
 _POLICY = "allow if subject($sub), resource($res), operation($op), right($sub, $res, $op);"
 _RIGHTS_QUERY = "data($s, $r, $o) <- right($s, $r, $o)"
 #: Every exception biscuit-python raises for a bad token or a failed check.
@@ -217,27 +224,27 @@ class VerifiedToken(Record):
 
 def parse_chain(nodes: Any) -> tuple[ChainNode, ...]:
     """Validate a service chain given as the JSON array of spec §3.3
-    (`[{"component": ..., "public_key": ...}]`); raise ConfigurationError."""
+    (`[{"component": ..., "public_key": ...}]`); raise ChainFormatError."""
     if not isinstance(nodes, list):
-        raise ConfigurationError(
+        raise ChainFormatError(
             'service chain must be a JSON array of {"component": ..., "public_key": ...} objects'
         )
     parsed: list[ChainNode] = []
     seen: set[str] = set()
     for position, node in enumerate(nodes, start=1):
         if not isinstance(node, dict):
-            raise ConfigurationError(f"service chain node {position} is not a JSON object")
+            raise ChainFormatError(f"service chain node {position} is not a JSON object")
         component, key = node.get("component"), node.get("public_key")
         if not isinstance(component, str) or not component:
-            raise ConfigurationError(f"service chain node {position} needs a non-empty \"component\" string")
+            raise ChainFormatError(f"service chain node {position} needs a non-empty \"component\" string")
         if not isinstance(key, str):
-            raise ConfigurationError(f"service chain node {position} ({component}) needs a \"public_key\" string")
+            raise ChainFormatError(f"service chain node {position} ({component}) needs a \"public_key\" string")
         if component in seen:
-            raise ConfigurationError(f"service chain component {component!r} appears twice")
+            raise ChainFormatError(f"service chain component {component!r} appears twice")
         try:
             canonical = str(parse_public_key(key))
         except KeyFormatError as error:
-            raise ConfigurationError(f"service chain node {position} ({component}): {error}") from None
+            raise ChainFormatError(f"service chain node {position} ({component}): {error}") from None
         seen.add(component)
         parsed.append(ChainNode(component, canonical))
     return tuple(parsed)
@@ -250,11 +257,8 @@ def chain_nodes_required(nodes: Sequence[ChainNode], component: str | None) -> l
         return list(nodes)
     components = [node.component for node in nodes]
     if component not in components:
-        raise ConfigurationError(
-            f"component {component!r} is not in the service chain",
-            detail=f"components: {', '.join(components)}",
-            hint="Pass one of the chain's components, or NULL to require every node.",
-        )
+        raise UnknownComponentError(f"component {component!r} is not in the service chain",
+                                    detail=f"components: {', '.join(components)}")
     return list(nodes[: components.index(component)])
 
 
@@ -281,7 +285,7 @@ def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> Verifi
     all_keys = list(keys)
     active = [key for key in all_keys if key.active_at(now)]
     if not active:
-        raise ConfigurationError(
+        raise NoActiveKeyError(
             "no active key in hessra_authz.keys: add the authority's public key with hessra_authz.add_key()"
         )
     if shape.root_key_id is not None:
@@ -459,64 +463,19 @@ def authorize(
         message = str(error)
     if not diagnose:
         return decision(False, "denied", "not diagnosed")
-    reason, detail = _diagnose(message, authorizer, verified, now, subject, resource, operation, required, capability)
+    from .diagnosis import Failure, authorization_reason
+
+    def granted() -> list[tuple[object, ...]]:
+        try:
+            return [tuple(fact.terms) for fact in authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))]
+        except BISCUIT_ERRORS:
+            return []
+
+    reason, detail = authorization_reason(
+        Failure(message), now=now, expires_at=verified.expires_at, rights=granted, subject=subject,
+        resource=resource, operation=operation, required_components=[node.component for node in required],
+        capability=capability)
     return decision(False, reason, detail)
-
-
-def _diagnose(
-    message: str,
-    authorizer: Any,
-    verified: VerifiedToken,
-    now: int,
-    subject: str | None,
-    resource: str,
-    operation: str,
-    required: Sequence[ChainNode],
-    capability: bool,
-) -> tuple[str, str]:
-    """Map a Biscuit failure to a stable reason code and a short detail."""
-    if "execution limits" in message or "timeout" in message.lower():
-        return "limits", "Datalog evaluation reached the run limits"
-    if verified.expires_at is not None and now >= verified.expires_at:
-        return "expired", f"token expired at {verified.expires_at}"
-    failed = _failed_checks(message)
-    try:
-        rights = [tuple(fact.terms) for fact in authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))]
-    except BISCUIT_ERRORS:
-        rights = []
-    if not capability and not any(right[0] == subject for right in rights):
-        return "subject_mismatch", "the token grants nothing to this subject"
-    if not any(
-        right[1:] == (resource, operation) and (capability or right[0] == subject) for right in rights
-    ):
-        return "denied", "the token grants no right for this resource and operation"
-    for block, index, text in failed:
-        if block is None and index < len(required):
-            return f"missing_attestation:{required[index].component}", text
-    for _, _, text in failed:
-        if "domain(" in text:
-            return "domain_mismatch", text
-        if "prefix" in text:
-            return "prefix_mismatch", text
-        if "namespace(" in text:
-            return "missing_signoff", text
-    if failed:
-        return "check_failed", failed[0][2]
-    return "denied", "no policy matched"
-
-
-def _failed_checks(message: str) -> list[tuple[int | None, int, str]]:
-    """(block or None for the authorizer, check index, Datalog) per failure."""
-    import re  # only denials being explained get here
-
-    matches = list(re.finditer(_FAILED_CHECK, message))
-    result = []
-    for position, match in enumerate(matches):
-        end = matches[position + 1].start() if position + 1 < len(matches) else len(message)
-        text = message[match.end():end].rstrip(", ")
-        block = int(match.group(2)) if match.group(2) is not None else None
-        result.append((block, int(match.group(1)), text))
-    return result
 
 
 def verify(
@@ -644,22 +603,10 @@ def authorize_identity(
         return decision(True, "ok")
     except BISCUIT_ERRORS as error:
         message = str(error)
-    if "execution limits" in message or "timeout" in message.lower():
-        return decision(False, "limits", "Datalog evaluation reached the run limits")
-    if verified.expires_at is not None and now >= verified.expires_at:
-        return decision(False, "expired", f"token expired at {verified.expires_at}")
-    failed = _failed_checks(message)
-    for _, _, text in failed:
-        if "actor(" in text:
-            return decision(False, "identity_mismatch", text)
-    for _, _, text in failed:
-        if "domain(" in text:
-            return decision(False, "domain_mismatch", text)
-    if failed:
-        return decision(False, "check_failed", failed[0][2])
-    if "no matching policy" in message and not ensure_subject_in_domain:
-        return decision(False, "not_identity", "the token has no subject: it is not an identity token")
-    return decision(False, "domain_mismatch" if ensure_subject_in_domain else "denied", "no policy matched")
+    from .diagnosis import Failure, identity_reason
+
+    return decision(False, *identity_reason(Failure(message), now=now, expires_at=verified.expires_at,
+                                            ensure_subject_in_domain=ensure_subject_in_domain))
 
 
 def verify_identity(

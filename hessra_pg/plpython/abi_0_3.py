@@ -22,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing at run time: this is imported by every backend's first verification
     from typing import Any, Callable
 
-from ..errors import ConfigurationError, HessraError, KeyFormatError, TokenFormatError
+from ..errors import ArgumentError, HessraError, InternalError, KeyFormatError, TokenFormatError
 from ..core.keys import canonical_public_key
 from ..core.verifier import Revocations, RootKey, parse_chain
 from .runtime import RUNTIME, STALE, _Stale, error_outcome, internal_error
@@ -55,7 +55,7 @@ def _entry(denied: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 internal_error(RUNTIME, error)
                 if denied is not None:
                     return list(denied) if array else denied
-                outcome = error_outcome(HessraError(f"internal error ({type(error).__name__})"))
+                outcome = error_outcome(InternalError(f"internal error ({type(error).__name__})"))
                 return ["error", outcome] if array else outcome
 
         call.__name__ = function.__name__
@@ -100,7 +100,8 @@ def verify_service_chain_nodes(context: str, version: str | None, token: str | N
                                resource: str | None, operation: str | None, nodes: str | None,
                                component: str | None) -> str:
     if nodes is None:
-        raise ConfigurationError("service chain nodes must not be NULL")
+        raise ArgumentError("service chain nodes must not be NULL",
+                            hint='Pass a JSON array of {"component": ..., "public_key": ...} objects.')
     call = RUNTIME.call(context, version)
     return _bool(call.decide(token, subject=subject, resource=resource, operation=operation, nodes_json=nodes,
                              use_chain=True, component=component).valid)
@@ -217,7 +218,8 @@ def canonical_chain(nodes: str | None) -> str:
     import json
 
     if nodes is None:
-        raise ConfigurationError("service chain nodes must not be NULL")
+        raise ArgumentError("service chain nodes must not be NULL",
+                            hint='Pass a JSON array of {"component": ..., "public_key": ...} objects.')
     parsed = parse_chain(json.loads(nodes))
     return json.dumps([{"component": node.component, "public_key": node.public_key} for node in parsed])
 

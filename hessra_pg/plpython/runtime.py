@@ -44,7 +44,15 @@ import time
 
 from ..core.lru import ByteBoundedLRU, text_size
 from ..core.record import Record
-from ..errors import ConfigurationError, HessraError, StaleSnapshotError
+from ..errors import (
+    ArgumentError,
+    ChainFormatError,
+    ConfigurationError,
+    HessraError,
+    InternalError,
+    StaleSnapshotError,
+    UnknownChainError,
+)
 from .shared_decisions import SharedDecisions, blake2b
 from ..core.verifier import (
     ChainNode,
@@ -127,8 +135,10 @@ def parse_chains(chains: dict[str, Any]) -> dict[str, Any]:
     for name, nodes in chains.items():
         try:
             parsed[name] = parse_chain(nodes)
-        except ConfigurationError as error:
-            parsed[name] = ConfigurationError(f"service chain {name!r} is invalid: {error}")
+        except ChainFormatError as error:
+            # A stored row: a configuration problem, not the caller's argument.
+            parsed[name] = ConfigurationError(f"service chain {name!r} is invalid: {error}",
+                                              hint="Fix it with hessra_authz.set_service_chain(name, nodes).")
     return parsed
 
 
@@ -212,7 +222,7 @@ class Runtime:
                     hint="REPEATABLE READ and SERIALIZABLE transactions, and imported snapshots, can't "
                          "verify tokens with a configuration older than the one in force.")
             if config is None or config.version != version:
-                raise ConfigurationError("configuration not loaded: call through the hessra_authz functions")
+                raise InternalError("configuration not loaded: call through the hessra_authz functions")
             changing = xid is not None and xid == self.changing_xid
             if not changing and config.generation > self.committed_generation:
                 self.committed_generation = config.generation
@@ -360,11 +370,11 @@ class Statement:
 
     def chain(self, name: str | None) -> tuple[ChainNode, ...]:
         if name is None:
-            raise ConfigurationError("service chain name must not be NULL")
+            raise ArgumentError("service chain name must not be NULL",
+                                hint="Pass the name of a chain registered with hessra_authz.set_service_chain().")
         chain = self.config.chains.get(name)
         if chain is None:
-            raise ConfigurationError(f"no service chain named {name!r}",
-                                     hint="Register it with hessra_authz.set_service_chain(name, nodes).")
+            raise UnknownChainError(f"no service chain named {name!r}")
         if isinstance(chain, ConfigurationError):
             raise chain
         return chain
@@ -456,16 +466,10 @@ RUNTIME = Runtime()
 
 # -- errors and outcomes -------------------------------------------------------
 
-_HINTS = {
-    "no active key": "Add the authority's public key: SELECT hessra_authz.add_key('<PEM or alg/hex>');",
-    "public key": "Keys are PEM (SPKI, P-256 or Ed25519) or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'.",
-}
-
-
 def error_outcome(error: HessraError) -> str:
     """The JSON error outcome that hessra_authz._raise() turns into an ERROR."""
     message = f"hessra_authz: {error}"
-    hint = error.hint or next((text for needle, text in _HINTS.items() if needle in message), None)
+    hint = error.hint
     import json  # errors are rare: keep json off the first call's imports
 
     return json.dumps({"error": message, "hint": hint, "detail": error.detail, "sqlstate": error.sqlstate})

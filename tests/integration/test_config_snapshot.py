@@ -110,7 +110,7 @@ def test_extension_recreated_in_one_transaction_forgets_the_old_keys(hessra_db, 
         conn.commit()
         conn.execute("DROP EXTENSION hessra_authz CASCADE")
         conn.execute("CREATE EXTENSION hessra_authz")
-        with pytest.raises(psycopg.errors.InvalidParameterValue, match="no active key"):
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="no active key"):
             conn.execute(VERIFY, (token,))
         conn.rollback()
         assert scalar(conn, VERIFY, (token,)) is True
