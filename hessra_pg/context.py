@@ -30,7 +30,7 @@ import enum
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from hessra_pg.errors import HessraError
+from hessra_pg.errors import HessraContextError, HessraError
 
 __all__ = [
     "CLEAR_SESSION_SQL",
@@ -86,10 +86,6 @@ class HessraContext:
     def __repr__(self) -> str:
         token = "<set>" if self.token else None
         return f"HessraContext(token={token}, subject={self.subject!r})"
-
-
-class HessraContextError(HessraError, RuntimeError):
-    """The token context can't be applied safely where it was asked for."""
 
 
 NO_CONTEXT = HessraContext()

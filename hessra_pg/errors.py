@@ -5,7 +5,9 @@ never contains a token. Inside the database an error becomes an ERROR with
 the class's SQLSTATE, its message, its hint, and its detail (shown to key
 administrators only: it may name configuration an application role has no
 business seeing). Token problems are never errors: verifications answer
-false (hessra_pg.core.verifier.TokenRejected is internal).
+false (hessra_pg.core.verifier.TokenRejected is internal). Two subclasses
+live next to the data they format: ClusterAccessError (hessra_pg.dev.cluster)
+and RepositoryProblemsError (hessra_pg.repository.checker).
 """
 
 from __future__ import annotations
@@ -97,3 +99,82 @@ class InternalError(HessraError):
     """Something failed that should not have: a bug to report."""
 
     sqlstate = "XX000"
+
+
+# -- client side (never reach SQL; SQLSTATEs for one consistent table) --------
+
+class MissingExtraError(HessraError, ImportError):
+    """An optional library is not installed; the message names the extra
+    that brings it (hessra_pg.extras)."""
+
+    sqlstate = "0A000"  # feature_not_supported
+
+    def __init__(self, message: str, *, module: str, extra: str) -> None:
+        super().__init__(message)
+        self.name = module
+        self.extra = extra
+
+
+class DoctorRequirementError(MissingExtraError):
+    """A library doctor needs is not installed (exit status 2, like the
+    CLI's other configuration errors)."""
+
+
+class ArgumentFormatError(HessraError, ValueError):
+    """Base of the client-side "this input can't be used" errors."""
+
+    sqlstate = "22023"  # invalid_parameter_value
+
+
+class PolicySpecError(ArgumentFormatError):
+    """A policy spec is incomplete or contradictory."""
+
+
+class PolicyExpressionError(ArgumentFormatError):
+    """A policy expression PostgreSQL's parser (pglast) does not accept as
+    one scalar expression."""
+
+
+class CliInputError(ArgumentFormatError):
+    """A command-line argument or input is unusable (exit status 2)."""
+
+
+class DelegationError(ArgumentFormatError):
+    """A delegation was refused because nobody could use its result."""
+
+
+class RepositoryReadError(ConfigurationError):
+    """A policy repository file or directory cannot be read at all."""
+
+    sqlstate = "58030"  # io_error
+
+
+class InstallError(HessraError):
+    """Installing into PostgreSQL failed; the message says what to do about it."""
+
+    sqlstate = "58000"  # system_error
+
+
+class ClusterError(HessraError):
+    """A local PostgreSQL cluster could not be created, started or reached
+    (ClusterAccessError, next to the checks it reports, in hessra_pg.dev.cluster)."""
+
+    sqlstate = "58000"  # system_error
+
+
+class DoctorConnectionError(HessraError):
+    """The database could not be reached (exit status 2)."""
+
+    sqlstate = "08000"  # connection_exception
+
+
+class ChainsDatabaseError(HessraError):
+    """The database refused to read or write service chains."""
+
+    sqlstate = "08000"  # connection_exception
+
+
+class HessraContextError(HessraError, RuntimeError):
+    """The token context can't be applied safely where it was asked for."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hessra_pg.errors import HessraError
+from hessra_pg.errors import MissingExtraError
 
 __all__ = ["EXTRAS", "MissingExtraError", "missing_extra", "needs_extra"]
 
@@ -32,15 +32,6 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "pglast": ("pglast", "doctor"),
 }
 """Each optional library, by the module name an ``ImportError`` reports."""
-
-
-class MissingExtraError(HessraError, ImportError):
-    """An optional library is not installed; the message names the extra that brings it."""
-
-    def __init__(self, message: str, *, module: str, extra: str) -> None:
-        super().__init__(message)
-        self.name = module
-        self.extra = extra
 
 
 def missing_extra(error: ImportError, feature: str) -> MissingExtraError | None:

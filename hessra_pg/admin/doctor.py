@@ -42,8 +42,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import hessra_pg
-from hessra_pg.errors import HessraError
-from hessra_pg.extras import MissingExtraError
+from hessra_pg.errors import DoctorConnectionError, DoctorRequirementError, HessraError, PolicyExpressionError
 
 if TYPE_CHECKING:
     import psycopg
@@ -78,10 +77,6 @@ _NOTICE_TAG = "hessra-doctor:"
 _CHEAP_FUNCTIONS = frozenset({"current_token", "current_subject"})
 _INSTALL_HINT = ("run `hessra-pg install` on the database host: it installs biscuit-python and hessra_pg "
                  "for the Python that PL/Python embeds")
-
-
-class DoctorConnectionError(HessraError):
-    """The database could not be reached (exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -684,16 +679,6 @@ _PER_STATEMENT_HINT = ("wrap each call in (SELECT ...) with no column of the row
 
 #: The one line doctor fails with when its parser is not installed.
 PGLAST_MISSING = "hessra-pg doctor needs pglast: pip install 'hessra-pg[doctor]'"
-
-
-class DoctorRequirementError(MissingExtraError):
-    """A library doctor needs is not installed (exit status 2, like the
-    CLI's other configuration errors)."""
-
-
-class PolicyExpressionError(HessraError, ValueError):
-    """A policy expression PostgreSQL's parser (pglast) does not accept as
-    one scalar expression."""
 
 
 def require_parser() -> Any:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import hessra_pg
-from hessra_pg.errors import HessraError
+from hessra_pg.errors import HessraError, InstallError
 
 __all__ = [
     "DEFAULT_SERVER_PYTHON",
@@ -59,10 +59,6 @@ _PROBE = (
     "                  'pip': importlib.util.find_spec('pip') is not None}))\n"
 )
 _CHECK_IMPORT = "import biscuit_auth, hessra_pg; print(hessra_pg.__file__)"
-
-
-class InstallError(HessraError):
-    """Installing into PostgreSQL failed; the message says what to do about it."""
 
 
 @dataclass

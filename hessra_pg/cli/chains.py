@@ -7,7 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from hessra_pg.repository.checker import load_resources
-from hessra_pg.errors import HessraError
+from hessra_pg.errors import ChainsDatabaseError, HessraError
 
 from .common import EXIT_OK, add_json_argument, command_parser, guarded, print_json
 
@@ -16,10 +16,6 @@ if TYPE_CHECKING:
 
 DSN_HELP = ("libpq connection string or URI; the role must be a member of hessra_admin "
             "(default: the PG* environment variables)")
-
-
-class ChainsDatabaseError(HessraError):
-    """The database refused to read or write service chains."""
 
 
 def register(subparsers: Any) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import biscuit_auth
 
 from hessra_pg.core.encoding import decode_token
-from hessra_pg.errors import ConfigurationError, HessraError, KeyFormatError, TokenFormatError
+from hessra_pg.errors import CliInputError, ConfigurationError, HessraError, KeyFormatError, TokenFormatError
 from hessra_pg.extras import missing_extra
 from hessra_pg.tokens.inspect import TokenInfo
 from hessra_pg.core.keys import keypair_from, keypair_from_env, public_key_from, public_key_from_env, read_key_file
@@ -43,10 +43,6 @@ EXIT_DENIED = 1
 DEFAULT_ENV_PREFIX = "HESSRA"
 
 _ALG_HEX = re.compile(r"(ed25519|secp256r1)/[0-9a-fA-F]+")
-
-class CliInputError(HessraError):
-    """A command-line argument or input is unusable (exit status 2)."""
-
 
 # -- handler guard ---------------------------------------------------------
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from hessra_pg.errors import HessraError
+from hessra_pg.errors import ClusterError, HessraError
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -71,10 +71,6 @@ include '{_RUNTIME_CONF}'
 """
 
 
-class ClusterError(HessraError):
-    """A local PostgreSQL cluster could not be created, started or reached."""
-
-
 class ClusterAccessError(ClusterError):
     """The server's OS user can't enter a parent of the cluster directory.
 
@@ -82,6 +78,8 @@ class ClusterAccessError(ClusterError):
     (outermost first); ``os_user``: the server's OS user. ``option`` names how
     a caller chooses the directory (``base_dir``, ``--dir``) in the message.
     """
+
+    sqlstate = "42501"  # insufficient_privilege (see hessra_pg.errors)
 
     def __init__(self, path: Path, blocked: Sequence[Path], os_user: str, *, option: str = "base_dir") -> None:
         self.path = path

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hessra_pg.errors import ConfigurationError, KeyFormatError
+from hessra_pg.errors import ConfigurationError, KeyFormatError, RepositoryReadError
 from hessra_pg.core.keys import canonical_public_key
 
 __all__ = [
@@ -77,12 +77,10 @@ SERVICE_CHAIN = "service_chain"
 KeyPath = tuple[str | int, ...]
 
 
-class RepositoryReadError(ConfigurationError):
-    """A policy repository file or directory cannot be read at all."""
-
-
 class RepositoryProblemsError(ConfigurationError):
     """A policy repository file has problems; ``problems`` lists them."""
+
+    sqlstate = "22023"  # invalid_parameter_value (see hessra_pg.errors)
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems

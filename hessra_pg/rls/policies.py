@@ -54,7 +54,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from hessra_pg.errors import HessraError
+from hessra_pg.errors import HessraError, PolicySpecError
 
 __all__ = [
     "COMMANDS",
@@ -90,10 +90,6 @@ DEFAULT_SCHEMA = "public"
 SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
 #: Where a script without its own transaction keeps the caller's search_path.
 _SAVED_SEARCH_PATH = "hessra_pg.saved_search_path"
-
-
-class PolicySpecError(HessraError, ValueError):
-    """A policy spec is incomplete or contradictory."""
 
 
 # -- quoting -----------------------------------------------------------------

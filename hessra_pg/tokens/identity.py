@@ -14,7 +14,7 @@ from typing import Any
 import biscuit_auth
 
 from ..core.encoding import decode_token, encode_token
-from ..errors import HessraError
+from ..errors import DelegationError, HessraError
 from ..core.keys import generate_keypair, parse_public_key
 from .mint import TokenTime
 from ..core.shape import read_shape
@@ -22,10 +22,6 @@ from ..core.verifier import RootKey, verify_identity
 
 #: Lifetime of a JIT block (spec §6.3).
 JIT_SECONDS = 5
-
-
-class DelegationError(HessraError):
-    """A delegation was refused because nobody could use its result."""
 
 
 def mint_identity(
