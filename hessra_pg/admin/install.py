@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import hessra_pg
+from hessra_pg.admin.system import last_line as _last_line, remove_path as _remove
 from hessra_pg.errors import HessraError, InstallError
 
 __all__ = [
@@ -450,10 +451,6 @@ def _run(cmd: Sequence[str], *, what: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
 
 @contextlib.contextmanager
 def _locked(target: Path) -> Iterator[None]:
@@ -513,10 +510,3 @@ def _make_readable(root: Path) -> None:
             full = os.path.join(dirpath, name)
             if not os.path.islink(full):
                 fix(full, False)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)

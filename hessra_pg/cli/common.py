@@ -19,7 +19,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import sys
 import textwrap
 import time
@@ -33,7 +32,14 @@ from hessra_pg.core.encoding import decode_token
 from hessra_pg.errors import CliInputError, ConfigurationError, HessraError, KeyFormatError, TokenFormatError
 from hessra_pg.extras import missing_extra
 from hessra_pg.tokens.inspect import TokenInfo
-from hessra_pg.core.keys import keypair_from, keypair_from_env, public_key_from, public_key_from_env, read_key_file
+from hessra_pg.core.keys import (
+    keypair_from,
+    keypair_from_env,
+    public_key_from,
+    public_key_from_env,
+    read_key_file,
+    split_alg_hex,
+)
 from hessra_pg.tokens.mint import DEFAULT_DURATION, TokenTime
 from hessra_pg.core.shape import read_shape
 from hessra_pg.core.verifier import BISCUIT_ERRORS, ChainNode, Decision, RootKey, parse_chain
@@ -42,7 +48,6 @@ EXIT_OK = 0
 EXIT_DENIED = 1
 DEFAULT_ENV_PREFIX = "HESSRA"
 
-_ALG_HEX = re.compile(r"(ed25519|secp256r1)/[0-9a-fA-F]+")
 
 # -- handler guard ---------------------------------------------------------
 
@@ -65,10 +70,7 @@ def guarded(handler: Handler) -> Handler:
         except (HessraError, KeyboardInterrupt):
             raise
         except BrokenPipeError:
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
-            return EXIT_BROKEN_PIPE
+            return broken_pipe()
         except Exception as error:
             if isinstance(error, ImportError):
                 # An optional library that is not installed (pglast for
@@ -209,7 +211,7 @@ def _key_text(value: str, option: str) -> tuple[str, bool]:
         if "PRIVATE KEY" in text.split("\n", 1)[0]:
             raise CliInputError(f"{option}: private keys are read only from files or environment variables")
         return text, False
-    if _ALG_HEX.fullmatch(text):
+    if split_alg_hex(text) is not None:
         return text, False
     if text and os.path.isfile(value):
         return read_key_file(value), True
@@ -361,6 +363,14 @@ def report_decision(decision: Decision, as_json: bool) -> int:
     else:
         print(f"denied: {decision.reason}" + (f" ({decision.detail})" if decision.detail else ""))
     return EXIT_OK if decision.valid else EXIT_DENIED
+
+
+def broken_pipe() -> int:
+    """`hessra-pg ... | head`: the reader went away. Say nothing more (stdout
+    now goes to /dev/null, so Python's flush at exit can't fail again)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def warn(message: str) -> None:

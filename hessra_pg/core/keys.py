@@ -40,7 +40,7 @@ def parse_public_key(text: str) -> biscuit_auth.PublicKey:
     return key
 
 
-def _split_alg_hex(text: str) -> tuple[str, str] | None:
+def split_alg_hex(text: str) -> tuple[str, str] | None:
     """(algorithm, hex) of an `ed25519/<hex>` or `secp256r1/<hex>` text."""
     algorithm, slash, hex_text = text.partition("/")
     if slash and algorithm in _ALGORITHMS and hex_text and _HEX_DIGITS.issuperset(hex_text):
@@ -79,7 +79,7 @@ def _parse_public_key(text: str) -> biscuit_auth.PublicKey:
             raise KeyFormatError(
                 "PEM public key could not be parsed: expected an SPKI P-256 or Ed25519 key"
             ) from None
-    split = _split_alg_hex(text)
+    split = split_alg_hex(text)
     if split is None:
         raise KeyFormatError(
             "public key must be PEM or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'"
@@ -184,7 +184,7 @@ def _key_text(value: str) -> str:
     """PEM or alg/hex as given, or a STANDARD-base64-encoded PEM (the form
     hessra-config's environment variables use, spec §1.4)."""
     value = value.strip()
-    if value.startswith("-----BEGIN") or _split_alg_hex(value) is not None:
+    if value.startswith("-----BEGIN") or split_alg_hex(value) is not None:
         return value
     import base64
     import binascii

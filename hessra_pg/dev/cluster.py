@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from hessra_pg.admin.system import last_line as _last_line, remove_path as _remove
 from hessra_pg.errors import ClusterError, HessraError
 
 if TYPE_CHECKING:
@@ -714,15 +715,3 @@ def _conninfo_quote(value: str) -> str:
 
 def _conf_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
