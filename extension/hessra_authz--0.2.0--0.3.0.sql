@@ -36,6 +36,79 @@ DROP FUNCTION hessra_authz._sync();
 DROP FUNCTION hessra_authz._config_version();
 
 -- ---------------------------------------------------------------------------
+-- The configuration as the verifier reads it, kept with its version
+-- ---------------------------------------------------------------------------
+
+-- Each change recomputes, in config_state's one row, the arrays the verifier
+-- loads: reading them is then one row, no aggregation and no jsonb work in
+-- the backend that verifies (its first verification, and every reload).
+-- Key windows are integer microseconds (extract() is exact numeric: no
+-- float text conversion), service chains one row per node.
+ALTER TABLE hessra_authz.config_state
+    ADD COLUMN kids integer[] NOT NULL DEFAULT '{}',
+    ADD COLUMN public_keys text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN not_before_us int8[] NOT NULL DEFAULT '{}',
+    ADD COLUMN not_after_us int8[] NOT NULL DEFAULT '{}',
+    ADD COLUMN node_chains text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN node_kinds text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN node_components text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN node_keys text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN revoked_ids text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN revoked_identities text[] NOT NULL DEFAULT '{}';
+
+CREATE FUNCTION hessra_authz._refresh_config_state() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE hessra_authz.config_state AS s
+       SET generation = s.generation + 1,
+           kids = coalesce(k.kids, '{}'), public_keys = coalesce(k.public_keys, '{}'),
+           not_before_us = coalesce(k.not_before_us, '{}'), not_after_us = coalesce(k.not_after_us, '{}'),
+           node_chains = coalesce(n.node_chains, '{}'), node_kinds = coalesce(n.node_kinds, '{}'),
+           node_components = coalesce(n.node_components, '{}'), node_keys = coalesce(n.node_keys, '{}'),
+           revoked_ids = coalesce(r.revoked_ids, '{}'), revoked_identities = coalesce(r.revoked_identities, '{}')
+      FROM (SELECT pg_catalog.array_agg(k.kid ORDER BY k.kid) AS kids,
+                   pg_catalog.array_agg(k.public_key ORDER BY k.kid) AS public_keys,
+                   pg_catalog.array_agg(CASE WHEN k.not_before = '-infinity' THEN NULL
+                                             ELSE (pg_catalog.extract('epoch', k.not_before) * 1000000)::int8 END
+                                        ORDER BY k.kid) AS not_before_us,
+                   pg_catalog.array_agg(CASE WHEN k.not_after IS NULL OR k.not_after = 'infinity' THEN NULL
+                                             WHEN k.not_after = '-infinity' THEN -9223372036854775807
+                                             ELSE (pg_catalog.extract('epoch', k.not_after) * 1000000)::int8 END
+                                        ORDER BY k.kid) AS not_after_us
+              FROM hessra_authz.keys AS k) AS k,
+           (SELECT pg_catalog.array_agg(c.name ORDER BY c.name, e.position) AS node_chains,
+                   pg_catalog.array_agg(pg_catalog.jsonb_typeof(e.node) ORDER BY c.name, e.position) AS node_kinds,
+                   pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'component') = 'string'
+                                             THEN e.node ->> 'component' END
+                                        ORDER BY c.name, e.position) AS node_components,
+                   pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'public_key') = 'string'
+                                             THEN e.node ->> 'public_key' END
+                                        ORDER BY c.name, e.position) AS node_keys
+              FROM hessra_authz.service_chains AS c
+              LEFT JOIN LATERAL pg_catalog.jsonb_array_elements(c.nodes) WITH ORDINALITY AS e(node, position)
+                ON true) AS n,
+           (SELECT pg_catalog.array_agg(r.revocation_id ORDER BY r.revocation_id)
+                       FILTER (WHERE r.revocation_id IS NOT NULL) AS revoked_ids,
+                   pg_catalog.array_agg(r.identity ORDER BY r.identity)
+                       FILTER (WHERE r.identity IS NOT NULL) AS revoked_identities
+              FROM hessra_authz.revocations AS r) AS r;
+    -- This backend's verifier must not trust its snapshot comparison while
+    -- this transaction is open (hessra_pg.plpython.runtime explains why).
+    PERFORM hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz._bump_generation() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hessra_authz._refresh_config_state();
+    RETURN NULL;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
 -- Freshness that no trigger setting skips
 -- ---------------------------------------------------------------------------
 
@@ -62,8 +135,7 @@ BEGIN
                   AND c.objid IN ('hessra_authz.keys'::pg_catalog.regclass,
                                   'hessra_authz.service_chains'::pg_catalog.regclass,
                                   'hessra_authz.revocations'::pg_catalog.regclass)) THEN
-        UPDATE hessra_authz.config_state SET generation = generation + 1;
-        PERFORM hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
+        PERFORM hessra_authz._refresh_config_state();
         -- (This ALTER fires the event trigger once more; the trigger is
         -- then ALWAYS, so it stops there.)
         FOR origin_only IN
@@ -236,7 +308,8 @@ $$;
 
 -- Reads the configuration version with the statement's snapshot and, when
 -- it differs from the version the verifier holds (`held`, which the
--- verifier's STALE answer carries), hands the rows over in one query.
+-- verifier's STALE answer carries), hands it the configuration kept in
+-- config_state (_refresh_config_state).
 CREATE FUNCTION hessra_authz._sync(held text) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
@@ -246,38 +319,11 @@ DECLARE
 BEGIN
     SELECT c.generation::text || '/' || c.xmin::text INTO version FROM hessra_authz.config_state AS c;
     IF version IS DISTINCT FROM _sync.held THEN
-        -- extract() is exact numeric: no float text conversion on the way.
         SELECT hessra_authz._load_config(
-                   version, k.kids, k.public_keys, k.not_before_us, k.not_after_us,
-                   n.node_chains, n.node_kinds, n.node_components, n.node_keys,
-                   r.revoked_ids, r.revoked_identities, d.oid, d.xmin::text)
+                   version, c.kids, c.public_keys, c.not_before_us, c.not_after_us, c.node_chains, c.node_kinds,
+                   c.node_components, c.node_keys, c.revoked_ids, c.revoked_identities, d.oid, d.xmin::text)
           INTO outcome
-          FROM (SELECT pg_catalog.array_agg(k.kid ORDER BY k.kid) AS kids,
-                       pg_catalog.array_agg(k.public_key ORDER BY k.kid) AS public_keys,
-                       pg_catalog.array_agg(CASE WHEN k.not_before = '-infinity' THEN NULL
-                                                 ELSE (pg_catalog.extract('epoch', k.not_before) * 1000000)::int8 END
-                                            ORDER BY k.kid) AS not_before_us,
-                       pg_catalog.array_agg(CASE WHEN k.not_after IS NULL OR k.not_after = 'infinity' THEN NULL
-                                                 WHEN k.not_after = '-infinity' THEN -9223372036854775807
-                                                 ELSE (pg_catalog.extract('epoch', k.not_after) * 1000000)::int8 END
-                                            ORDER BY k.kid) AS not_after_us
-                  FROM hessra_authz.keys AS k) AS k,
-               (SELECT pg_catalog.array_agg(c.name ORDER BY c.name, e.position) AS node_chains,
-                       pg_catalog.array_agg(pg_catalog.jsonb_typeof(e.node) ORDER BY c.name, e.position) AS node_kinds,
-                       pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'component') = 'string'
-                                                 THEN e.node ->> 'component' END
-                                            ORDER BY c.name, e.position) AS node_components,
-                       pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'public_key') = 'string'
-                                                 THEN e.node ->> 'public_key' END
-                                            ORDER BY c.name, e.position) AS node_keys
-                  FROM hessra_authz.service_chains AS c
-                  LEFT JOIN LATERAL pg_catalog.jsonb_array_elements(c.nodes) WITH ORDINALITY AS e(node, position)
-                    ON true) AS n,
-               (SELECT pg_catalog.array_agg(r.revocation_id) FILTER (WHERE r.revocation_id IS NOT NULL)
-                           AS revoked_ids,
-                       pg_catalog.array_agg(r.identity) FILTER (WHERE r.identity IS NOT NULL) AS revoked_identities
-                  FROM hessra_authz.revocations AS r) AS r,
-               pg_catalog.pg_database AS d
+          FROM hessra_authz.config_state AS c, pg_catalog.pg_database AS d
          WHERE d.datname = pg_catalog.current_database();
         IF outcome <> '' THEN
             PERFORM hessra_authz._raise(outcome);
@@ -406,6 +452,7 @@ REVOKE EXECUTE ON FUNCTION
                               oid, text),
     hessra_authz._cache_stats(boolean),
     hessra_authz._config_ddl(),
+    hessra_authz._refresh_config_state(),
     hessra_authz.grant_admin(name),
     hessra_authz.revoke_admin(name)
 FROM PUBLIC;
@@ -770,6 +817,7 @@ $$;
 COMMENT ON FUNCTION hessra_authz.cache_stats() IS
     'This backend''s verifier caches (entries, bytes and byte bounds), its unexpected internal errors, and its hits and misses in the decision table shared by the database''s backends; the configuration version for key administrators. Counts only, never tokens.';
 
--- A backend that updates the extension inside one transaction must not keep
--- trusting the configuration it read before (its snapshot need not change).
-SELECT hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
+-- Fill config_state's arrays (a new generation: every backend reloads). This
+-- also tells a backend that updates the extension inside one transaction not
+-- to keep trusting the configuration it read before.
+SELECT hessra_authz._refresh_config_state();

@@ -7,6 +7,12 @@
 
 DROP EVENT TRIGGER hessra_authz_config_ddl;
 DROP FUNCTION hessra_authz._config_ddl();
+-- _bump_generation is put back below (0.2.0's body); until then nothing writes.
+DROP FUNCTION hessra_authz._refresh_config_state();
+ALTER TABLE hessra_authz.config_state
+    DROP COLUMN kids, DROP COLUMN public_keys, DROP COLUMN not_before_us, DROP COLUMN not_after_us,
+    DROP COLUMN node_chains, DROP COLUMN node_kinds, DROP COLUMN node_components, DROP COLUMN node_keys,
+    DROP COLUMN revoked_ids, DROP COLUMN revoked_identities;
 ALTER TABLE hessra_authz.keys ENABLE TRIGGER bump_generation;
 ALTER TABLE hessra_authz.service_chains ENABLE TRIGGER bump_generation;
 ALTER TABLE hessra_authz.revocations ENABLE TRIGGER bump_generation;

@@ -100,6 +100,11 @@ SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.p
   FROM pg_proc AS p WHERE p.pronamespace = 'hessra_authz'::regnamespace ORDER BY 1"""
 
 
+COLUMNS = """
+SELECT c.relname, a.attname, a.atttypid::regtype::text FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid
+ WHERE c.relnamespace = 'hessra_authz'::regnamespace AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY 1, 2"""
+
 TRIGGERS = """
 SELECT c.relname, t.tgname, t.tgenabled FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
  WHERE c.relnamespace = 'hessra_authz'::regnamespace AND NOT t.tgisinternal
@@ -122,6 +127,7 @@ def test_downgrade_and_upgrade_scripts_reproduce_each_version(hessra_postgres, o
             moving.execute(f"ALTER EXTENSION hessra_authz UPDATE TO '{older}'")
             assert moving.execute(FUNCTIONS).fetchall() == fresh_old.execute(FUNCTIONS).fetchall()
             assert moving.execute(TRIGGERS).fetchall() == fresh_old.execute(TRIGGERS).fetchall()
+            assert moving.execute(COLUMNS).fetchall() == fresh_old.execute(COLUMNS).fetchall()
             moving.execute("ALTER EXTENSION hessra_authz UPDATE")
             assert (moving.execute(FUNCTIONS).fetchall(), moving.execute(TRIGGERS).fetchall()) == newest
             assert any(row[0] == "cache_stats()" for row in newest[0])

@@ -80,6 +80,7 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz.grant_admin(current_user)", ()),
             ("SELECT hessra_authz.revoke_admin('hessra_admin')", ()),
             ("SELECT hessra_authz._sync('')", ()),
+            ("SELECT hessra_authz._refresh_config_state()", ()),
             ("SELECT hessra_authz._identity_scope('0 forged', NULL, 't')", ()),
             ("SELECT hessra_authz._authorized_resources('0 forged', NULL, 't', 's', 'o')", ()),
             ("SELECT hessra_authz._verify_identity('0 forged', NULL, 't', 'i', NULL, false)", ()),
