@@ -60,6 +60,13 @@ CREATE FUNCTION hessra_authz._refresh_config_state() RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Concurrent changes serialise here. The arrays are read by the next
+    -- statement, whose snapshot (READ COMMITTED) sees every change committed
+    -- before this lock was granted: computing them first, with an older
+    -- snapshot, would let the later committer overwrite the earlier one's
+    -- change (a lost revocation). REPEATABLE READ and SERIALIZABLE writers
+    -- get a serialization failure here instead, and retry.
+    PERFORM 1 FROM hessra_authz.config_state FOR UPDATE;
     UPDATE hessra_authz.config_state AS s
        SET generation = s.generation + 1,
            kids = coalesce(k.kids, '{}'), public_keys = coalesce(k.public_keys, '{}'),

@@ -110,3 +110,32 @@ def test_the_changing_transaction_and_its_rollback_publish_nothing(hessra_db, ad
         changer.rollback()
         assert scalar(app, VERIFY, (token,)) is True
         assert scalar(changer, VERIFY, (token,)) is True
+
+
+def test_concurrent_changes_are_all_kept(hessra_db, admin, root, app_role):
+    """Two administrators revoke at the same time: both revocations reach the
+    verifier (the configuration kept in config_state is recomputed under a
+    lock, with a snapshot that sees the other's commit)."""
+    first, second = (mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(duration=600 + i))
+                     for i in range(2))
+    with hessra_db.connect() as one, hessra_db.connect() as two, \
+            hessra_db.connect(app_role, autocommit=True) as app:
+        assert scalar(app, VERIFY, (first,)) is True and scalar(app, VERIFY, (second,)) is True
+        one.execute("SELECT hessra_authz.revoke_token(%s)", (first,))  # holds config_state's row
+        import threading
+
+        done = threading.Event()
+
+        def revoke_second():
+            two.execute("SELECT hessra_authz.revoke_token(%s)", (second,))  # waits for one's commit
+            two.commit()
+            done.set()
+
+        worker = threading.Thread(target=revoke_second)
+        worker.start()
+        assert not done.wait(0.5)  # really waiting on the first
+        one.commit()
+        worker.join(10)
+        assert done.is_set()
+        assert scalar(app, VERIFY, (first,)) is False
+        assert scalar(app, VERIFY, (second,)) is False
