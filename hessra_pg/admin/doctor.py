@@ -251,7 +251,7 @@ def _check_plpython(conn: psycopg.Connection[Any], report: Report) -> bool:
     return True
 
 
-#: The first extension version without the holes of issue 11 (README "Security model").
+#: The first extension version without the holes of issue 11 (docs/security.md).
 SECURE_SINCE = (0, 3, 0)
 
 

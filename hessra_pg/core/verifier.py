@@ -158,8 +158,8 @@ class Decision(Record):
         self.detail = detail
 
     def redacted(self) -> "Decision":
-        """What a role that doesn't administer the keys may learn (README
-        "What an application role can learn"): the reason code, with the
+        """What a role that doesn't administer the keys may learn
+        (docs/security.md "What an application role can learn"): the reason code, with the
         key reasons folded into bad_signature (which keys exist or were
         retired is the DBA's business) and no chain component names; no kid
         and no detail (failed Datalog may quote the database's chain keys)."""

@@ -17,7 +17,7 @@ evaluates it once per statement as an InitPlan, never once per row):
   ``'orders/' || id``), which must be among
   ``authorized_resources(operation)``; an expression index is suggested;
 - ``identity``: the ``owner_column`` holds an identity, and a row is visible
-  when the current identity token proves it (README "Rows owned by
+  when the current identity token proves it (docs/sql-reference.md "Rows owned by
   identities"); an index on ``(owner COLLATE "C")`` is suggested;
 - ``service_chain``: ``verify_service_chain`` of the current token for
   ``resource`` along the named ``chain``, as ``component`` (NULL: every node
@@ -326,7 +326,7 @@ class PolicySpec:
         )
 
     def _identity_condition(self) -> str:
-        # README "Rows owned by identities", with the column qualified by the
+        # docs/sql-reference.md "Rows owned by identities", with the column qualified by the
         # table. Every subquery is uncorrelated: each is one InitPlan that the
         # leader evaluates (a parallel scan stays parallel), and the two
         # revocation arrays are read only when some identity below the

@@ -2,9 +2,9 @@
 
 ``ALTER EXTENSION hessra_authz UPDATE TO '0.3.0'`` keeps keys, chains,
 revocations and every policy (the public functions keep their signatures).
-It closes what an adversarial review of 0.2.0 found (README "Security
-model"): session settings no longer reach the verifier, snapshots older than
-the enforced configuration are refused, configuration triggers fire always.
+It closes what an adversarial review of 0.2.0 found (docs/security.md):
+session settings no longer reach the verifier, snapshots older than the
+enforced configuration are refused, configuration triggers fire always.
 Downgrade runs the 0.3.0 -> 0.2.0 script (only to roll back a failed
 upgrade: 0.2.0 has those holes). Install the new files on the database host
 first (``hessra-pg install``).

@@ -1,5 +1,5 @@
 """What an application role can learn, and who administers keys (issue 11:
-README "What an application role can learn" and "Administrators")."""
+docs/security.md "What an application role can learn" and "Administrators")."""
 
 import uuid
 

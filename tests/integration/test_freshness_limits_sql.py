@@ -1,7 +1,7 @@
 """Where "a change is enforced from the next statement" could be outlived
 (issue 11, holes 5 and 6): changes written while triggers don't fire,
 frozen statement time, and snapshots older than the configuration in force.
-README "Security model" states what holds and what doesn't."""
+docs/security.md states what holds and what doesn't."""
 
 import psycopg
 import pytest

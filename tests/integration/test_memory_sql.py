@@ -5,7 +5,7 @@ raise grew the traceback, ~5.4 KB per call (a bad token under a per-row
 policy over a million rows took a backend into the OOM killer). Its caches
 were bounded by entries: 1,100 distinct 31 KB tokens took a backend from
 42 MB to 317 MB. Now rejections are cached as reasons and every cache is
-bounded by bytes; README "Caches" states the ceiling this test asserts.
+bounded by bytes; docs/performance.md "Caches and memory" states the ceiling this test asserts.
 """
 
 from pathlib import Path
@@ -29,7 +29,7 @@ MIB = 1024 * 1024
 CACHE_CEILING = (runtime.TOKEN_CACHE_BYTES + runtime.DECISION_CACHE_BYTES + runtime.RESULT_CACHE_BYTES
                  + AUTHORIZER_CACHE_BYTES)
 ALLOWED_GROWTH = 40 * MIB
-assert CACHE_CEILING == 16 * MIB  # the figure README "Caches" gives
+assert CACHE_CEILING == 16 * MIB  # the figure docs/performance.md "Caches and memory" gives
 
 
 def anonymous_rss(conn) -> int:

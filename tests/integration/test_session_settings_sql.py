@@ -1,6 +1,6 @@
 """No setting an application role can change for its own session or role
 (`SET`, `ALTER ROLE ... SET`) changes what the verifier sees or decides
-(issue 11, hole 1; README "Session settings" has the audit table).
+(issue 11, hole 1; docs/security.md "Session settings" has the audit table).
 
 0.2.0 handed key windows to Python as float epochs inside jsonb, whose text
 follows extra_float_digits: with `SET extra_float_digits = -11` a token of a

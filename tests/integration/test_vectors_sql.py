@@ -16,7 +16,7 @@ from tests.integration.conftest import scalar
 def test_singleton_vectors(admin, vector_key, vector_set):
     """As Hessra's verifier decides them while this database knows no chain
     for their resource; once it does, a chain token that skipped it is denied
-    by verify_token too (README "Service chains")."""
+    by verify_token too (docs/sql-reference.md "Service chains")."""
     tokens = vectors.singleton_tokens(vector_set)
     for token in tokens:
         meta = token["metadata"]
