@@ -1,5 +1,5 @@
 """Pure verification decisions for Hessra tokens, shared by the server side
-(PL/Python, through hessra_pg.plpython.abi_0_2) and the client side (CLI, tests).
+(PL/Python, through hessra_pg.plpython) and the client side (CLI, tests).
 
 The authorizer is the "compat" one of spec §2.3: the newest Hessra facts with
 the G1/G2 policy instead of `allow if true`, so G3 tokens verify exactly as

@@ -17,11 +17,12 @@ snapshot sees it, in every backend):
   unless this very transaction changed it (the configuration triggers report
   that through `config_changed`; such a transaction always takes the slow
   path, and its snapshots are never remembered).
-- slow path: the call returns STALE; the wrapper runs `hessra_authz._sync()`,
-  which reads the configuration version (generation counter bumped by
-  triggers, plus its row's xmin) with the statement's snapshot, hands the
-  keys, chains and revocations over (`load_config`) only when the version
-  differs, and calls again with that version.
+- slow path: the call returns STALE with the version it holds; the wrapper
+  runs `hessra_authz._sync(held)`, which reads the configuration version
+  (generation counter bumped by triggers, plus its row's xmin) with the
+  statement's snapshot, hands over the keys, chains and revocations kept
+  ready in config_state (`load_config`) only when the version differs, and
+  calls again with that version.
 - never backwards: a snapshot can be older than a change that has committed
   (REPEATABLE READ, `SET TRANSACTION SNAPSHOT`). Each backend publishes the
   newest generation it has read outside a changing transaction (a committed

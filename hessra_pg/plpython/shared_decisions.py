@@ -1,6 +1,6 @@
 """Positive decisions shared by every backend of one database.
 
-Each backend keeps its own caches (hessra_pg.plpython.abi_0_2), so with a connection
+Each backend keeps its own caches (hessra_pg.plpython.runtime), so with a connection
 pool of N backends every token is verified N times, and a pool that sees
 many distinct tokens spends most of its CPU on signatures. This file-backed
 table lets the first backend's answer serve the others.
