@@ -480,13 +480,14 @@ DECLARE
         verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix);
 BEGIN
-    IF pg_catalog.left(outcome, 1) = 's' THEN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
         outcome := hessra_authz._verify_token(
             hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
         verify_token.domain, verify_token.prefix);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
     RETURN NULL;
 END
@@ -501,12 +502,13 @@ DECLARE
         hessra_authz._context(), NULL,
         verify_capability.token, verify_capability.resource, verify_capability.operation);
 BEGIN
-    IF pg_catalog.left(outcome, 1) = 's' THEN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
         outcome := hessra_authz._verify_capability(
             hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_capability.token, verify_capability.resource, verify_capability.operation);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
     RETURN NULL;
 END
@@ -525,13 +527,14 @@ DECLARE
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
 BEGIN
-    IF pg_catalog.left(outcome, 1) = 's' THEN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
         outcome := hessra_authz._verify_service_chain(
             hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.chain, verify_service_chain.component);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
     RETURN NULL;
 END
@@ -550,13 +553,14 @@ DECLARE
         verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
 BEGIN
-    IF pg_catalog.left(outcome, 1) = 's' THEN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
         outcome := hessra_authz._verify_service_chain_nodes(
             hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_service_chain.token, verify_service_chain.subject, verify_service_chain.resource,
         verify_service_chain.operation, verify_service_chain.nodes, verify_service_chain.component);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
     RETURN NULL;
 END
@@ -574,13 +578,14 @@ DECLARE
         verify_identity.token, verify_identity.identity, verify_identity.domain,
         verify_identity.ensure_subject_in_domain);
 BEGIN
-    IF pg_catalog.left(outcome, 1) = 's' THEN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
         outcome := hessra_authz._verify_identity(
             hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_identity.token, verify_identity.identity, verify_identity.domain,
         verify_identity.ensure_subject_in_domain);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
     RETURN NULL;
 END
@@ -595,12 +600,13 @@ DECLARE
         hessra_authz._context(), NULL,
         verify_bearer.token, verify_bearer.domain);
 BEGIN
-    IF pg_catalog.left(outcome, 1) = 's' THEN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
         outcome := hessra_authz._verify_bearer(
             hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
             verify_bearer.token, verify_bearer.domain);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     END IF;
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
     PERFORM hessra_authz._raise(outcome);
     RETURN NULL;
 END
