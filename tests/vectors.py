@@ -80,3 +80,25 @@ CHAIN_MATRIX = {
     "order_service_node_3_token": (True, True, True, True, True),
 }
 CHAIN_COMPONENTS = (None, "auth_service", "payment_service", "order_service")
+
+
+# -- capability tokens (spec hessra-capability-tokens.md §9) -------------------
+
+
+@lru_cache(maxsize=None)
+def capability_keys() -> dict[str, dict]:
+    """root, activator, attester, rogue: {"public": "ed25519/...", "private_hex": ...}."""
+    return json.loads(_load(VECTORS / "capability" / "keys.json").read_text())["keys"]
+
+
+@lru_cache(maxsize=None)
+def capability_tokens() -> dict[str, dict]:
+    """Each vector token by name: {"token", "kind", "blocks", "revocation_ids", ...}."""
+    return {entry["name"]: entry
+            for entry in json.loads(_load(VECTORS / "capability" / "tokens.json").read_text())["tokens"]}
+
+
+@lru_cache(maxsize=None)
+def capability_expected() -> dict:
+    """{"oracle", "cases", "rls"}: the expected results of every case."""
+    return json.loads(_load(VECTORS / "capability" / "expected.json").read_text())

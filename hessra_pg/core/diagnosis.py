@@ -12,6 +12,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Sequence
 
+    from .datalog import Check, Token
+
 _FAILED_CHECK = r"Check n°(\d+) in (?:block n°(\d+)|authorizer): "
 
 
@@ -108,3 +110,55 @@ def identity_reason(failure: Failure, *, now: int, expires_at: int | None,
     if failure.no_policy and not ensure_subject_in_domain:
         return "not_identity", "the token has no subject: it is not an identity token"
     return ("domain_mismatch" if ensure_subject_in_domain else "denied"), "no policy matched"
+
+
+#: Capability reasons, most telling first: when several checks fail, the
+#: first in this order is reported (spec hessra-capability-tokens.md §3.4).
+CAPABILITY_REASONS = ("expired", "not_activated", "wrong_resource_or_operation", "anchor_mismatch",
+                      "designation_mismatch", "designation_rejected", "namespace_mismatch", "subject_mismatch",
+                      "missing_attestation", "check_failed", "no_matching_right")
+
+
+def capability_reason(failure: Failure, structure: Token, *, authorizer_checks: Sequence[str]) -> str:
+    """The reason code of a denied capability verification: each failed
+    check is looked up in the token's structure (never its printed text);
+    labels are named, values never. `authorizer_checks`: the reason each of
+    the authorizer's own checks stands for, in order."""
+    if failure.limits:
+        return "limits"
+    reasons = []
+    for block, index, _ in failure.checks:
+        if block is None:
+            reasons.append(authorizer_checks[index] if index < len(authorizer_checks) else "check_failed")
+        elif block < len(structure.blocks) and index < len(structure.blocks[block].checks):
+            reasons.append(_check_reason(structure.blocks[block].checks[index]))
+        else:
+            reasons.append("check_failed")
+    if failure.no_policy:
+        reasons.append("no_matching_right")
+    if not reasons:
+        return "check_failed"
+    return min(reasons, key=lambda reason: CAPABILITY_REASONS.index(reason.split(":", 1)[0]))
+
+
+def _check_reason(check: Check) -> str:
+    from .datalog import CheckKind
+
+    names = [predicate.name for query in check.queries for predicate in query.body]
+    if any(query.expressions and [p.name for p in query.body] == ["time"] for query in check.queries):
+        return "expired"
+    if "activation" in names:
+        return "not_activated"
+    if "right" in names and "resource" in names:
+        return "wrong_resource_or_operation"
+    labels = [predicate.terms[0] for query in check.queries for predicate in query.body
+              if predicate.name == "designation" and predicate.terms and isinstance(predicate.terms[0], str)]
+    if check.kind == CheckKind.REJECT:
+        return f"designation_rejected:{labels[0]}" if labels else "check_failed"
+    if "anchor" in labels:
+        return "anchor_mismatch"
+    if labels:
+        return f"designation_mismatch:{labels[0]}"
+    if "namespace" in names:
+        return "namespace_mismatch"
+    return "check_failed"

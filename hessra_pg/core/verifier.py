@@ -195,8 +195,9 @@ class TokenRejected(Exception):
 class VerifiedToken(Record):
     """A token whose signatures were checked against one root key."""
 
-    __slots__ = ("biscuit", "key", "expires_at", "revocation_ids", "block_sources", "expiry_known", "weight", "data")
-    _hidden = frozenset({"biscuit", "block_sources", "data"})
+    __slots__ = ("biscuit", "key", "expires_at", "revocation_ids", "block_sources", "expiry_known", "weight", "data",
+                 "structure")
+    _hidden = frozenset({"biscuit", "block_sources", "data", "structure"})
 
     def __init__(self, biscuit: biscuit_auth.Biscuit, key: RootKey, expires_at: int | None,
                  revocation_ids: tuple[str, ...], block_sources: tuple[str, ...] = (), expiry_known: bool = True,
@@ -214,6 +215,8 @@ class VerifiedToken(Record):
         self.weight = weight
         #: The serialized token (its structure is read from it, hessra_pg.core.datalog).
         self.data = data
+        #: Its decoded Datalog (hessra_pg.core.datalog.Token), read on first need.
+        self.structure = None
 
     def decision(self, valid: bool, reason: str, detail: str | None = None) -> Decision:
         """A Decision about this token (its key id, expiry and revocation ids)."""

@@ -83,7 +83,7 @@ def verify_token(context: str, version: str | None, token: str | None, subject: 
 def verify_capability(context: str, version: str | None, token: str | None, resource: str | None,
                       operation: str | None) -> str:
     call = RUNTIME.call(context, version)
-    return _bool(call.decide(token, subject=None, resource=resource, operation=operation, capability=True).valid)
+    return _bool(call.capability(token, resource, operation).valid)
 
 
 @_entry("f")

@@ -93,19 +93,38 @@ class _Stale(Exception):
     """The configuration held may be out of date: go through _sync()."""
 
 
-class Config(Record):
-    """Keys, chains and revocations of one configuration version."""
+class CapabilitySettings(Record):
+    """The database's capability configuration (hessra_authz.capability_settings):
+    its anchor, whether tokens must be bound to it in their authority block,
+    and what a designation policy does when a token's checks give no exact
+    set ("per_row" verification, or "deny")."""
 
-    __slots__ = ("version", "generation", "keys", "chains", "revocations")
+    __slots__ = ("anchor", "require_anchor", "fallback")
+
+    def __init__(self, anchor: str | None = None, require_anchor: bool = False, fallback: str = "per_row") -> None:
+        self.anchor = anchor
+        self.require_anchor = require_anchor
+        self.fallback = fallback
+
+
+NO_CAPABILITY_SETTINGS = CapabilitySettings()
+
+
+class Config(Record):
+    """Keys, chains, revocations and capability settings of one
+    configuration version."""
+
+    __slots__ = ("version", "generation", "keys", "chains", "revocations", "capability")
 
     def __init__(self, version: str, generation: int, keys: tuple[RootKey, ...], chains: dict[str, Any],
-                 revocations: Revocations) -> None:
+                 revocations: Revocations, capability: CapabilitySettings = NO_CAPABILITY_SETTINGS) -> None:
         self.version = version
         self.generation = generation
         self.keys = keys
         #: name -> tuple of ChainNode, or the ConfigurationError of a bad row
         self.chains = chains
         self.revocations = revocations
+        self.capability = capability
 
 
 class _Rejection(Record):
@@ -179,7 +198,8 @@ class Runtime:
         self.confirmed_snapshot = None
 
     def load_config(self, version: str, keys: tuple[RootKey, ...], chains: dict[str, Any],
-                    revocations: Revocations, database: int | None = None, database_tag: str = "") -> None:
+                    revocations: Revocations, database: int | None = None, database_tag: str = "",
+                    capability: CapabilitySettings = NO_CAPABILITY_SETTINGS) -> None:
         """Take the configuration read by hessra_authz._sync() in database
         `database` (OID). An older generation than one already committed is
         not taken: the statement that read it is refused (see statement())."""
@@ -189,7 +209,7 @@ class Runtime:
             self.shared_database = (database, database_tag)
         if self.config is not None and generation < self.committed_generation:
             return
-        self.config = Config(version, generation, keys, parse_chains(chains), revocations)
+        self.config = Config(version, generation, keys, parse_chains(chains), revocations, capability)
         self.confirmed_snapshot = None
         self.tokens.clear()
         self.decisions.clear()
@@ -416,6 +436,53 @@ class Statement:
             compute,
             shared=not detailed,
         )
+
+    def capability(self, token: str | None, resource: str | None, operation: str | None,
+                   designations: tuple[tuple[str, str | None], ...] = (), subject: str | None = None,
+                   detailed: bool = False) -> Decision:
+        """A capability decision under this database's policy (its anchor,
+        require_anchor, chains, revocations): hessra_pg.core.capability."""
+        from ..core.capability import verify_capability
+
+        config = self.config
+        settings = config.capability
+        return self.remembered(
+            token, ("capability" if not detailed else "explain capability", resource, operation, designations,
+                    subject),
+            lambda: verify_capability(token, config.keys, now=self.now, resource=resource, operation=operation,
+                                      designations=designations, anchor=settings.anchor, subject=subject,
+                                      require_anchor=settings.require_anchor, chains=config.chains,
+                                      load=self.load, revoked=config.revocations, diagnose=detailed),
+            shared=not detailed,
+        )
+
+    def is_capability(self, token: str | None) -> bool:
+        """Whether the token is a capability token (its authority block has
+        Hessra's capability check), read from its structure; False for a
+        token that doesn't verify."""
+        from ..core.capability import is_capability_token, structure_of
+
+        try:
+            verified = self.load(token, self.now)
+            return is_capability_token(structure_of(verified))
+        except (TokenRejected, HessraError):
+            return False
+
+    def capability_rows(self, token: str | None, resource: str | None, operation: str | None,
+                        row_labels: tuple[str, ...], fixed: tuple[tuple[str, str | None], ...],
+                        subject: str | None) -> Any:
+        """The RowSets of a designation policy for this statement (computed
+        once per statement, kept until the token's expiry)."""
+        from ..core.capability import row_sets
+
+        config = self.config
+        settings = config.capability
+        return self.per_statement(
+            token, ("capability rows", resource, operation, row_labels, fixed, subject),
+            lambda: row_sets(token, config.keys, now=self.now, resource=resource, operation=operation,
+                             row_labels=row_labels, fixed=fixed, anchor=settings.anchor, subject=subject,
+                             require_anchor=settings.require_anchor, chains=config.chains, load=self.load,
+                             revoked=config.revocations))
 
     def identity(self, token: str | None, identity: str | None, domain: str | None = None,
                  ensure_subject_in_domain: bool = False) -> Decision:
