@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "hessra_pg.cli.db",
     "hessra_pg.cli.keys",
     "hessra_pg.cli.token",
+    "hessra_pg.cli.cap",
     "hessra_pg.cli.identity",
     "hessra_pg.cli.policy",
     "hessra_pg.cli.doctor",

@@ -408,8 +408,15 @@ def format_info(info: TokenInfo) -> str:
     else:
         expired = " (expired)" if time.time() >= info.expires_at else ""
         lines.append(f"expires:         {iso_time(info.expires_at)} ({info.expires_at}){expired}")
-    lines.append(f"domain:          {info.domain if info.domain is not None else '-'}")
-    if info.kind != "identity":
+    if info.capability is not None:
+        from .cap import capability_lines  # (cap imports this module)
+
+        lines.extend(capability_lines(info.capability))
+    else:
+        lines.append(f"domain:          {info.domain if info.domain is not None else '-'}")
+    # (a capability's service-chain, multi-party and prefix lines would all be '-')
+    if info.kind != "identity" and (info.capability is None or info.service_chain or info.multi_party
+                                    or info.prefix is not None):
         lines.append(f"prefix:          {info.prefix if info.prefix is not None else '-'}")
         if info.service_chain:
             lines.append("service chain:")

@@ -152,10 +152,14 @@ def register(subparsers: Any) -> None:
         description=(
             "Describe a token: kind, subject/resource/operation, expiry, domain, service-chain nodes\n"
             "(attested or not), multi-party signers (signed or pending), prefix, revocation ids and\n"
-            "every block's external key and Datalog. With a root key the signatures are checked first\n"
-            "(and attestation status is known); without one the token is only parsed."
+            "every block's external key and Datalog. For a capability token (see 'hessra-pg cap'):\n"
+            "its anchor, the designations it requires and where (authority, amendment, attestation,\n"
+            "trusting which key), latent or not and activated or not, and which key attested what.\n"
+            "With a root key the signatures are checked first (and attestation and activation status\n"
+            "is known); without one the token is only parsed."
         ),
-        examples="  hessra-pg token inspect - --root-key root.pub.pem < token.txt",
+        examples="  hessra-pg token inspect - --root-key root.pub.pem < token.txt\n"
+                 "  hessra-pg token inspect \"$CAP_TOKEN\" --root-key root.pub.pem --json",
     )
     add_token_argument(inspect)
     add_root_key_arguments(inspect, optional=True)

@@ -17,8 +17,10 @@ import biscuit_auth
 from ..core.encoding import decode_token
 from ..errors import TokenFormatError
 from ..core.keys import parse_public_key
+from ..core.datalog import decode
 from ..core.shape import read_shape
 from ..core.verifier import time_check_limits
+from .capability import describe_capability, is_capability
 
 _STRING = r'"((?:[^"\\]|\\.)*)"'
 _RIGHT = re.compile(rf"^right\({_STRING}, {_STRING}, {_STRING}\);$", re.M)
@@ -63,6 +65,9 @@ class TokenInfo:
     prefix: str | None = None
     revocation_ids: list[str] = field(default_factory=list)
     blocks: list[BlockInfo] = field(default_factory=list)
+    #: capability tokens (kind "capability"): CapabilityInfo.as_dict() of
+    #: hessra_pg.tokens.capability, read from the token's structure
+    capability: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +116,29 @@ def inspect_token(token: str, root_key: str | None = None) -> TokenInfo:
         _describe_identity(info, _unescape(subject.group(1)), sources)
     elif rights:
         _describe_authorization(info, rights, authority, sources, external)
+    _describe_capability(info, data, revocation_ids)
     return info
+
+
+def _describe_capability(info: TokenInfo, data: bytes, revocation_ids: list[str]) -> None:
+    """Spec hessra-capability-tokens.md §6.1: a capability is told apart by
+    the structure of its authority block (never by printed text)."""
+    try:
+        structure = decode(data)
+    except TokenFormatError:
+        return  # a block our reader refuses (stricter than biscuit): no capability details
+    if not is_capability(structure):
+        if info.kind == "capability":
+            info.kind = "authorization"
+        return
+    described = describe_capability(structure, verified=info.verified, revocation_ids=revocation_ids)
+    info.kind = "capability"
+    details = described.as_dict()
+    for duplicate in ("capability", "subject", "resource", "operation", "expires_at", "revocation_ids"):
+        del details[duplicate]  # already in TokenInfo
+    info.capability = details
+    if described.subject is not None:
+        info.subject, info.resource, info.operation = described.subject, described.resource, described.operation
 
 
 def _external_key(parsed: Any, index: int) -> str | None:
