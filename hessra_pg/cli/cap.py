@@ -199,7 +199,7 @@ def register(subparsers: Any) -> None:
             "Verify a capability for RESOURCE and OPERATION with the database's policy (rules P, A,\n"
             "R, T and F of the capability spec): the verifier supplies designation(LABEL, VALUE) for\n"
             "each --designation, designation(\"anchor\", A) for --anchor A (in the database the\n"
-            "anchor comes only from its configuration), and never an activation or a facet: a\n"
+            "anchor comes only from hessra_authz.set_anchor), and never an activation or a facet: a\n"
             "latent token needs its activator's activation. With --subject, the token's right must\n"
             "name that subject. Prints 'valid' (exit 0) or 'denied: <reason> (<detail>)' (exit 1).\n\n"
             "The labels 'anchor' and 'facet' are reserved and a label may be given once: such\n"
@@ -348,8 +348,8 @@ def _attest(args: argparse.Namespace) -> int:
     expected = {(check.label, check.value) for check in info.designations if check.trusting == signer_key}
     for label, value in facts:
         if (label, value) not in expected:
-            warn(f"the token has no check of designation({label!r}, ...) with this value trusting "
-                 f"--attester-key ({signer_key}); this attestation satisfies none of its checks")
+            warn(f"the token asks --attester-key ({signer_key}) for no designation({label!r}, <this value>); "
+                 "this attestation of it satisfies none of its checks")
     with biscuit_errors(_NOT_VERIFIED):
         print(attest(token, key, signer, designations=facts, constraints=required, trusting=trusting,
                      valid_for=args.ttl, now=args.start))

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import biscuit_auth
 import pytest
 
+from hessra_pg.core.capability import verify_capability
 from hessra_pg.core.datalog import decode
 from hessra_pg.core.encoding import decode_token
 from hessra_pg.errors import ArgumentError, KeyFormatError, TokenFormatError
@@ -23,6 +24,7 @@ from hessra_pg.tokens.capability import (
     is_capability,
     mint_capability,
 )
+from hessra_pg.core.verifier import RootKey
 from hessra_pg.tokens.mint import TokenTime, mint_authorization
 from tests import cap_vectors as cv
 
@@ -386,3 +388,29 @@ def test_is_capability_reads_the_structure() -> None:
                                  'right($sub, $res, $op);");')
     g3 = mint_authorization(root(), "a", "r", "o")
     assert not is_capability(decode(decode_token(g3)))
+
+
+def test_api_round_trip_under_the_database_policy() -> None:
+    """mint -> designate -> activate -> complete, each checked with
+    hessra_pg.core.capability.verify_capability."""
+    keys = [RootKey(0, cv.public("root"))]
+
+    def reason(token: str, *designations: tuple[str, str], anchor: str | None = "db:main") -> str:
+        decision = verify_capability(token, keys, now=NOW, resource="orders", operation="read",
+                                     designations=designations, anchor=anchor)
+        return "ok" if decision.valid else decision.reason
+
+    token = mint_capability(root(), "agent", "orders", "read", anchor="db:main", designations=[("tenant", "acme")],
+                            latent=cv.public("activator"), time_config=LONG)
+    narrowed = designate(token, cv.public("root"), [("user", "alice")])
+    assert reason(narrowed, ("tenant", "acme"), ("user", "alice")) == "not_activated"
+    pending = activate(narrowed, cv.public("root"), cv.keypair("activator"), facet="F-9", valid_for=60, now=NOW - 1)
+    assert reason(pending, ("tenant", "acme"), ("user", "alice")).startswith("designation_mismatch:facet")
+    complete = complete_facet(pending, cv.public("root"), cv.keypair("activator"), "F-9")
+    assert reason(complete, ("tenant", "acme"), ("user", "alice")) == "ok"
+    assert reason(complete, ("tenant", "acme")).startswith("designation_mismatch:user")
+    assert reason(complete, ("tenant", "acme"), ("user", "alice"), anchor="db:other") == "anchor_mismatch"
+    info = capability_info(complete, cv.public("root"))
+    assert (info.activated, info.activated_at, [a.named for a in info.attestations]) == (True, NOW - 1, [True, True])
+    with pytest.raises(ArgumentError):
+        reason(complete, ("facet", "F-9"))
