@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Any, Union
 
 import biscuit_auth
 
@@ -95,7 +96,7 @@ def _text(value: object, what: str, *, empty: bool = True) -> str:
 def _designations(pairs: Iterable[Sequence[str]], what: str) -> list[Designation]:
     result = []
     for pair in pairs:
-        if isinstance(pair, str) or len(pair) != 2:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise ArgumentError(f"each {what} must be a (label, value) pair")
         label, value = pair
         result.append((_text(label, f"a {what} label", empty=False), _text(value, f"a {what} value")))
@@ -114,7 +115,7 @@ def _public_key(value: KeyLike, what: str) -> biscuit_auth.PublicKey:
 def _trusting(triples: Iterable[Sequence[Any]], what: str) -> list[tuple[biscuit_auth.PublicKey, str, str]]:
     result = []
     for triple in triples:
-        if isinstance(triple, str) or len(triple) != 3:
+        if isinstance(triple, (str, bytes)) or not isinstance(triple, Sequence) or len(triple) != 3:
             raise ArgumentError(f"each {what} must be a (public key, label, value) triple")
         key, label, value = triple
         result.append((_public_key(key, f"{what} key"), _text(label, f"a {what} label", empty=False),

@@ -344,6 +344,8 @@ def test_root_key_id_and_key_forms() -> None:
     (lambda: mint_capability(root(), "", "r", "o"), ArgumentError),
     (lambda: mint_capability(root(), "s", "r", "o", designations=[("only-a-label",)]), ArgumentError),
     (lambda: mint_capability(root(), "s", "r", "o", designations=["t=v"]), ArgumentError),
+    (lambda: mint_capability(root(), "s", "r", "o", designations=[{"t": "v"}]), ArgumentError),
+    (lambda: mint_capability(root(), "s", "r", "o", trusting=[7]), ArgumentError),
     (lambda: mint_capability(root(), "s", "r", "o", designations=[("", "v")]), ArgumentError),
     (lambda: mint_capability(root(), "s", "r", "o", designations=[("t", 1)]), ArgumentError),
     (lambda: mint_capability(root(), "s", "r", "o", anchor=""), ArgumentError),
