@@ -1,35 +1,19 @@
-"""Read the capability-token vectors from ../shared/vectors/capability
-(spec hessra-capability-tokens.md §9), never copied here: the directory is
-found as tests/vectors.py finds the others."""
+"""Conveniences over tests/vectors.py's capability loaders (the vectors stay
+in ../shared/vectors/capability, never copied here): keys by name as
+biscuit key pairs, and the clock of the vector cases."""
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from pathlib import Path
-
 import biscuit_auth
 
-from tests.vectors import VECTORS
+from tests.vectors import capability_keys as keys
+from tests.vectors import capability_tokens as tokens
 
-CAPABILITY = VECTORS / "capability"
+__all__ = ["EXP", "NOW", "keypair", "keys", "public", "tokens"]
+
 #: The clock of the vector cases and the expiry of the long-lived tokens.
 NOW = 1893456000
 EXP = 4070908800
-
-
-def _read(name: str) -> dict:
-    path: Path = CAPABILITY / name
-    if not path.exists():
-        raise FileNotFoundError(f"capability vectors not found at {path}: tests expect ../shared/vectors beside "
-                                "the checkout (or set HESSRA_VECTORS_DIR)")
-    return json.loads(path.read_text())
-
-
-@lru_cache(maxsize=None)
-def keys() -> dict[str, dict]:
-    """root, activator, attester, rogue: {"public": "ed25519/...", "private_hex": ...}."""
-    return _read("keys.json")["keys"]
 
 
 def public(name: str) -> str:
@@ -40,9 +24,3 @@ def keypair(name: str) -> biscuit_auth.KeyPair:
     private = bytes.fromhex(keys()[name]["private_hex"])
     return biscuit_auth.KeyPair.from_private_key(
         biscuit_auth.PrivateKey.from_bytes(private, biscuit_auth.Algorithm.Ed25519))
-
-
-@lru_cache(maxsize=None)
-def tokens() -> dict[str, dict]:
-    """Each vector token by name: {"token", "kind", "blocks", "revocation_ids", ...}."""
-    return {entry["name"]: entry for entry in _read("tokens.json")["tokens"]}

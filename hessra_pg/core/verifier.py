@@ -142,6 +142,11 @@ class Revocations(Record):
 NO_REVOCATIONS = Revocations()
 
 
+#: Reasons whose ":<label>" suffix names a designation label of the token
+#: itself (hessra-capability-tokens.md §3.4), not the database's configuration.
+_LABEL_REASONS = frozenset({"designation_mismatch", "designation_rejected", "trusting_designation_on_supplied_label"})
+
+
 class Decision(Record):
     """The outcome of one verification. `reason` is one of REASONS (for a
     missing attestation it is `missing_attestation:<component>`)."""
@@ -162,9 +167,12 @@ class Decision(Record):
         (docs/security.md "What an application role can learn"): the reason code, with the
         key reasons folded into bad_signature (which keys exist or were
         retired is the DBA's business) and no chain component names; no kid
-        and no detail (failed Datalog may quote the database's chain keys)."""
+        and no detail (failed Datalog may quote the database's chain keys).
+        A capability's designation label stays: it is the token's own
+        text, which the caller holds."""
         reason = "bad_signature" if self.reason in ("unknown_key", "key_inactive") else self.reason
-        reason = reason.split(":", 1)[0]
+        if reason.split(":", 1)[0] not in _LABEL_REASONS:
+            reason = reason.split(":", 1)[0]
         return Decision(self.valid, reason, None, self.expires_at, self.revocation_ids, REDACTED_DETAIL)
 
     def weight(self) -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+import hessra_pg
 import pytest
 
 from hessra_pg.dev import factories as factories_module
@@ -66,7 +68,7 @@ def test_the_template_holds_the_extension_the_schema_and_every_loader(shop_db: H
                                                                        shop_proc: factories_module.HessraProc) -> None:
     assert shop_db.name.startswith("shop_") and shop_db.name != shop_proc.template_dbname
     assert _scalar(shop_db, "SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'") == \
-        shop_proc.extension_version == "0.3.0"
+        shop_proc.extension_version == hessra_pg.__version__
     assert _scalar(shop_db, "SELECT array_agg(what ORDER BY what) FROM loaded") == \
         ["callable", "import string", "sql file"]
     # Nobody connects to the template itself.

@@ -15,6 +15,7 @@ import pytest
 from hessra_pg.cli import main
 from hessra_pg.core.keys import private_key_pem
 from tests import cap_vectors as cv
+from tests import vectors
 
 REQUEST = ["--resource", "orders", "--operation", "read"]
 NOW, EXP = cv.NOW, cv.EXP
@@ -299,7 +300,7 @@ def test_vector_cases_through_cap_verify(run: Run) -> None:
     """Every verification case of the vectors: exit 0 for db true, 1 with
     its reason for db false, 2 (one line) for an input error."""
     tokens = cv.tokens()
-    cases = json.loads((cv.CAPABILITY / "expected.json").read_text())["cases"]
+    cases = vectors.capability_expected()["cases"]
     assert len(cases) == 83
     for case in cases:
         token = tokens[case["token"]]["token"]
