@@ -332,3 +332,42 @@ def test_capability_values_are_compared_exactly(hessra_db, capability_db, app_ro
         assert scalar(app, query, (token, Jsonb({"tenant": "x"}))) is False
         assert _in_statement(app, token, "SELECT hessra_authz.designation_values('orders', 'read', '{tenant}', "
                                          "'tenant')") == [evil]
+
+
+def test_every_revocation_kind_reaches_capability_tokens(hessra_db, capability_db, app_role):
+    """spec §5: every block id is looked up (an activation's id kills that
+    activation, not the latent token); revoke_identity covers the identity
+    a capability grants its right to."""
+    _set_anchor(capability_db, "db:main")
+    activated = vectors.capability_tokens()["latent_activated"]
+    latent = _token("latent")
+    explain = "SELECT hessra_authz.explain_capability(%s, 'orders', 'read')"
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        assert scalar(app, explain, (activated["token"],))["reason"] == "ok"
+        assert scalar(app, explain, (latent,))["reason"] == "not_activated"
+        capability_db.execute("SELECT hessra_authz.revoke(%s, 'activation')", (activated["revocation_ids"][-1],))
+        assert scalar(app, explain, (activated["token"],))["reason"] == "revoked"
+        assert scalar(app, explain, (latent,))["reason"] == "not_activated"
+        assert scalar(app, explain, (_token("anchored"),))["reason"] == "ok"
+        capability_db.execute("SELECT hessra_authz.revoke_identity('alice', 'left')")
+        assert scalar(app, explain, (_token("anchored"),))["reason"] == "revoked"
+        assert scalar(app, "SELECT hessra_authz.verify_capability(%s, 'orders', 'read', '{\"tenant\": \"acme\"}')",
+                      (_token("designated_tenant"),)) is False
+
+
+def test_three_argument_form_is_the_form_without_designations(hessra_db, capability_db, app_role):
+    """verify_capability(token, resource, operation) answers as
+    verify_capability(..., '{}') for every vector case without designations
+    (Postgres can't give the jsonb argument a default beside the older
+    three-argument function: a three-argument call would be ambiguous)."""
+    cases = [case for case in CASES if not case["designations"] and case["subject"] is None]
+    assert len(cases) > 30
+    with hessra_db.connect(app_role, autocommit=True) as app:
+        for anchor in (None, "db:main"):
+            _set_anchor(capability_db, anchor)
+            for case in cases:
+                args = (_token(case["token"]), case["resource"], case["operation"])
+                three = scalar(app, "SELECT hessra_authz.verify_capability(%s, %s, %s)", args)
+                assert three is scalar(app, "SELECT hessra_authz.verify_capability(%s, %s, %s, '{}')", args), \
+                    case["id"]
+                assert three is scalar(app, "SELECT hessra_authz.verify_capability(%s, %s, %s, '{}', NULL)", args)
