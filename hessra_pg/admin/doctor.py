@@ -700,18 +700,29 @@ class _Subquery:
     correlated: bool = False
 
 
+#: The per-row verifier of designation policies, meant to run per row only
+#: behind (SELECT hessra_authz.designation_fallback(...)) AND ... .
+_GUARDED_PER_ROW = "designation_row"
+_GUARD = "designation_fallback"
+
+
 @dataclass(frozen=True)
 class _Call:
     function: str
     cheap: bool
     location: int
     subqueries: tuple[_Subquery, ...]  # the enclosing ones, outermost first
+    guard: _Subquery | None = None  # a designation_fallback subquery ANDed first, for designation_row
 
     @property
     def per_row(self) -> bool:
         """Evaluated for every row: no enclosing subquery runs apart from
         the row (an uncorrelated one is planned once per statement, as an
-        InitPlan or a materialized SubPlan, whatever it is nested in)."""
+        InitPlan or a materialized SubPlan, whatever it is nested in).
+        designation_row behind an uncorrelated designation_fallback runs
+        only for tokens that need per-row verification: by design."""
+        if self.guard is not None and not self.guard.correlated:
+            return False
         return not self.cheap and all(subquery.correlated for subquery in self.subqueries)
 
 
@@ -733,6 +744,10 @@ class _ExpressionReader:
         self.calls: list[_Call] = []
         self.subqueries: list[_Subquery] = []
         self.scopes: list[set[str]] = []  # FROM item names of each enclosing SELECT, innermost last
+        self.guards: list[_Subquery] = []
+        from pglast.enums import BoolExprType
+
+        self.and_expr = BoolExprType.AND_EXPR
 
     def visit(self, node: Any) -> None:
         ast = self.ast
@@ -741,6 +756,21 @@ class _ExpressionReader:
                 self.visit(item)
             return
         if not isinstance(node, ast.Node):
+            return
+        if isinstance(node, ast.BoolExpr) and node.boolop == self.and_expr and node.args:
+            # `(SELECT designation_fallback(...)) AND designation_row(...)`:
+            # the first argument decides whether the others run.
+            first, *rest = node.args
+            before = len(self.calls)
+            self.visit(first)
+            added = self.calls[before:]
+            guard = (added[0].subqueries[-1] if isinstance(first, ast.SubLink) and len(added) == 1
+                     and added[0].function == _GUARD and len(added[0].subqueries) == 1 else None)
+            if guard is not None:
+                self.guards.append(guard)
+            self.visit(rest)
+            if guard is not None:
+                self.guards.pop()
             return
         if isinstance(node, ast.SubLink):
             self.visit(node.testexpr)  # `x IN (SELECT ...)`: x is evaluated with the row
@@ -762,8 +792,9 @@ class _ExpressionReader:
         if isinstance(node, ast.FuncCall):
             names = [part.sval for part in node.funcname]
             if len(names) >= 2 and names[-2] == "hessra_authz":
+                guard = self.guards[-1] if self.guards and names[-1] == _GUARDED_PER_ROW else None
                 self.calls.append(_Call(names[-1], names[-1] in _CHEAP_FUNCTIONS, node.location or 0,
-                                        tuple(self.subqueries)))
+                                        tuple(self.subqueries), guard))
         self._visit_fields(node)
 
     def _visit_fields(self, node: Any) -> None:

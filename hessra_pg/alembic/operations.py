@@ -304,8 +304,8 @@ class UpdateHessraExtensionOp(HessraOperation):
 SPEC_COMMENT_PREFIX = "hessra-pg spec: "
 
 #: PolicySpec fields that define what a policy checks (the others name it).
-_DEFINING = frozenset({"mode", "resource", "expression", "owner_column", "chain", "component", "operations",
-                       "roles", "force", "restrictive"})
+_DEFINING = frozenset({"mode", "resource", "expression", "owner_column", "chain", "component", "designations",
+                       "fixed", "operations", "roles", "force", "restrictive"})
 _NAMING = frozenset({"schema", "commands", "names", "name_prefix"})
 _POLICY_COMMANDS = (*COMMANDS, "ALL")
 

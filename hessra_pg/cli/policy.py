@@ -42,7 +42,9 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
             "Modes: table (every row needs --resource), row (each row's resource is the SQL "
             "--expression, checked against authorized_resources()), identity (the --owner-column holds "
             "the identity that owns the row), service_chain (--resource along the named --chain, as "
-            "this database's --component).\n\n"
+            "this database's --component), designation (the current token is a capability for --resource, "
+            "default the table, and each row's --column holds the value of the designation --label; pairs "
+            "repeat, in order; --fixed LABEL=VALUE supplies a literal).\n\n"
             "Commands map to operations: SELECT -> read, INSERT/UPDATE/DELETE -> write unless "
             "--operation, --select-op, --write-op or --insert-op/--update-op/--delete-op say otherwise.\n\n"
             "The --expression is SQL inserted as written: it comes from the DBA, never from users. "
@@ -59,6 +61,9 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
             "  hessra-pg policy generate --table documents --mode identity --owner-column owner\n"
             "  hessra-pg policy generate --table payments --mode service_chain --resource payments \\\n"
             "      --chain payments --component ledger_db\n"
+            "  hessra-pg policy generate --table orders --mode designation --label tenant_id --column tenant_id\n"
+            "  hessra-pg policy generate --table notes --mode designation --label tenant_id --column tenant \\\n"
+            "      --label user --column author --fixed region=eu\n"
             "  hessra-pg policy generate --from policies.toml\n"
             "  hessra-pg policy generate --from policies.toml --drop"
         ),
@@ -71,13 +76,21 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
     source.add_argument("--schema", help="its schema (default: public); the SQL always names it, since it runs "
                                          "with search_path = pg_catalog, pg_temp")
     source.add_argument("--mode", choices=MODES, default=None, help="how rows are checked (default: table)")
-    source.add_argument("--resource", help="the resource checked (modes table and service_chain)")
+    source.add_argument("--resource", help="the resource checked (modes table and service_chain; mode designation: "
+                                           "default the table's name)")
     source.add_argument("--expression", metavar="SQL",
                         help="mode row: SQL giving each row's resource as text, e.g. \"'orders/' || id\" (trusted)")
     source.add_argument("--owner-column", metavar="COLUMN", help="mode identity: the column holding the owner identity")
     source.add_argument("--chain", help="mode service_chain: the name of a chain set with set_service_chain()")
     source.add_argument("--component", help="mode service_chain: this database's component in the chain "
                                             "(default: none, every node must have attested)")
+    source.add_argument("--label", action="append", dest="labels", metavar="LABEL",
+                        help="mode designation: a designation label (repeat; each pairs with the --column in the "
+                             "same position)")
+    source.add_argument("--column", action="append", dest="columns", metavar="COLUMN",
+                        help="mode designation: the column holding that label's value")
+    source.add_argument("--fixed", action="append", metavar="LABEL=VALUE",
+                        help="mode designation: a designation the policy supplies as a literal (repeat)")
     ops = p.add_argument_group("operations per command")
     ops.add_argument("--operation", metavar="OP", help="one operation for every command")
     ops.add_argument("--select-op", metavar="OP", help="operation for SELECT (default: read)")
@@ -111,7 +124,7 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
 
 
 _SPEC_FLAGS = ("table", "schema", "mode", "resource", "expression", "owner_column", "chain", "component",
-               "operation", "select_op", "write_op", "insert_op", "update_op", "delete_op", "commands", "roles",
+               "labels", "columns", "fixed", "operation", "select_op", "write_op", "insert_op", "update_op", "delete_op", "commands", "roles",
                "name_prefix")
 
 
@@ -136,8 +149,30 @@ def _spec_from_args(args: argparse.Namespace) -> PolicySpec:
         value = getattr(args, f"{command}_op")
         if value:
             operations[command.upper()] = value
+    labels, columns = list(args.labels or ()), list(args.columns or ())
+    if len(labels) != len(columns):
+        raise CliInputError(f"give one --column per --label, in the same order ({len(labels)} --label, "
+                            f"{len(columns)} --column)")
+    if (args.mode or "table") == "designation" and not labels:
+        raise CliInputError("mode designation needs --label LABEL --column COLUMN (repeat for several labels)")
+    if (args.mode or "table") != "designation" and (labels or args.fixed):
+        raise CliInputError("--label, --column and --fixed apply to --mode designation")
+    designations = dict(zip(labels, columns)) if labels else None
+    if designations is not None and len(designations) != len(labels):
+        raise CliInputError("each --label may be given once")
+    fixed: dict[str, str] | None = None
+    for item in args.fixed or ():
+        label, sep, value = item.partition("=")
+        if not sep or not label:
+            raise CliInputError(f"--fixed takes LABEL=VALUE, got {item!r}")
+        fixed = fixed or {}
+        if label in fixed:
+            raise CliInputError(f"--fixed gives label {label!r} twice")
+        fixed[label] = value
     kwargs: dict[str, Any] = {
         "table": args.table,
+        "designations": designations,
+        "fixed": fixed,
         "mode": args.mode or "table",
         "schema": args.schema,
         "resource": args.resource,

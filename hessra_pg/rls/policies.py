@@ -21,7 +21,17 @@ evaluates it once per statement as an InitPlan, never once per row):
   identities"); an index on ``(owner COLLATE "C")`` is suggested;
 - ``service_chain``: ``verify_service_chain`` of the current token for
   ``resource`` along the named ``chain``, as ``component`` (NULL: every node
-  must have attested).
+  must have attested);
+- ``designation``: the current token is a capability for ``resource``
+  (default: the table's name) whose designations the row satisfies:
+  ``designations`` maps each label to the column holding its value
+  (``{"tenant_id": "tenant_id"}``), ``fixed`` gives labels the policy
+  supplies as literals. Per label the column is compared with the
+  statement's accepted set (``col::text COLLATE "C" = ANY (...)``, or every
+  non-NULL value, or NULL too), and a token whose checks give no exact set
+  is verified row by row (``designation_row``) or denied, as the
+  administrator set (docs/sql-reference.md "Capability tokens"); an index on
+  ``(col::text COLLATE "C")`` is suggested per label.
 
 Commands map to operations: SELECT -> ``read``, INSERT/UPDATE/DELETE ->
 ``write`` by default. SELECT and DELETE get ``USING``, INSERT gets
@@ -48,6 +58,7 @@ The same specs load from TOML (:func:`load_specs`) and back
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -65,6 +76,7 @@ __all__ = [
     "Policy",
     "PolicySpec",
     "PolicySpecError",
+    "RESERVED_LABELS",
     "drop_sql",
     "generate_sql",
     "load_specs",
@@ -77,7 +89,10 @@ __all__ = [
 
 COMMANDS: tuple[str, ...] = ("SELECT", "INSERT", "UPDATE", "DELETE")
 DEFAULT_OPERATIONS: Mapping[str, str] = {"SELECT": "read", "INSERT": "write", "UPDATE": "write", "DELETE": "write"}
-MODES: tuple[str, ...] = ("table", "row", "identity", "service_chain")
+MODES: tuple[str, ...] = ("table", "row", "identity", "service_chain", "designation")
+#: Labels a policy can't supply: the anchor is the database's own setting and
+#: facets only ever come from attestations (hessra-capability-tokens.md §3.4).
+RESERVED_LABELS = frozenset({"anchor", "facet"})
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
 _USING_COMMANDS = frozenset({"SELECT", "UPDATE", "DELETE"})
 _CHECK_COMMANDS = frozenset({"INSERT", "UPDATE"})
@@ -227,6 +242,8 @@ class PolicySpec:
     owner_column: str | None = None
     chain: str | None = None
     component: str | None = None
+    designations: Mapping[str, str] | None = None
+    fixed: Mapping[str, str] | None = None
     operations: Mapping[str, str] | None = None
     commands: Sequence[str] = COMMANDS
     roles: Sequence[str] = ()
@@ -260,7 +277,10 @@ class PolicySpec:
         roles = [self.roles] if isinstance(self.roles, str) else list(self.roles)
         set_(self, "roles", tuple(_plain_text(r, "role") for r in roles))
         _plain_text(self.name_prefix, "name_prefix")
+        if mode == "designation" and self.resource is None:
+            set_(self, "resource", self.table)  # the capability's resource: the table, unless given
         self._check_mode_fields()
+        self._check_designations()
 
     def _check_mode_fields(self) -> None:
         required = {
@@ -268,16 +288,47 @@ class PolicySpec:
             "row": ("expression",),
             "identity": ("owner_column",),
             "service_chain": ("resource", "chain"),
+            "designation": ("resource", "designations"),
         }[self.mode]
-        allowed = set(required) | ({"component"} if self.mode == "service_chain" else set())
-        for name in ("resource", "expression", "owner_column", "chain", "component"):
+        optional = {"service_chain": {"component"}, "designation": {"fixed"}}.get(self.mode, set())
+        allowed = set(required) | optional
+        for name in ("resource", "expression", "owner_column", "chain", "component", "designations", "fixed"):
             value = getattr(self, name)
             if name in required and value is None:
                 raise PolicySpecError(f"mode {self.mode} needs {name}")
             if value is not None:
                 if name not in allowed:
                     raise PolicySpecError(f"{name} does not apply to mode {self.mode} (it needs {', '.join(required)})")
-                _plain_text(value, name)
+                if name not in ("designations", "fixed"):
+                    _plain_text(value, name)
+
+    def _check_designations(self) -> None:
+        """Labels and columns of mode designation: text, no reserved label, no
+        label twice (a fixed label is not also a row label), at least one row label."""
+        if self.mode != "designation":
+            return
+        set_ = object.__setattr__
+        for name, what in (("designations", "column"), ("fixed", "value")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise PolicySpecError(f"{name} must map each label to a {what} ({{\"tenant_id\": ...}})")
+            checked = {}
+            for label, item in value.items():
+                _plain_text(label, "designation label")
+                if label in RESERVED_LABELS:
+                    hint = ("the anchor is the database's own setting (hessra_authz.set_anchor)" if label == "anchor"
+                            else "facets come only from attestations")
+                    raise PolicySpecError(f"designation label {label!r} is reserved: {hint}")
+                checked[label] = _plain_text(item, f"the {what} of designation {label!r}")
+            set_(self, name, checked)
+        assert self.designations is not None
+        if not self.designations:
+            raise PolicySpecError("mode designation needs at least one label -> column in designations")
+        both = sorted(set(self.designations) & set(self.fixed or {}))
+        if both:
+            raise PolicySpecError(f"designation label {both[0]!r} is both a row label and a fixed one: give it once")
 
     # -- derived names ----------------------------------------------------------
 
@@ -299,9 +350,18 @@ class PolicySpec:
         return _bounded_name(self.name_prefix, self.table, command.lower())
 
     def index_name(self) -> str | None:
-        """The name of the suggested index, or None for modes without one."""
+        """The name of the suggested index, or None for modes without one
+        (mode designation suggests one per label: :meth:`index_names`)."""
         suffix = {"row": "resource", "identity": "owner"}.get(self.mode)
         return _bounded_name(self.name_prefix, self.table, suffix) if suffix else None
+
+    def index_names(self) -> list[str]:
+        """The names of the suggested indexes."""
+        if self.mode == "designation":
+            assert self.designations is not None
+            return [_bounded_name(self.name_prefix, self.table, column) for column in self.designations.values()]
+        name = self.index_name()
+        return [name] if name else []
 
     # -- SQL --------------------------------------------------------------------
 
@@ -316,6 +376,8 @@ class PolicySpec:
         if self.mode == "row":
             return (f"({self.expression}) {_op('=')} ANY ("
                     f"{_call('authorized_resources', operation)}::{_TEXT}[])")
+        if self.mode == "designation":
+            return self._designation_condition(operation)
         assert self.resource is not None and self.chain is not None
         component = f"{quote_literal(self.component)}::{_TEXT}" if self.component is not None else f"NULL::{_TEXT}"
         return _call(
@@ -350,6 +412,37 @@ class PolicySpec:
             f"::{_TEXT}[])))"
         )
 
+    def _designation_condition(self, operation: str) -> str:
+        # Per label, three uncorrelated InitPlans over one per-statement
+        # computation (hessra_authz.capability_rows): the accepted values,
+        # '' when every non-NULL value is accepted (col >= '' in "C" holds
+        # for every string), whether NULL is. InitPlans run on demand, so a
+        # row that matches the first arm costs one call per statement. "C":
+        # token values compare byte for byte, as Datalog strings do; a
+        # column's own (possibly case-insensitive) collation would widen.
+        # When the token's checks give no exact set, the sets are empty and
+        # designation_fallback says whether to verify each row.
+        assert self.designations is not None and self.resource is not None
+        labels = "ARRAY[" + ", ".join(quote_literal(label) for label in self.designations) + f"]::{_TEXT}[]"
+        fixed = quote_literal(json.dumps(dict(self.fixed or {}), ensure_ascii=False, sort_keys=True))
+        head = (f"{quote_literal(self.resource)}::{_TEXT}", f"{operation}::{_TEXT}", labels)
+        fixed_arg = f"{fixed}::pg_catalog.jsonb"
+        terms = []
+        for label, column in self.designations.items():
+            qualified = f"{self.target}.{quote_ident(column)}"
+            value = f"{qualified}::{_TEXT} {_COLLATE_C}"
+            args = (*head, f"{quote_literal(label)}::{_TEXT}", fixed_arg)
+            terms.append(
+                f"({value} {_op('=')} ANY ({_call('designation_values', *args)}::{_TEXT}[])\n"
+                f"         OR {value} {_op('>=')} {_call('designation_floor', *args)}\n"
+                f"         OR ({qualified} IS NULL AND {_call('designation_nulls', *args)}))")
+        row = ", ".join(f"{quote_literal(label)}::{_TEXT}, {self.target}.{quote_ident(column)}::{_TEXT}"
+                        for label, column in self.designations.items())
+        per_row = (f"({_call('designation_fallback', *head, fixed_arg)}\n"
+                   f"         AND {_SCHEMA}.designation_row({head[0]}, {head[1]}, "
+                   f"pg_catalog.jsonb_build_object({row}), {fixed_arg}))")
+        return "(" + "\n        AND ".join(terms) + ")\n        OR " + per_row
+
     def policies(self) -> list[Policy]:
         """One :class:`Policy` per command."""
         result = []
@@ -371,7 +464,12 @@ class PolicySpec:
         return result
 
     def index_sql(self) -> list[str]:
-        """The suggested index (``CREATE INDEX IF NOT EXISTS``), if the mode has one."""
+        """The suggested indexes (``CREATE INDEX IF NOT EXISTS``), if the mode has any."""
+        if self.mode == "designation":
+            assert self.designations is not None
+            return [f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {self.target} "
+                    f"(({quote_ident(column)}::{_TEXT} {_COLLATE_C}));"
+                    for name, column in zip(self.index_names(), self.designations.values())]
         name = self.index_name()
         if name is None:
             return []
@@ -383,11 +481,8 @@ class PolicySpec:
         return [f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {self.target} {key};"]
 
     def drop_index_sql(self) -> list[str]:
-        """``DROP INDEX IF EXISTS`` for the suggested index, if any."""
-        name = self.index_name()
-        if name is None:
-            return []
-        return [f"DROP INDEX IF EXISTS {_qualified(self.schema, name)};"]
+        """``DROP INDEX IF EXISTS`` for the suggested indexes, if any."""
+        return [f"DROP INDEX IF EXISTS {_qualified(self.schema, name)};" for name in self.index_names()]
 
     def create_statements(self, *, indexes: bool = True) -> list[str]:
         """ENABLE (and FORCE) RLS, then DROP POLICY IF EXISTS + CREATE POLICY
@@ -496,7 +591,8 @@ def generate_sql(specs: PolicySpec | Iterable[PolicySpec], *, indexes: bool = Tr
         created = spec.create_statements(indexes=False)
         statements += created
         if indexes and spec.index_sql():
-            what = "the row resource expression" if spec.mode == "row" else "the owner column"
+            what = {"row": "the row resource expression", "identity": "the owner column",
+                    "designation": "each designation column"}[spec.mode]
             statements.append(f"-- Suggested index on {what} (the policy compares it with a per-statement value)")
             statements += spec.index_sql()
     return _script(statements, transaction)
@@ -534,6 +630,9 @@ def spec_from_mapping(data: Mapping[str, Any], *, where: str = "policy") -> Poli
     for key in ("operations", "names"):
         if key in data and not isinstance(data[key], Mapping):
             raise PolicySpecError(f"{where}: {key} must be a table keyed by command (SELECT = \"read\")")
+    for key in ("designations", "fixed"):
+        if key in data and not isinstance(data[key], Mapping):
+            raise PolicySpecError(f"{where}: {key} must be a table of label = \"...\" (tenant_id = \"tenant_id\")")
     try:
         return PolicySpec(**dict(data))
     except PolicySpecError as error:

@@ -222,6 +222,8 @@ def _sample_operations() -> list[ha.HessraOperation]:
         ha.CreateHessraPoliciesOp('Odd "name"', mode="identity", owner_column="owner", names={"SELECT": "x'y"}),
         ha.CreateHessraPoliciesOp("p", mode="service_chain", resource="r", chain="c", component="db",
                                   operations={"SELECT": "list", "DELETE": "remove"}, commands=("SELECT", "DELETE")),
+        ha.CreateHessraPoliciesOp("notes", mode="designation", designations={"tenant_id": "tenant", "user": "author"},
+                                  fixed={"region": "e'u"}, create_index=True),
         ha.DropHessraPoliciesOp("orders", resource="orders", disable_rls=True),
         ha.DropHessraPoliciesOp("orders"),
         ha.DropHessraPoliciesOp("orders", schema="shop", commands=["select", "DELETE"], name_prefix="own",
@@ -669,3 +671,23 @@ def test_register_policies_validates():
     metadata = MetaData()
     Table("t", metadata, Column("id", Integer), schema="s", info={"hessra_policies": {"resource": "r"}})
     assert ha.declared_policies(metadata) == [PolicySpec("t", schema="s", resource="r")]
+
+
+def test_autogenerate_keeps_a_designation_policy(hessra_db, admin, script_dir):
+    """A designation policy declared on a model: created once, then no diff
+    (its spec is recorded in the policy's comment and rehearsed)."""
+    admin.execute("CREATE TABLE public.notes (id int PRIMARY KEY, tenant text, author text)")
+    metadata = MetaData()
+    spec = {"mode": "designation", "designations": {"tenant_id": "tenant", "user": "author"},
+            "fixed": {"region": "eu"}}
+    Table("notes", metadata, Column("id", Integer, primary_key=True), Column("tenant", Text), Column("author", Text),
+          info={"hessra_policies": spec})
+    assert _calls(_diff(hessra_db.dsn, metadata)) == [
+        ("create", "notes", tuple(f"hessra_notes_{c}" for c in ("select", "insert", "update", "delete")))]
+    text = _revision(hessra_db.dsn, script_dir, metadata, "d1")
+    assert "op.create_hessra_policies('notes', mode='designation', resource='notes', designations=" \
+           "{'tenant_id': 'tenant', 'user': 'author'}, fixed={'region': 'eu'})" in text, text
+    assert _diff(hessra_db.dsn, metadata) == []
+    assert admin.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'notes' "
+                         "AND qual LIKE '%designation_values%'").fetchone()[0] == 3  # SELECT, UPDATE, DELETE: USING
+

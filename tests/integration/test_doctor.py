@@ -16,7 +16,7 @@ import hessra_pg
 from hessra_pg.cli import main
 from hessra_pg.admin.doctor import connect, log_risks, per_row_calls, run_checks
 from hessra_pg.core.keys import generate_keypair
-from hessra_pg.rls.policies import PolicySpec, generate_sql
+from hessra_pg.rls.policies import PolicySpec, drop_sql, generate_sql
 from hessra_pg.dev.testing import HessraDatabase
 from tests import vectors
 
@@ -26,8 +26,9 @@ SPECS = [
     PolicySpec("documents", mode="identity", owner_column="owner"),
     PolicySpec("payments", mode="service_chain", resource="payments", chain="order_service",
                component="order_service"),
+    PolicySpec("accounts", mode="designation", designations={"tenant_id": "tenant"}),
 ]
-TABLES = ("public.orders", "shop.items", "public.documents", "public.payments")
+TABLES = ("public.orders", "shop.items", "public.documents", "public.payments", "public.accounts")
 
 
 @pytest.fixture
@@ -41,6 +42,7 @@ def good(hessra_db: HessraDatabase, admin: psycopg.Connection, root, app_role: s
         CREATE TABLE shop.items (id int PRIMARY KEY, name text);
         CREATE TABLE public.documents (id int PRIMARY KEY, owner text NOT NULL);
         CREATE TABLE public.payments (id int PRIMARY KEY, amount int);
+        CREATE TABLE public.accounts (id int PRIMARY KEY, tenant text);
     """)
     admin.execute("SELECT hessra_authz.set_service_chain('order_service', %s::jsonb)",
                   (json.dumps(vectors.order_service_chain()),))
@@ -107,7 +109,7 @@ def test_good_database(good: HessraDatabase, app_role: str, capsys: pytest.Captu
     assert checks["extension"][1] == f"hessra_authz {hessra_pg.__version__} (same as hessra_pg {hessra_pg.__version__})"
     assert checks["keys"][1] == "1 active key (kid 100); none ends within 7 days"
     assert checks["policies on public.documents"][1] == "4 token policies, every hessra_authz call once per statement"
-    assert checks[f"role {app_role}"][1] == ("not superuser, no BYPASSRLS, owns none of the 4 tables with token "
+    assert checks[f"role {app_role}"][1] == ("not superuser, no BYPASSRLS, owns none of the 5 tables with token "
                                              "policies, can't administer keys")
 
 
@@ -525,11 +527,17 @@ def test_version_mismatch_is_a_warning(good: HessraDatabase, app_role: str, monk
 
 def test_an_extension_older_than_the_security_release_fails(good: HessraDatabase, admin: psycopg.Connection,
                                                             app_role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Policies that use 0.4.0's functions hold the downgrade back: drop them first.
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist):
+        admin.execute("ALTER EXTENSION hessra_authz UPDATE TO '0.2.0'")
+    designation = [spec for spec in SPECS if spec.mode == "designation"]
+    admin.execute(drop_sql(designation))
     admin.execute("ALTER EXTENSION hessra_authz UPDATE TO '0.2.0'")
     code, checks = doctor(capsys, good.dsn_for(app_role))
     assert code == 1
     assert failing(checks)["extension"].startswith("hessra_authz 0.2.0 in this database has known holes fixed in 0.3.0")
     admin.execute("ALTER EXTENSION hessra_authz UPDATE")
+    admin.execute(generate_sql(designation))
     assert doctor(capsys, good.dsn_for(app_role))[0] == 0
 
 

@@ -360,6 +360,15 @@ def test_owner_column_with_unusual_name(hessra_db, admin, root, app_role):
     ({"table": "t\x00", "resource": "r"}, "NUL"),
     ({"table": "", "resource": "r"}, "must not be empty"),
     ({"table": "t", "resource": "r", "names": {"SELECT": "x", "INSERT": "x"}}, "same policy name"),
+    ({"table": "t", "mode": "designation"}, "needs designations"),
+    ({"table": "t", "mode": "designation", "designations": {}}, "at least one label"),
+    ({"table": "t", "mode": "designation", "designations": ["tenant"]}, "must map each label"),
+    ({"table": "t", "mode": "designation", "designations": {"anchor": "a"}}, "'anchor' is reserved"),
+    ({"table": "t", "mode": "designation", "designations": {"facet": "f"}}, "'facet' is reserved"),
+    ({"table": "t", "mode": "designation", "designations": {"t": "c"}, "fixed": {"t": "x"}}, "both a row label"),
+    ({"table": "t", "mode": "designation", "designations": {"t": ""}}, "must not be empty"),
+    ({"table": "t", "mode": "designation", "designations": {"t": "c"}, "fixed": {"r": 1}}, "must be a string"),
+    ({"table": "t", "resource": "r", "designations": {"t": "c"}}, "does not apply to mode table"),
 ])
 def test_bad_specs_are_refused(kwargs, message):
     with pytest.raises(PolicySpecError, match=message):
@@ -432,6 +441,13 @@ commands = ["SELECT"]
     (["--from", "/dev/null", "--table", "t"], "--table can't be combined"),
     (["--table", "t", "--resource", "r", "--disable"], "--disable only applies"),
     (["--table", "t", "--resource", "r", "--commands", "SELECT,MERGE"], "unknown command"),
+    (["--table", "t", "--mode", "designation"], "needs --label LABEL --column COLUMN"),
+    (["--table", "t", "--mode", "designation", "--label", "a"], "one --column per --label"),
+    (["--table", "t", "--mode", "designation", "--label", "a", "--column", "x", "--label", "a", "--column", "y"],
+     "once"),
+    (["--table", "t", "--mode", "designation", "--label", "a", "--column", "x", "--fixed", "b"], "LABEL=VALUE"),
+    (["--table", "t", "--mode", "designation", "--label", "anchor", "--column", "x"], "reserved"),
+    (["--table", "t", "--resource", "r", "--label", "a", "--column", "x"], "apply to --mode designation"),
 ])
 def test_cli_errors(argv, message):
     code, out, err = _run_cli(["policy", "generate", *argv])
@@ -449,6 +465,29 @@ def test_toml_errors(tmp_path):
     bad.write_text('table = "t"\nresource = "r"\nforce = "yes"\n')
     with pytest.raises(PolicySpecError, match="force must be true or false"):
         load_specs(bad)
+    bad.write_text('table = "t"\nmode = "designation"\ndesignations = "tenant"\n')
+    with pytest.raises(PolicySpecError, match="designations must be a table of label"):
+        load_specs(bad)
+
+
+def test_designation_mode_from_flags_toml_and_mapping(tmp_path):
+    """The CLI flags, a TOML file and the spec's own mapping (what Alembic
+    renders and records) give the same SQL; label order is kept."""
+    spec = PolicySpec("notes", mode="designation", schema="app", designations={"tenant_id": "tenant", "user": "author"},
+                      fixed={"region": "eu"})
+    code, text, _ = _run_cli(["policy", "generate", "--schema", "app", "--table", "notes", "--mode", "designation",
+                              "--label", "tenant_id", "--column", "tenant", "--label", "user", "--column", "author",
+                              "--fixed", "region=eu"])
+    assert code == 0 and text == generate_sql(spec)
+    toml = tmp_path / "notes.toml"
+    toml.write_text('schema = "app"\ntable = "notes"\nmode = "designation"\n'
+                    'designations = { tenant_id = "tenant", user = "author" }\nfixed = { region = "eu" }\n')
+    assert load_specs(toml) == [spec]
+    assert PolicySpec(**spec.to_mapping()) == spec
+    assert spec.resource == "notes"  # the table, by default
+    assert list(PolicySpec(**{**spec.to_mapping(), "designations": {"user": "author", "tenant_id": "tenant"}})
+                .designations) == ["user", "tenant_id"]
+    assert text.count("CREATE INDEX") == 2 and '(("author"::pg_catalog.text COLLATE pg_catalog."C"))' in text
 
 
 def test_plan_check_catches_a_per_row_policy(hessra_db, admin, root, app_role):
@@ -545,7 +584,7 @@ def test_identity_mode_binds_no_planted_operator(hessra_db, admin, root, app_rol
         assert _ids(app, "SELECT owner FROM public.documents") == []
 
 
-@pytest.mark.parametrize("mode", ["table", "row", "identity", "service_chain"])
+@pytest.mark.parametrize("mode", ["table", "row", "identity", "service_chain", "designation"])
 def test_no_mode_binds_objects_from_the_callers_search_path(hessra_db, admin, root, app_role, plant, mode):
     """Worst case: the DBA's session searches public before pg_catalog, where the app
     role planted same-signature operators, functions and a type named text. Nothing the
@@ -563,8 +602,11 @@ def test_no_mode_binds_objects_from_the_callers_search_path(hessra_db, admin, ro
                     f"CREATE OPERATOR public.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = public.planted_{i})"]
     planted += ["CREATE FUNCTION public.cardinality(text[]) RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 0 $$",
                 "CREATE FUNCTION public.array_agg(text) RETURNS text[] LANGUAGE sql AS $$ SELECT '{}'::text[] $$",
-                # a type named text: `::text` would resolve to it in that session
-                "CREATE DOMAIN public.text AS pg_catalog.text"]
+                "CREATE FUNCTION public.jsonb_build_object(VARIADIC text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE "
+                "AS $$ SELECT '{}'::jsonb $$",
+                # types named text and jsonb: `::text` would resolve to them in that session
+                "CREATE DOMAIN public.text AS pg_catalog.text",
+                "CREATE DOMAIN public.jsonb AS pg_catalog.jsonb"]
     plant(*planted)
     spec = {
         "table": PolicySpec("t", schema="public", resource="docs"),
@@ -572,6 +614,8 @@ def test_no_mode_binds_objects_from_the_callers_search_path(hessra_db, admin, ro
         "identity": PolicySpec("t", mode="identity", schema="public", owner_column="owner"),
         "service_chain": PolicySpec("t", mode="service_chain", schema="public", resource="r", chain="c",
                                     component="a"),
+        "designation": PolicySpec("t", mode="designation", schema="public", designations={"owner": "owner",
+                                                                                           "id": "id"}),
     }[mode]
     admin.execute("SET search_path = public, pg_catalog")
     admin.execute(generate_sql(spec))

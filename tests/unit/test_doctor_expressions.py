@@ -98,6 +98,21 @@ PER_ROW = "hessra_authz.authorized()"
     ("(hessra_authz.verify_bearer(hessra_authz.current_token()) OR hessra_authz.authorized('a'::text, "
      "'r'::text) OR ( SELECT hessra_authz.verify_identity(hessra_authz.current_token(), 'x'::text) AS v))",
      ["hessra_authz.verify_bearer()", PER_ROW]),
+    # -- designation policies: the per-row verifier behind its guard -----------
+    ("(( SELECT hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], '{}'::jsonb) AS f) "
+     "AND hessra_authz.designation_row('o'::text, 'r'::text, jsonb_build_object('t'::text, orders.t), '{}'::jsonb))",
+     []),
+    # no guard, a guard after it, a guard that refers to the row, another function behind the guard
+    ("hessra_authz.designation_row('o'::text, 'r'::text, jsonb_build_object('t'::text, orders.t), '{}'::jsonb)",
+     ["hessra_authz.designation_row()"]),
+    ("(hessra_authz.designation_row('o'::text, 'r'::text, '{}'::jsonb, '{}'::jsonb) AND ( SELECT "
+     "hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], '{}'::jsonb) AS f))",
+     ["hessra_authz.designation_row()"]),
+    ("(( SELECT hessra_authz.designation_fallback('o'::text, 'r'::text, ARRAY[orders.t], '{}'::jsonb) AS f) "
+     "AND hessra_authz.designation_row('o'::text, 'r'::text, '{}'::jsonb, '{}'::jsonb))",
+     ["hessra_authz.designation_fallback() (its subquery refers to the row)", "hessra_authz.designation_row()"]),
+    ("(( SELECT hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], '{}'::jsonb) AS f) "
+     "AND hessra_authz.authorized('a'::text, 'b'::text))", [PER_ROW]),
 ])
 def test_per_row_calls(expression: str, expected: list[str]) -> None:
     assert per_row_calls(expression, "orders") == expected
