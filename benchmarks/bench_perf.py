@@ -14,6 +14,12 @@ Sections (all against one throwaway cluster, after installing this checkout):
            `owner = (SELECT current_setting('app.user_id'))`;
   lookup   one row through the index under each policy vs the baseline's
            index lookup (wall time per statement);
+  designation  the designation policy of capability tokens (policy generate
+           --mode designation, its suggested index) vs `tenant_id =
+           current_setting('app.tenant_id')` with an index on tenant_id, the
+           token designated to one tenant: count(*) over 1,000,000 rows of one
+           tenant and of 10 interleaved tenants, and a one-row lookup by
+           primary key;
   pgbench  8 clients, each transaction sets one of 1,000 distinct tokens and
            reads one row by index under a hessra policy, vs the same workload
            with a plain-GUC policy (transactions per second; the median ratio
@@ -368,6 +374,91 @@ def section_lookup(cluster: LocalCluster, results: Results, quick: bool, root) -
                         f"{base * 1e6:.0f} us", case / base, verdict(case / base, 1.5))
 
 
+DESIGNATION_TENANTS = 10
+DESIGNATION_SETUP = """
+DROP TABLE IF EXISTS tenant_plain, tenant_cap, one_plain, one_cap;
+CREATE TABLE tenant_plain (id int PRIMARY KEY, tenant_id text NOT NULL, total numeric);
+INSERT INTO tenant_plain SELECT g, 't' || (g % {tenants}), g FROM generate_series(1, {rows}) g;
+CREATE INDEX ON tenant_plain (tenant_id);
+CREATE TABLE tenant_cap AS SELECT * FROM tenant_plain;
+ALTER TABLE tenant_cap ADD PRIMARY KEY (id);
+CREATE TABLE one_plain (id int PRIMARY KEY, tenant_id text NOT NULL, total numeric);
+INSERT INTO one_plain SELECT g, 't2', g FROM generate_series(1, {rows}) g;
+CREATE INDEX ON one_plain (tenant_id);
+CREATE TABLE one_cap AS SELECT * FROM one_plain;
+ALTER TABLE one_cap ADD PRIMARY KEY (id);
+ALTER TABLE tenant_plain ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenant_plain FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON tenant_plain FOR SELECT USING (tenant_id = current_setting('app.tenant_id'));
+ALTER TABLE one_plain ENABLE ROW LEVEL SECURITY;
+ALTER TABLE one_plain FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON one_plain FOR SELECT USING (tenant_id = current_setting('app.tenant_id'));
+GRANT SELECT ON tenant_plain, tenant_cap, one_plain, one_cap TO {app};
+"""
+
+
+def section_designation(cluster: LocalCluster, results: Results, quick: bool, root) -> None:
+    """Issue 13: the designation policy `hessra-pg policy generate` writes
+    (with its suggested index) vs `tenant_id = current_setting(...)` with an
+    index on tenant_id, the token designated to tenant t2: a table of one
+    tenant (every row visible: the per-row cost of the predicates), a table
+    of 10 interleaved tenants (a tenth visible: how each finds its rows),
+    and a one-row lookup by primary key."""
+    from hessra_pg.rls.policies import PolicySpec, generate_sql
+    from hessra_pg.tokens.capability import mint_capability
+
+    rows = 200_000 if quick else 1_000_000
+    print(f"designation policy ({rows:,} rows)", flush=True)
+    with psycopg.connect(cluster.dsn("bench"), autocommit=True) as admin:
+        setup_app(admin)
+        admin.execute(DESIGNATION_SETUP.format(rows=rows, tenants=DESIGNATION_TENANTS, app=APP))
+        for table in ("tenant_cap", "one_cap"):
+            admin.execute(generate_sql(PolicySpec(table, mode="designation", resource="orders",
+                                                  designations={"tenant_id": "tenant_id"}, commands=["SELECT"])))
+        for table in ("tenant_plain", "tenant_cap", "one_plain", "one_cap"):
+            admin.execute(f"VACUUM ANALYZE {table}")
+    token = mint_capability(root, "alice", "orders", "read", designations=[("tenant_id", "t2")], valid_for=7200)
+    with psycopg.connect(cluster.dsn("bench", APP), autocommit=True, prepare_threshold=0) as app:
+        app.execute("SELECT set_config('app.tenant_id', 't2', false), set_config('hessra.token', %s, false)",
+                    (token,))
+
+        def count(table: str, expected: int) -> Callable[[], float]:
+            def run() -> float:
+                started = time.perf_counter()
+                n = app.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                elapsed = time.perf_counter() - started
+                assert n == expected, (table, n)
+                return elapsed
+            return run
+
+        for label, prefix, expected in (("1 tenant, all visible", "one", rows),
+                                        (f"{DESIGNATION_TENANTS} tenants, 1 visible", "tenant",
+                                         rows // DESIGNATION_TENANTS)):
+            for table in (f"{prefix}_plain", f"{prefix}_cap"):
+                count(table, expected)()
+            case, base = alternate(count(f"{prefix}_cap", expected), count(f"{prefix}_plain", expected),
+                                   3 if quick else 9)
+            results.add(f"count(*) {rows:,} rows, {label}: designation policy", f"{case * 1e3:.1f} ms",
+                        f"{base * 1e3:.1f} ms", case / base, verdict(case / base, 1.25))
+
+        per_round, rounds = (50, 4) if quick else (200, 15)
+
+        def lookup(table: str) -> Callable[[], float]:
+            query = f"SELECT * FROM {table} WHERE id = 42"
+            def run() -> float:
+                started = time.perf_counter()
+                for _ in range(per_round):
+                    assert len(app.execute(query).fetchall()) == 1, query
+                return (time.perf_counter() - started) / per_round
+            return run
+
+        for table in ("tenant_plain", "tenant_cap"):
+            lookup(table)()
+        case, base = alternate(lookup("tenant_cap"), lookup("tenant_plain"), rounds)
+        results.add("one-row lookup: designation policy vs tenant_id GUC policy", f"{case * 1e6:.0f} us",
+                    f"{base * 1e6:.0f} us", case / base, verdict(case / base, 1.5))
+
+
 def section_pgbench(cluster: LocalCluster, results: Results, quick: bool, root) -> None:
     pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
     if not Path(pgbench).exists():
@@ -509,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-    sections = args.only or ["cold", "warm", "scan", "lookup", "pgbench", "connect", "scaling"]
+    sections = args.only or ["cold", "warm", "scan", "lookup", "designation", "pgbench", "connect", "scaling"]
 
     install()
     results = Results()
@@ -527,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                 section_scaling(conn, results, args.quick, args.plot or None)
             conn.execute("DELETE FROM hessra_authz.keys")
             conn.execute("SELECT hessra_authz.add_key(%s)", (str(root.public_key),))
-        for name, section in (("scan", section_scan), ("lookup", section_lookup), ("pgbench", section_pgbench),
+        for name, section in (("scan", section_scan), ("lookup", section_lookup),
+                              ("designation", section_designation), ("pgbench", section_pgbench),
                               ("connect", section_connect)):
             if name in sections:
                 section(cluster, results, args.quick, root)

@@ -324,21 +324,101 @@ return abi_0_4.authorized(context, version, token, subject, resource, operation)
 $$;
 
 CREATE FUNCTION hessra_authz._capability_rows(
-    context text, version text, token text, subject text, resource text, operation text, row_labels text[], fixed jsonb, label text
+    context text, version text, token text, subject text, resource text, operation text, row_labels text[], fixed jsonb,
+    label text, want text
 ) RETURNS text[]
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
 from hessra_pg.plpython import abi_0_4
-return abi_0_4.capability_rows(context, version, token, subject, resource, operation, row_labels, fixed, label)
+return abi_0_4.capability_rows(context, version, token, subject, resource, operation, row_labels, fixed, label, want)
+$$;
+
+-- The fast paths of the policy helpers: the answer, or NULL for anything else
+-- (configuration to read, an error), when the wrappers take the slow path.
+CREATE FUNCTION hessra_authz._designation_set(
+    context text, token text, subject text, resource text, operation text, row_labels text[], fixed jsonb, label text
+) RETURNS text[]
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_4
+return abi_0_4.designation_set(context, token, subject, resource, operation, row_labels, fixed, label)
+$$;
+
+CREATE FUNCTION hessra_authz._designation_flag(
+    context text, token text, subject text, resource text, operation text, row_labels text[], fixed jsonb, label text,
+    want text
+) RETURNS boolean
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_4
+return abi_0_4.designation_flag(context, token, subject, resource, operation, row_labels, fixed, label, want)
+$$;
+
+CREATE FUNCTION hessra_authz._designation_row_check(
+    context text, token text, subject text, resource text, operation text, row_values jsonb, fixed jsonb
+) RETURNS boolean
+LANGUAGE plpython3u STABLE PARALLEL SAFE
+AS $$
+from hessra_pg.plpython import abi_0_4
+return abi_0_4.designation_row_check(context, token, subject, resource, operation, row_values, fixed)
+$$;
+
+-- The slow path of the policy helpers: read the configuration and ask again
+-- (STALE), or raise the error outcome; ["ok", answer...] otherwise. Called
+-- by the SECURITY DEFINER helpers, so it runs as the extension's owner.
+CREATE FUNCTION hessra_authz._capability_rows_slow(
+    resource text, operation text, row_labels text[], fixed jsonb, label text, want text
+) RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r text[] := hessra_authz._capability_rows(
+        hessra_authz._context(), NULL, pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+        _capability_rows_slow.resource, _capability_rows_slow.operation, _capability_rows_slow.row_labels,
+        _capability_rows_slow.fixed, _capability_rows_slow.label, _capability_rows_slow.want);
+BEGIN
+    IF r[1] = 's' THEN  -- the configuration must be read first
+        r := hessra_authz._capability_rows(
+            hessra_authz._context(), hessra_authz._sync(r[2]), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            _capability_rows_slow.resource, _capability_rows_slow.operation, _capability_rows_slow.row_labels,
+            _capability_rows_slow.fixed, _capability_rows_slow.label, _capability_rows_slow.want);
+    END IF;
+    IF r[1] <> 'ok' THEN
+        PERFORM hessra_authz._raise(r[2]);
+    END IF;
+    RETURN r;
+END
 $$;
 
 CREATE FUNCTION hessra_authz._designation_row(
     context text, version text, token text, subject text, resource text, operation text, row_values jsonb, fixed jsonb
 ) RETURNS text
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
+LANGUAGE plpython3u STABLE PARALLEL SAFE
 AS $$
 from hessra_pg.plpython import abi_0_4
 return abi_0_4.designation_row(context, version, token, subject, resource, operation, row_values, fixed)
+$$;
+
+CREATE FUNCTION hessra_authz._designation_row_slow(
+    resource text, operation text, row_values jsonb, fixed jsonb
+) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    outcome text := hessra_authz._designation_row(
+        hessra_authz._context(), NULL, pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true), _designation_row_slow.resource,
+        _designation_row_slow.operation, _designation_row_slow.row_values, _designation_row_slow.fixed);
+BEGIN
+    IF pg_catalog.left(outcome, 1) = 's' THEN
+        outcome := hessra_authz._designation_row(
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            _designation_row_slow.resource, _designation_row_slow.operation, _designation_row_slow.row_values,
+            _designation_row_slow.fixed);
+    END IF;
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    PERFORM hessra_authz._raise(outcome);
+    RETURN NULL;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION hessra_authz._explain(
@@ -354,8 +434,13 @@ REVOKE EXECUTE ON FUNCTION
     hessra_authz._verify_capability(text, text, text, text, text, jsonb, text),
     hessra_authz._explain_capability(text, text, boolean, text, text, text, jsonb, text),
     hessra_authz._authorized(text, text, text, text, text, text),
-    hessra_authz._capability_rows(text, text, text, text, text, text, text[], jsonb, text),
+    hessra_authz._capability_rows(text, text, text, text, text, text, text[], jsonb, text, text),
+    hessra_authz._designation_set(text, text, text, text, text, text[], jsonb, text),
+    hessra_authz._designation_flag(text, text, text, text, text, text[], jsonb, text, text),
+    hessra_authz._designation_row_check(text, text, text, text, text, jsonb, jsonb),
+    hessra_authz._capability_rows_slow(text, text, text[], jsonb, text, text),
     hessra_authz._designation_row(text, text, text, text, text, text, jsonb, jsonb),
+    hessra_authz._designation_row_slow(text, text, jsonb, jsonb),
     hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[], text[], text[], text[],
                               oid, text, text, boolean, text),
     hessra_authz.set_anchor(text),
@@ -446,20 +531,9 @@ COMMENT ON FUNCTION hessra_authz.authorized(text, text) IS
 CREATE FUNCTION hessra_authz.capability_rows(resource text, operation text, row_labels text[], fixed jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r text[] := hessra_authz._capability_rows(
-        hessra_authz._context(), NULL, NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        capability_rows.resource, capability_rows.operation, capability_rows.row_labels, capability_rows.fixed, NULL::text);
 BEGIN
-    IF r[1] = 's' THEN
-        r := hessra_authz._capability_rows(
-            hessra_authz._context(), hessra_authz._sync(r[2]), NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-            capability_rows.resource, capability_rows.operation, capability_rows.row_labels, capability_rows.fixed, NULL::text);
-    END IF;
-    IF r[1] <> 'ok' THEN
-        PERFORM hessra_authz._raise(r[2]);
-    END IF;
-    RETURN r[4]::jsonb;
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN (hessra_authz._capability_rows_slow(capability_rows.resource, capability_rows.operation, capability_rows.row_labels, capability_rows.fixed, NULL::pg_catalog.text, 'sets'))[2]::pg_catalog.jsonb;
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.capability_rows(text, text, text[], jsonb) IS
@@ -468,64 +542,40 @@ COMMENT ON FUNCTION hessra_authz.capability_rows(text, text, text[], jsonb) IS
 CREATE FUNCTION hessra_authz.designation_values(resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}') RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r text[] := hessra_authz._capability_rows(
-        hessra_authz._context(), NULL, NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        designation_values.resource, designation_values.operation, designation_values.row_labels, designation_values.fixed, designation_values.label);
 BEGIN
-    IF r[1] = 's' THEN
-        r := hessra_authz._capability_rows(
-            hessra_authz._context(), hessra_authz._sync(r[2]), NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-            designation_values.resource, designation_values.operation, designation_values.row_labels, designation_values.fixed, designation_values.label);
-    END IF;
-    IF r[1] <> 'ok' THEN
-        PERFORM hessra_authz._raise(r[2]);
-    END IF;
-    RETURN CASE WHEN r[2] = 'filter' AND r[5] = 'set' THEN coalesce(r[6:], '{}') ELSE '{}' END;
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN coalesce(
+        hessra_authz._designation_set(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_values.resource, designation_values.operation, designation_values.row_labels, designation_values.fixed, designation_values.label),
+        (hessra_authz._capability_rows_slow(designation_values.resource, designation_values.operation, designation_values.row_labels, designation_values.fixed, designation_values.label, 'values'))[2:]);
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.designation_values(text, text, text[], text, jsonb) IS
-    'The values of label a row may hold under the current token (filter verdict, a finite set); empty otherwise. For policies: col::text COLLATE "C" = ANY ((SELECT ...)::text[]).';
+    'The values of label a row may hold under the current token (filter verdict, a finite set); empty otherwise. Policies: col::text COLLATE "C" = ANY ((SELECT ...)::text[]).';
 
 CREATE FUNCTION hessra_authz.designation_floor(resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}') RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r text[] := hessra_authz._capability_rows(
-        hessra_authz._context(), NULL, NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        designation_floor.resource, designation_floor.operation, designation_floor.row_labels, designation_floor.fixed, designation_floor.label);
 BEGIN
-    IF r[1] = 's' THEN
-        r := hessra_authz._capability_rows(
-            hessra_authz._context(), hessra_authz._sync(r[2]), NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-            designation_floor.resource, designation_floor.operation, designation_floor.row_labels, designation_floor.fixed, designation_floor.label);
-    END IF;
-    IF r[1] <> 'ok' THEN
-        PERFORM hessra_authz._raise(r[2]);
-    END IF;
-    RETURN CASE WHEN r[2] = 'filter' AND r[5] IN ('all', 'nonnull') THEN '' END;
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN CASE WHEN coalesce(
+        hessra_authz._designation_flag(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_floor.resource, designation_floor.operation, designation_floor.row_labels, designation_floor.fixed, designation_floor.label, 'floor'),
+        (hessra_authz._capability_rows_slow(designation_floor.resource, designation_floor.operation, designation_floor.row_labels, designation_floor.fixed, designation_floor.label, 'floor'))[2]::pg_catalog.bool) THEN ''::pg_catalog.text END;
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.designation_floor(text, text, text[], text, jsonb) IS
-    ''''' when any non-NULL value of label is accepted (filter verdict), else NULL: col::text COLLATE "C" >= (SELECT ...) matches every non-NULL row then, none otherwise.';
+    ''''' when any non-NULL value of label is accepted (filter verdict), else NULL: col::text COLLATE "C" >= (SELECT ...) then matches every non-NULL row, none otherwise.';
 
 CREATE FUNCTION hessra_authz.designation_nulls(resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}') RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r text[] := hessra_authz._capability_rows(
-        hessra_authz._context(), NULL, NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        designation_nulls.resource, designation_nulls.operation, designation_nulls.row_labels, designation_nulls.fixed, designation_nulls.label);
 BEGIN
-    IF r[1] = 's' THEN
-        r := hessra_authz._capability_rows(
-            hessra_authz._context(), hessra_authz._sync(r[2]), NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-            designation_nulls.resource, designation_nulls.operation, designation_nulls.row_labels, designation_nulls.fixed, designation_nulls.label);
-    END IF;
-    IF r[1] <> 'ok' THEN
-        PERFORM hessra_authz._raise(r[2]);
-    END IF;
-    RETURN r[2] = 'filter' AND r[5] = 'all';
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN coalesce(
+        hessra_authz._designation_flag(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_nulls.resource, designation_nulls.operation, designation_nulls.row_labels, designation_nulls.fixed, designation_nulls.label, 'nulls'),
+        (hessra_authz._capability_rows_slow(designation_nulls.resource, designation_nulls.operation, designation_nulls.row_labels, designation_nulls.fixed, designation_nulls.label, 'nulls'))[2]::pg_catalog.bool);
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.designation_nulls(text, text, text[], text, jsonb) IS
@@ -534,44 +584,34 @@ COMMENT ON FUNCTION hessra_authz.designation_nulls(text, text, text[], text, jso
 CREATE FUNCTION hessra_authz.designation_fallback(resource text, operation text, row_labels text[], fixed jsonb DEFAULT '{}') RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r text[] := hessra_authz._capability_rows(
-        hessra_authz._context(), NULL, NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        designation_fallback.resource, designation_fallback.operation, designation_fallback.row_labels, designation_fallback.fixed, NULL::text);
 BEGIN
-    IF r[1] = 's' THEN
-        r := hessra_authz._capability_rows(
-            hessra_authz._context(), hessra_authz._sync(r[2]), NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-            designation_fallback.resource, designation_fallback.operation, designation_fallback.row_labels, designation_fallback.fixed, NULL::text);
-    END IF;
-    IF r[1] <> 'ok' THEN
-        PERFORM hessra_authz._raise(r[2]);
-    END IF;
-    RETURN r[2] = 'fallback' AND r[3] = 'per_row';
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN coalesce(
+        hessra_authz._designation_flag(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_fallback.resource, designation_fallback.operation, designation_fallback.row_labels, designation_fallback.fixed, NULL::pg_catalog.text, 'fallback'),
+        (hessra_authz._capability_rows_slow(designation_fallback.resource, designation_fallback.operation, designation_fallback.row_labels, designation_fallback.fixed, NULL::pg_catalog.text, 'fallback'))[2]::pg_catalog.bool);
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.designation_fallback(text, text, text[], jsonb) IS
-    'Whether the current token needs per-row verification under this policy (its checks give no exact set and the fallback setting is per_row).';
+    'Whether the current token needs per-row verification under this policy (its checks give no exact set and the fallback setting is per_row): policies verify rows with designation_row() only then.';
 
+-- PARALLEL SAFE, unlike the other wrappers: it runs per row, and a
+-- parallel-restricted call there would keep every scan under a designation
+-- policy serial. In a worker it works as in the leader (the token, subject
+-- and transaction are the leader's; the configuration is read with the
+-- leader's snapshot, freshness checked as everywhere); the set helpers stay
+-- InitPlans, which the leader runs.
 CREATE FUNCTION hessra_authz.designation_row(
     resource text, operation text, row_values jsonb, fixed jsonb DEFAULT '{}'
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    outcome text := hessra_authz._designation_row(
-        hessra_authz._context(), NULL, NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        designation_row.resource, designation_row.operation, designation_row.row_values, designation_row.fixed);
 BEGIN
-    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    IF pg_catalog.left(outcome, 1) = 's' THEN
-        outcome := hessra_authz._designation_row(
-            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)), NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-            designation_row.resource, designation_row.operation, designation_row.row_values, designation_row.fixed);
-        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
-    END IF;
-    PERFORM hessra_authz._raise(outcome);
-    RETURN NULL;
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN coalesce(
+        hessra_authz._designation_row_check(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_row.resource, designation_row.operation, designation_row.row_values, designation_row.fixed),
+        hessra_authz._designation_row_slow(designation_row.resource, designation_row.operation, designation_row.row_values, designation_row.fixed));
 END
 $$;
 COMMENT ON FUNCTION hessra_authz.designation_row(text, text, jsonb, jsonb) IS

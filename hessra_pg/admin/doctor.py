@@ -701,7 +701,7 @@ class _Subquery:
 
 
 #: The per-row verifier of designation policies, meant to run per row only
-#: behind (SELECT hessra_authz.designation_fallback(...)) AND ... .
+#: behind its guard: ... (SELECT ... hessra_authz.designation_fallback(...) ...) AND ... .
 _GUARDED_PER_ROW = "designation_row"
 _GUARD = "designation_fallback"
 
@@ -712,7 +712,7 @@ class _Call:
     cheap: bool
     location: int
     subqueries: tuple[_Subquery, ...]  # the enclosing ones, outermost first
-    guard: _Subquery | None = None  # a designation_fallback subquery ANDed first, for designation_row
+    guard: _Subquery | None = None  # a designation_fallback subquery ANDed before, for designation_row
 
     @property
     def per_row(self) -> bool:
@@ -758,19 +758,17 @@ class _ExpressionReader:
         if not isinstance(node, ast.Node):
             return
         if isinstance(node, ast.BoolExpr) and node.boolop == self.and_expr and node.args:
-            # `(SELECT designation_fallback(...)) AND designation_row(...)`:
-            # the first argument decides whether the others run.
-            first, *rest = node.args
-            before = len(self.calls)
-            self.visit(first)
-            added = self.calls[before:]
-            guard = (added[0].subqueries[-1] if isinstance(first, ast.SubLink) and len(added) == 1
-                     and added[0].function == _GUARD and len(added[0].subqueries) == 1 else None)
-            if guard is not None:
-                self.guards.append(guard)
-            self.visit(rest)
-            if guard is not None:
-                self.guards.pop()
+            # `... (SELECT ... designation_fallback(...) ...) ... AND designation_row(...)`:
+            # an earlier argument decides whether designation_row runs.
+            pushed = 0
+            for arg in node.args:
+                before = len(self.calls)
+                self.visit(arg)
+                for call in self.calls[before:]:
+                    if call.function == _GUARD and call.subqueries:
+                        self.guards.append(call.subqueries[-1])
+                        pushed += 1
+            del self.guards[len(self.guards) - pushed:]
             return
         if isinstance(node, ast.SubLink):
             self.visit(node.testexpr)  # `x IN (SELECT ...)`: x is evaluated with the row

@@ -37,6 +37,24 @@ def _designations(text: str | None, what: str = "designations") -> tuple[tuple[s
     return tuple(value.items())
 
 
+#: Parsed policy literals (fixed designations) by their JSON text: a policy
+#: passes the same text on every call. Bounded: cleared when full.
+_FIXED: dict[str, tuple[tuple[str, str | None], ...]] = {}
+_FIXED_MAX = 256
+
+
+def _fixed(text: str | None) -> tuple[tuple[str, str | None], ...]:
+    if text is None or text == "{}":
+        return ()
+    parsed = _FIXED.get(text)
+    if parsed is None:
+        parsed = _designations(text, "fixed designations")
+        if len(_FIXED) >= _FIXED_MAX:
+            _FIXED.clear()
+        _FIXED[text] = parsed
+    return parsed
+
+
 def _labels(labels: list[str | None] | None) -> tuple[str, ...]:
     if not labels or any(label is None for label in labels):
         raise ArgumentError("row labels must be a non-empty array of labels without NULLs")
@@ -117,34 +135,99 @@ def explain(context: str, version: str | None, admin: bool, token: str | None, s
     return json.dumps((decision if admin else decision.redacted()).as_dict())
 
 
+def _helper_answer(call: Any, token: str | None, subject: str | None, resource: str | None,
+                   operation: str | None, row_labels: list[str | None] | None, fixed: str | None,
+                   label: str | None, want: str | None) -> list[str | None]:
+    """The answer of one helper of a designation policy (`want`): "sets"
+    [the JSON of the verdict and every set]; for `label`, "values" its
+    accepted values (none unless the verdict is filter and the set finite),
+    "floor" ['t'] when every non-NULL value passes, "nulls" ['t'] when NULL
+    does; "fallback" ['t'] when rows need per-row verification. The sets
+    are computed once per statement (statement.capability_rows)."""
+    labels = _labels(row_labels)
+    sets = call.capability_rows(token or None, resource, operation, labels, _fixed(fixed), subject or None)
+    if want == "fallback":
+        return [_bool(sets.verdict == "fallback" and call.config.capability.fallback == "per_row")]
+    if want == "sets":
+        import json
+
+        return [json.dumps(sets.as_dict())]
+    if label not in labels:
+        raise ArgumentError(f"label {label!r} is not one of the policy's row labels")
+    kind = sets.sets[label].kind if sets.verdict == "filter" else None
+    if want == "values":
+        return sorted(sets.sets[label].values) if kind == "set" else []
+    if want == "floor":
+        return [_bool(kind in ("all", "nonnull"))]
+    if want == "nulls":
+        return [_bool(kind == "all")]
+    raise ArgumentError(f"unknown helper result {want!r}")
+
+
+def _fast(function: Any) -> Any:
+    """A policy helper's fast path: its answer, or NULL for anything else
+    (configuration to read, an error, a failure); the SQL wrapper then takes
+    the slow path (capability_rows below, through
+    hessra_authz._capability_rows_slow), which reads the configuration,
+    asks again and raises errors as the other entry points do."""
+
+    def call(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException:  # noqa: BLE001 (the slow path reports it)
+            return None
+
+    call.__name__ = function.__name__
+    call.__doc__ = function.__doc__
+    return call
+
+
+@_fast
+def designation_set(context: str, token: str | None, subject: str | None, resource: str | None,
+                    operation: str | None, row_labels: list[str | None] | None, fixed: str | None,
+                    label: str | None) -> list[str | None]:
+    """designation_values(): the accepted values of `label`, or NULL."""
+    return _helper_answer(RUNTIME.call(context, None), token, subject, resource, operation, row_labels, fixed, label,
+                          "values")
+
+
+@_fast
+def designation_flag(context: str, token: str | None, subject: str | None, resource: str | None,
+                     operation: str | None, row_labels: list[str | None] | None, fixed: str | None,
+                     label: str | None, want: str | None) -> bool:
+    """designation_floor/_nulls/_fallback(): the flag, or NULL."""
+    return _helper_answer(RUNTIME.call(context, None), token, subject, resource, operation, row_labels, fixed, label,
+                          want)[0] == "t"
+
+
 @_entry(["error", '{"error": "hessra_authz: internal error", "sqlstate": "XX000"}'])
 def capability_rows(context: str, version: str | None, token: str | None, subject: str | None,
                     resource: str | None, operation: str | None, row_labels: list[str | None] | None,
-                    fixed: str | None, label: str | None) -> list[str | None]:
-    """["ok", verdict, fallback mode, the JSON of every set, then for
-    `label` (if given) its kind and accepted values] for a designation
-    policy, computed once per statement."""
-    import json
-
+                    fixed: str | None, label: str | None, want: str | None) -> list[str | None]:
+    """["ok", answer...] of one helper (_helper_answer), or the outcome
+    that stands in its way (STALE, an error): the slow path of the
+    helpers, and capability_rows()."""
     call = RUNTIME.call(context, version)
-    sets = call.capability_rows(token, resource, operation, _labels(row_labels),
-                                _designations(fixed, "fixed designations"), subject)
-    head: list[Any] = ["ok", sets.verdict, call.config.capability.fallback, json.dumps(sets.as_dict())]
-    if label is None:
-        return head
-    entry = sets.sets.get(label)
-    if entry is None and label not in (row_labels or ()):
-        raise ArgumentError(f"label {label!r} is not one of the policy's row labels")
-    if entry is None:
-        return [*head, ""]
-    return [*head, entry.kind, *sorted(entry.values)]
+    return ["ok", *_helper_answer(call, token, subject, resource, operation, row_labels, fixed, label, want)]
+
+
+@_fast
+def designation_row_check(context: str, token: str | None, subject: str | None, resource: str | None,
+                          operation: str | None, row_values: str | None, fixed: str | None) -> bool:
+    """designation_row(): the answer, or NULL."""
+    call = RUNTIME.call(context, None)
+    designations = (*_fixed(fixed), *_designations(row_values, "row values"))
+    return call.capability_row(token or None, resource, operation, designations, subject or None)
 
 
 @_entry("f")
 def designation_row(context: str, version: str | None, token: str | None, subject: str | None,
                     resource: str | None, operation: str | None, row_values: str | None, fixed: str | None) -> str:
     """Per-row verification (a designation policy's fallback): the row's
-    label values (NULL: declared, no fact) and the policy's fixed ones."""
+    label values (NULL: declared, no fact) and the policy's fixed ones. The
+    slow path of designation_row()."""
     call = RUNTIME.call(context, version)
-    designations = (*_designations(fixed, "fixed designations"), *_designations(row_values, "row values"))
-    return _bool(call.capability(token, resource, operation, designations, subject).valid)
+    designations = (*_fixed(fixed), *_designations(row_values, "row values"))
+    return _bool(call.capability_row(token or None, resource, operation, designations, subject or None))

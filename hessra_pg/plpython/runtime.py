@@ -456,6 +456,22 @@ class Statement:
             shared=not detailed,
         )
 
+    def capability_row(self, token: str | None, resource: str | None, operation: str | None,
+                       designations: tuple[tuple[str, str | None], ...], subject: str | None) -> bool:
+        """capability() for one row of a designation policy's per-row
+        fallback. Rows repeat values, so within one statement (one clock,
+        one configuration) the answer is kept for each set of designations,
+        denials included; across statements only approvals are
+        (capability())."""
+        key = ("capability row", resource, operation, designations, subject,
+               None if token is None else self.digest(token), self.statement_us, self.config.version)
+        hit = self.runtime.results.get(key)
+        if hit is not None:
+            return hit[0]
+        valid = self.capability(token, resource, operation, designations, subject).valid
+        self.runtime.results.put(key, (valid, float("inf")), text_size(key[:5]) + 100)
+        return valid
+
     def is_capability(self, token: str | None) -> bool:
         """Whether the token is a capability token (its authority block has
         Hessra's capability check), read from its structure; False for a

@@ -31,7 +31,8 @@ evaluates it once per statement as an InitPlan, never once per row):
   non-NULL value, or NULL too), and a token whose checks give no exact set
   is verified row by row (``designation_row``) or denied, as the
   administrator set (docs/sql-reference.md "Capability tokens"); an index on
-  ``(col::text COLLATE "C")`` is suggested per label.
+  ``(col::text COLLATE "C")`` is suggested per label (the policy can then
+  read only the matching rows).
 
 Commands map to operations: SELECT -> ``read``, INSERT/UPDATE/DELETE ->
 ``write`` by default. SELECT and DELETE get ``USING``, INSERT gets
@@ -151,6 +152,10 @@ def _op(symbol: str) -> str:
 
 _TEXT = "pg_catalog.text"
 _COLLATE_C = 'COLLATE pg_catalog."C"'
+#: Where designation policies split "every value" into a range and a tail
+#: (any constant is exact; this one leaves the tail nearly empty in the
+#: planner's statistics for most data, ASCII so any server encoding takes it).
+_SPLIT = "'~~~~~~~~'"
 
 
 def _bounded_name(*parts: str) -> str:
@@ -413,35 +418,60 @@ class PolicySpec:
         )
 
     def _designation_condition(self, operation: str) -> str:
-        # Per label, three uncorrelated InitPlans over one per-statement
-        # computation (hessra_authz.capability_rows): the accepted values,
-        # '' when every non-NULL value is accepted (col >= '' in "C" holds
-        # for every string), whether NULL is. InitPlans run on demand, so a
-        # row that matches the first arm costs one call per statement. "C":
-        # token values compare byte for byte, as Datalog strings do; a
-        # column's own (possibly case-insensitive) collation would widen.
-        # When the token's checks give no exact set, the sets are empty and
-        # designation_fallback says whether to verify each row.
+        # Per label, uncorrelated InitPlans over one per-statement
+        # computation (hessra_authz.capability_rows): the accepted values;
+        # '' when every non-NULL value is accepted (e >= '' holds for every
+        # string in "C"); whether NULL is. The labels are ANDed. Rows of a
+        # token whose checks give no exact set (the sets are then empty) go
+        # to the per-row verifier, through arms that pass every row only
+        # when designation_fallback says so.
+        # * Every OR arm holds an index condition on the first label's
+        #   suggested index (a BitmapOr), each estimated small: "every value"
+        #   is split at a constant into a range and a tail, so the planner
+        #   doesn't take it for a third of the table.
+        # * InitPlans run on demand: a row matching its values costs one
+        #   helper call per label and statement.
+        # * "C": token values compare byte for byte, as Datalog strings do; a
+        #   column's own (possibly case-insensitive) collation would widen.
         assert self.designations is not None and self.resource is not None
         labels = "ARRAY[" + ", ".join(quote_literal(label) for label in self.designations) + f"]::{_TEXT}[]"
         fixed = quote_literal(json.dumps(dict(self.fixed or {}), ensure_ascii=False, sort_keys=True))
         head = (f"{quote_literal(self.resource)}::{_TEXT}", f"{operation}::{_TEXT}", labels)
         fixed_arg = f"{fixed}::pg_catalog.jsonb"
+        split = f"{_SPLIT}::{_TEXT}"
+
+        def arms(qualified: str, value: str, floor: str, nulls: str, then: str = "") -> list[str]:
+            return [f"{value} {_op('>=')} {floor} AND {value} {_op('<=')} {split}{then}",
+                    f"{value} {_op('>')} {split} AND {value} {_op('>=')} {floor}{then}",
+                    f"{qualified} IS NULL AND {nulls}{then}"]
+
         terms = []
         for label, column in self.designations.items():
             qualified = f"{self.target}.{quote_ident(column)}"
             value = f"{qualified}::{_TEXT} {_COLLATE_C}"
             args = (*head, f"{quote_literal(label)}::{_TEXT}", fixed_arg)
-            terms.append(
-                f"({value} {_op('=')} ANY ({_call('designation_values', *args)}::{_TEXT}[])\n"
-                f"         OR {value} {_op('>=')} {_call('designation_floor', *args)}\n"
-                f"         OR ({qualified} IS NULL AND {_call('designation_nulls', *args)}))")
+            terms.append(f"({value} {_op('=')} ANY ({_call('designation_values', *args)}::{_TEXT}[])\n"
+                         + "".join(f"         OR ({arm})\n" for arm in
+                                   arms(qualified, value, _call("designation_floor", *args),
+                                        _call("designation_nulls", *args)))[:-1] + ")")
+        first = next(iter(self.designations.values()))
+        qualified = f"{self.target}.{quote_ident(first)}"
+        fallback = f"{_SCHEMA}.designation_fallback({', '.join((*head, fixed_arg))})"
         row = ", ".join(f"{quote_literal(label)}::{_TEXT}, {self.target}.{quote_ident(column)}::{_TEXT}"
                         for label, column in self.designations.items())
-        per_row = (f"({_call('designation_fallback', *head, fixed_arg)}\n"
-                   f"         AND {_SCHEMA}.designation_row({head[0]}, {head[1]}, "
-                   f"pg_catalog.jsonb_build_object({row}), {fixed_arg}))")
-        return "(" + "\n        AND ".join(terms) + ")\n        OR " + per_row
+        per_row = (f"\n             AND {_SCHEMA}.designation_row({head[0]}, {head[1]}, "
+                   f"pg_catalog.jsonb_build_object({row}), {fixed_arg})")
+        # The boolean first: `NULL AND ...` goes on to the next argument, and
+        # the per-row verifier must not run for a token with exact sets
+        # (nor twice for a row).
+        gate = f"(SELECT {fallback})"
+        # (and a NULL value must not reach the verifier through the range arms).
+        fallback_arms = [arm if arm.startswith(qualified + " IS NULL")
+                         else f"{gate} AND {qualified} IS NOT NULL\n             AND {arm}"
+                         for arm in arms(qualified, f"{qualified}::{_TEXT} {_COLLATE_C}",
+                                         f"(SELECT CASE WHEN {fallback} THEN ''::{_TEXT} END)", gate, per_row)]
+        return ("(" + "\n        AND ".join(terms) + ")\n"
+                + "".join(f"        OR ({arm})\n" for arm in fallback_arms)[:-1])
 
     def policies(self) -> list[Policy]:
         """One :class:`Policy` per command."""

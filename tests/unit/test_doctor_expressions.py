@@ -99,14 +99,19 @@ PER_ROW = "hessra_authz.authorized()"
      "'r'::text) OR ( SELECT hessra_authz.verify_identity(hessra_authz.current_token(), 'x'::text) AS v))",
      ["hessra_authz.verify_bearer()", PER_ROW]),
     # -- designation policies: the per-row verifier behind its guard -----------
-    ("(( SELECT hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], '{}'::jsonb) AS f) "
-     "AND hessra_authz.designation_row('o'::text, 'r'::text, jsonb_build_object('t'::text, orders.t), '{}'::jsonb))",
-     []),
-    # no guard, a guard after it, a guard that refers to the row, another function behind the guard
+    ("((orders.t >= ( SELECT CASE WHEN hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], "
+     "'{}'::jsonb) THEN ''::text ELSE NULL::text END AS f)) AND hessra_authz.designation_row('o'::text, 'r'::text, "
+     "jsonb_build_object('t'::text, orders.t), '{}'::jsonb))", []),
+    ("((orders.t IS NULL) AND ( SELECT hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], "
+     "'{}'::jsonb) AS f) AND hessra_authz.designation_row('o'::text, 'r'::text, '{}'::jsonb, '{}'::jsonb))", []),
+    # no guard, a guard after it, ORed instead of ANDed, a guard that refers to the row, another function behind it
     ("hessra_authz.designation_row('o'::text, 'r'::text, jsonb_build_object('t'::text, orders.t), '{}'::jsonb)",
      ["hessra_authz.designation_row()"]),
     ("(hessra_authz.designation_row('o'::text, 'r'::text, '{}'::jsonb, '{}'::jsonb) AND ( SELECT "
      "hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], '{}'::jsonb) AS f))",
+     ["hessra_authz.designation_row()"]),
+    ("(( SELECT hessra_authz.designation_fallback('o'::text, 'r'::text, '{t}'::text[], '{}'::jsonb) AS f) "
+     "OR hessra_authz.designation_row('o'::text, 'r'::text, '{}'::jsonb, '{}'::jsonb))",
      ["hessra_authz.designation_row()"]),
     ("(( SELECT hessra_authz.designation_fallback('o'::text, 'r'::text, ARRAY[orders.t], '{}'::jsonb) AS f) "
      "AND hessra_authz.designation_row('o'::text, 'r'::text, '{}'::jsonb, '{}'::jsonb))",
