@@ -363,8 +363,9 @@ class CreateHessraPoliciesOp(HessraOperation):
                                create_index: bool = False, **spec: Any) -> None:
         """Guard ``table`` with hessra policies; ``spec`` takes the
         :class:`~hessra_pg.rls.policies.PolicySpec` fields (mode, schema,
-        resource, expression, owner_column, chain, component, operations,
-        commands, roles, names, name_prefix, force, restrictive). (``operations``
+        resource, expression, owner_column, chain, component, designations,
+        fixed, operations, commands, roles, names, name_prefix, force,
+        restrictive). (``operations``
         is positional-only above so that the spec's ``operations=`` keyword
         reaches ``**spec``.)"""
         operations.invoke(cls(table, create_index=create_index, **spec))

@@ -307,6 +307,18 @@ def _verify(args: argparse.Namespace) -> int:
     chain = chain_from_args(args)
     if args.component is not None and chain is None:
         raise CliInputError("--component needs the chain: pass --chain-json or --chain-node")
+    if args.domain is None and args.prefix is None and _is_capability(token):
+        # A hessra-cap capability: decided as the database decides it
+        # (authorized()), with no designation and no anchor supplied.
+        from hessra_pg.core.capability import verify_capability
+
+        decision = verify_capability(token, root_keys_for(token, key), now=now(args), resource=args.resource,
+                                     operation=args.operation, subject=args.subject,
+                                     chains=None if chain is None else {args.resource: chain})
+        if decision.reason.startswith(("designation_", "anchor_")):
+            warn("this is a capability token and no designation or anchor is supplied here: "
+                 "`hessra-pg cap verify` takes them (--designation LABEL=VALUE, --anchor)")
+        return report_decision(decision, args.json)
     decision = verify(
         token, root_keys_for(token, key), now=now(args),
         subject=args.subject, resource=args.resource, operation=args.operation,
@@ -316,6 +328,18 @@ def _verify(args: argparse.Namespace) -> int:
     if chain is None:
         warn_unchecked_chain(token)
     return report_decision(decision, args.json)
+
+
+def _is_capability(token: str) -> bool:
+    """Whether the token's authority block is a hessra-cap capability's
+    (read from its protobuf blocks; False for an unreadable token)."""
+    from hessra_pg.core.capability import is_capability_token
+    from hessra_pg.core.datalog import decode
+
+    try:
+        return is_capability_token(decode(decode_token(token)))
+    except Exception:  # noqa: BLE001 (an unreadable token is verify()'s to report)
+        return False
 
 
 def warn_unchecked_chain(token: str) -> None:

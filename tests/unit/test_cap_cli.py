@@ -323,6 +323,22 @@ def test_vector_cases_through_cap_verify(run: Run) -> None:
         assert token[:40] not in out + err
 
 
+def test_token_verify_decides_a_capability_as_the_database_does(run: Run) -> None:
+    """`token verify` on a capability token: its right checked as
+    authorized() does (no designation, no anchor supplied; the subject only
+    when given), with a pointer to `cap verify` when those are what's missing."""
+    tokens = cv.tokens()
+    common = ["--root-key", cv.public("root"), "--resource", "orders", "--operation", "read", "--now", str(cv.NOW)]
+    assert run.ok("token", "verify", tokens["plain"]["token"], "--capability", *common) == "valid"
+    assert run.ok("token", "verify", tokens["plain"]["token"], "--subject", "alice", *common) == "valid"
+    code, out, err = run("token", "verify", tokens["plain"]["token"], "--subject", "bob", *common)
+    assert (code, out.split(" (")[0], err) == (1, "denied: subject_mismatch", "")
+    for name, reason in (("anchored", "anchor_mismatch"), ("designated_tenant", "designation_mismatch:tenant")):
+        code, out, err = run("token", "verify", tokens[name]["token"], "--capability", *common)
+        assert code == 1 and out.startswith(f"denied: {reason}"), out
+        assert "hessra-pg cap verify" in err and err.count("\n") == 1, err
+
+
 def test_inspect_every_vector(run: Run) -> None:
     root = ["--root-key", cv.public("root")]
     for name, vector in cv.tokens().items():
