@@ -84,6 +84,8 @@ TOKEN_CACHE_BYTES = 8 * 1024 * 1024
 DECISION_CACHE_BYTES = 4 * 1024 * 1024
 #: Results of the per-statement helpers (identity scope, resource sets).
 RESULT_CACHE_BYTES = 2 * 1024 * 1024
+#: Token kinds (capability or not) by digest: ~0.5 MiB at most.
+TOKEN_KINDS_MAX = 4096
 
 #: Outcome asking the wrapper to run hessra_authz._sync() and call again.
 STALE = "s"
@@ -183,6 +185,8 @@ class Runtime:
         self.results = ByteBoundedLRU(RESULT_CACHE_BYTES)
         #: Unexpected exceptions by class name (each denied; see entry points).
         self.internal_errors: dict[str, int] = {}
+        #: Whether a token (by digest) is a capability token; at most TOKEN_KINDS_MAX entries.
+        self.token_kinds: dict[bytes, bool] = {}
 
     # -- configuration ------------------------------------------------------
 
@@ -474,15 +478,29 @@ class Statement:
 
     def is_capability(self, token: str | None) -> bool:
         """Whether the token is a capability token (its authority block has
-        Hessra's capability check), read from its structure; False for a
-        token that doesn't verify."""
-        from ..core.capability import is_capability_token, structure_of
-
-        try:
-            verified = self.load(token, self.now)
-            return is_capability_token(structure_of(verified))
-        except (TokenRejected, HessraError):
+        Hessra's capability check), read from its unverified structure: this
+        only picks the policy, and either path verifies the token. Without
+        verifying here, an authorization token's decision can still come
+        from another backend (shared decisions). False for an unreadable
+        token. Kept by token digest (bounded)."""
+        if token is None:
             return False
+        kinds = self.runtime.token_kinds
+        digest = self.digest(token)
+        kind = kinds.get(digest)
+        if kind is None:
+            from ..core.capability import is_capability_token
+            from ..core.datalog import decode
+            from ..core.encoding import decode_token
+
+            try:
+                kind = is_capability_token(decode(decode_token(token)))
+            except Exception:  # noqa: BLE001 (unreadable: the verifier reports it)
+                kind = False
+            if len(kinds) >= TOKEN_KINDS_MAX:
+                kinds.clear()
+            kinds[digest] = kind
+        return kind
 
     def capability_rows(self, token: str | None, resource: str | None, operation: str | None,
                         row_labels: tuple[str, ...], fixed: tuple[tuple[str, str | None], ...],

@@ -36,6 +36,23 @@ def test_a_decision_made_by_one_backend_serves_another(hessra_db, root, app_role
         assert explained["valid"] is True and explained["kid"] == 100
 
 
+def test_authorized_takes_a_shared_decision_without_parsing_the_token(hessra_db, root, app_role):
+    """authorized() first tells capability tokens from the others (0.4.0):
+    from the unverified token, so an authorization token's decision still
+    comes from another backend without a signature check here."""
+    token = mint_authorization(root, "alice", "orders", "read")
+    authorized = "SELECT hessra_authz.authorized('orders', 'read')"
+    with hessra_db.connect(app_role, autocommit=True) as first, \
+            hessra_db.connect(app_role, autocommit=True) as second:
+        for conn in (first, second):
+            conn.execute("SELECT set_config('hessra.token', %s, false), set_config('hessra.subject', 'alice', false)",
+                         (token,))
+        assert scalar(first, authorized) is True
+        assert scalar(second, authorized) is True
+        assert shared_stats(second) == {"hits": 1, "misses": 0}
+        assert scalar(second, "SELECT hessra_authz.cache_stats()")["tokens"]["size"] == 0
+
+
 def test_denials_are_not_shared(hessra_db, root, app_role):
     token = mint_authorization(root, "bob", "orders", "read")
     with hessra_db.connect(app_role, autocommit=True) as first, \
