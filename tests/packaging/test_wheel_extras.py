@@ -253,7 +253,7 @@ def test_install_brings_and_imports_exactly_its_promise(venvs: dict[str, Venv], 
 def test_cli_help_runs(venvs: dict[str, Venv], name: str) -> None:
     venv = venvs[name].ready()
     out = run([venv.bin("hessra-pg"), "--help"], cwd="/").stdout
-    for command in ("install", "dev-db", "keys", "token", "identity", "policy", "doctor", "chains"):
+    for command in ("install", "dev-db", "keys", "token", "identity", "cap", "policy", "doctor", "chains"):
         assert command in out
     assert run([venv.python, "-m", "hessra_pg", "--version"], cwd="/").stdout.strip().startswith("hessra-pg ")
 
@@ -276,6 +276,17 @@ def test_core_cli_keys_tokens_identities_policies(venvs: dict[str, Venv], tmp_pa
     assert verified.stdout.strip() == "valid"
     sql = run([cli, "policy", "generate", "--table", "orders", "--resource", "orders"]).stdout
     assert "CREATE POLICY" in sql and "FORCE ROW LEVEL SECURITY" in sql
+    # Capability tokens (hessra_pg.tokens.capability, hessra_pg.core.capability) with the core install.
+    cap = run([cli, "cap", "mint", "--key", str(key), "--subject", "alice", "--resource", "orders", "--operation",
+               "read", "--designation", "tenant_id=acme", "--anchor", "db:main"]).stdout.strip()
+    narrowed = run([cli, "cap", "designate", cap, "--designation", "user=alice", "--root-key", pub]).stdout.strip()
+    check = [cli, "cap", "verify", narrowed, "--root-key", pub, "--resource", "orders", "--operation", "read",
+             "--anchor", "db:main", "--designation", "tenant_id=acme"]
+    assert run([*check, "--designation", "user=alice"]).stdout.strip() == "valid"
+    assert run([*check, "--designation", "user=bob"], check=False).returncode == 1
+    sql = run([cli, "policy", "generate", "--table", "orders", "--mode", "designation", "--label", "tenant_id",
+               "--column", "tenant_id"]).stdout
+    assert "designation_values" in sql and "designation_row" in sql
 
 
 def test_core_install_names_the_extra_of_a_missing_library(venvs: dict[str, Venv]) -> None:
