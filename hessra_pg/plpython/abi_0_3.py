@@ -180,6 +180,19 @@ def load_config(version: str, kids: list[int] | None, public_keys: list[str] | N
     per node, in chain order (kind: the node's jsonb type, NULL for a chain
     without nodes; component and key NULL unless strings). Returns '' or an
     error outcome."""
+    keys, chains, revocations = config_parts(kids, public_keys, not_before_us, not_after_us, node_chains,
+                                             node_kinds, node_components, node_keys, revoked_ids, revoked_identities)
+    RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "")
+    return ""
+
+
+def config_parts(kids: list[int] | None, public_keys: list[str] | None, not_before_us: list[int | None] | None,
+                 not_after_us: list[int | None] | None, node_chains: list[str] | None,
+                 node_kinds: list[str | None] | None, node_components: list[str | None] | None,
+                 node_keys: list[str | None] | None, revoked_ids: list[str] | None,
+                 revoked_identities: list[str] | None) -> tuple[tuple[RootKey, ...], dict[str, list[object]],
+                                                                Revocations]:
+    """The keys, chains and revocations of _sync()'s arrays (load_config)."""
     keys = tuple(
         RootKey(kid, key, None if before is None else before / 1_000_000, None if after is None else after / 1_000_000)
         for kid, key, before, after in zip(kids or (), public_keys or (), not_before_us or (), not_after_us or ()))
@@ -190,8 +203,7 @@ def load_config(version: str, kids: list[int] | None, public_keys: list[str] | N
         if kind is not None:
             nodes.append({"component": component, "public_key": key} if kind == "object" else kind)
     revocations = Revocations(ids=frozenset(revoked_ids or ()), identities=frozenset(revoked_identities or ()))
-    RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "")
-    return ""
+    return keys, chains, revocations
 
 
 @_entry(None)

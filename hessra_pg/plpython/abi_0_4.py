@@ -6,9 +6,8 @@ keep calling hessra_pg.plpython.abi_0_3, whose conventions these share
 
 from __future__ import annotations
 
-from ..core.verifier import Revocations, RootKey
 from ..errors import ArgumentError
-from .abi_0_3 import _bool, _entry
+from .abi_0_3 import _bool, _entry, config_parts
 from .runtime import RUNTIME, CapabilitySettings
 
 TYPE_CHECKING = False
@@ -72,16 +71,8 @@ def load_config(version: str, kids: list[int] | None, public_keys: list[str] | N
                 database_tag: str | None, anchor: str | None, require_anchor: bool | None,
                 fallback: str | None) -> str:
     """abi_0_3.load_config, plus the capability settings."""
-    keys = tuple(
-        RootKey(kid, key, None if before is None else before / 1_000_000, None if after is None else after / 1_000_000)
-        for kid, key, before, after in zip(kids or (), public_keys or (), not_before_us or (), not_after_us or ()))
-    chains: dict[str, list[object]] = {}
-    for name, kind, component, key in zip(node_chains or (), node_kinds or (), node_components or (),
-                                          node_keys or ()):
-        nodes = chains.setdefault(name, [])
-        if kind is not None:
-            nodes.append({"component": component, "public_key": key} if kind == "object" else kind)
-    revocations = Revocations(ids=frozenset(revoked_ids or ()), identities=frozenset(revoked_identities or ()))
+    keys, chains, revocations = config_parts(kids, public_keys, not_before_us, not_after_us, node_chains,
+                                             node_kinds, node_components, node_keys, revoked_ids, revoked_identities)
     settings = CapabilitySettings(anchor, bool(require_anchor), fallback or "per_row")
     RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "", settings)
     return ""
