@@ -1,12 +1,15 @@
-"""``hessra-pg keys generate`` and ``hessra-pg keys show``."""
+"""``hessra-pg keys generate``, ``keys show`` and ``keys sync``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
-from typing import Any
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import biscuit_auth
 
@@ -24,6 +27,7 @@ from hessra_pg.core.keys import (
 from .common import (
     guarded,
     DEFAULT_ENV_PREFIX,
+    EXIT_DENIED,
     EXIT_OK,
     CliInputError,
     add_json_argument,
@@ -32,17 +36,21 @@ from .common import (
     public_key_arg,
 )
 
+if TYPE_CHECKING:
+    from hessra_pg.admin.keysync import KeySync
+
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 
 
 def register(subparsers: Any) -> None:
-    """Add ``keys generate`` and ``keys show``."""
+    """Add ``keys generate``, ``keys show`` and ``keys sync``."""
     keys = subparsers.add_parser(
         "keys",
-        help="generate key pairs and show public keys",
-        description="Generate Ed25519 or P-256 key pairs for signing tokens, and show public keys "
-                    "in the forms hessra_authz.add_key() and service chains take.",
+        help="generate key pairs, show public keys, follow the authority's key",
+        description="Generate Ed25519 or P-256 key pairs for signing tokens, show public keys "
+                    "in the forms hessra_authz.add_key() and service chains take, and keep the "
+                    "database's keys in line with a Hessra authority's (keys sync).",
     )
     actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -92,6 +100,8 @@ def register(subparsers: Any) -> None:
                         help=f"show the keys of $PREFIX_PUBLIC_KEY... (the default, with {DEFAULT_ENV_PREFIX})")
     add_json_argument(show)
     show.set_defaults(func=guarded(_show))
+
+    _register_sync(actions)
 
 
 # -- generate --------------------------------------------------------------
@@ -223,3 +233,179 @@ def _print_entry(entry: dict[str, str]) -> None:
     print(f"public key: {entry['public_key']}")
     sys.stdout.write(entry["pem"])
 
+
+
+# -- sync ------------------------------------------------------------------
+
+def _duration_arg(what: str) -> Any:
+    def parse(text: str) -> timedelta:
+        from hessra_pg.admin.keysync import parse_duration
+
+        try:
+            return parse_duration(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{what}: {error}") from None
+
+    return parse
+
+
+def _authority_arg(text: str) -> str:
+    from hessra_pg.admin.keysync import parse_authority
+
+    try:
+        parse_authority(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds must be a number, got {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"seconds must be above 0 and at most 600, got {text!r}")
+    return value
+
+
+def add_authority_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """--authority, --ca, --mtls-cert, --mtls-key, --authority-timeout (also doctor's)."""
+    group = parser.add_argument_group("the authority")
+    group.add_argument("--authority", metavar="HOST[:PORT]", required=required, type=_authority_arg,
+                       help="the Hessra authority whose GET /public_key to follow (HTTPS; port 443 by default)")
+    group.add_argument("--ca", metavar="FILE", required=required,
+                       help="PEM CA certificate that signed the authority's server certificate: the only one "
+                            "trusted; the host name is verified (an IP address needs an IP SAN)")
+    group.add_argument("--mtls-cert", metavar="FILE", help="client certificate (PEM), if the authority wants one")
+    group.add_argument("--mtls-key", metavar="FILE", help="its private key (PEM)")
+    group.add_argument("--authority-timeout", metavar="SECONDS", type=_timeout_arg, default=None,
+                       help="connect and read timeout of the request (default: 10)")
+
+
+def authority_from_args(args: argparse.Namespace) -> Any:
+    """The Authority of --authority/--ca/--mtls-*, its files checked now
+    (AuthorityError, exit status 2, if they can't be used)."""
+    from hessra_pg.admin.keysync import DEFAULT_TIMEOUT, Authority
+
+    if not args.ca:
+        raise CliInputError("--authority needs --ca FILE: the CA that signed the authority's certificate")
+    authority = Authority(args.authority, args.ca, mtls_cert=args.mtls_cert, mtls_key=args.mtls_key,
+                          timeout=args.authority_timeout or DEFAULT_TIMEOUT)
+    authority.check()
+    return authority
+
+
+def _register_sync(actions: Any) -> None:
+    from hessra_pg.admin.keysync import DEFAULT_GRACE, DEFAULT_INTERVAL, format_duration
+
+    sync = command_parser(
+        actions, "sync",
+        help="register the authority's current public key; retire the previous one after a grace",
+        description=(
+            "Fetch the Hessra authority's public key (GET https://HOST:PORT/public_key, the server "
+            "certificate verified against --ca only, host name included) and bring hessra_authz.keys in "
+            "line with it. When the key is new to the database it is registered (hessra_authz.add_key: the "
+            "next free kid, or the authority's own when its response names one in root_key_id or kid) and "
+            "the previous newest active key stops verifying at now + --grace (hessra_authz.retire_key; a key "
+            "that already ends sooner keeps its end). Other keys are left alone. Everything happens in one "
+            "transaction: on any failure nothing changes. A second run changes nothing.\n\n"
+            f"--grace (default {format_duration(DEFAULT_GRACE)}) must be longer than the longest lifetime of "
+            "a token the authority issues plus clock skew: a token signed just before the rotation must "
+            "still verify until it expires.\n\n"
+            "Prints one line per change, or 'nothing changed'. --dry-run does the same in a transaction "
+            "that is rolled back. --watch keeps running: it syncs every --interval, retries failures with "
+            "exponential backoff (up to 5 min, or the interval if longer) and stops on SIGTERM or Ctrl-C.\n\n"
+            "Run it beside the database (a systemd timer, cron, a sidecar, or --watch): no network call "
+            "ever happens inside a query. The role needs key administration (hessra_admin, or "
+            "hessra_authz.grant_admin()).\n\n"
+            "Exit status: 0 when the database is in line with the authority; 1 when the authority's key is "
+            "registered but retired or not yet valid, or under another kid than the authority names (a "
+            "person decides: nothing changed); 2 when the authority, the TLS connection, its response or "
+            "the database fails (nothing changed), or for bad arguments."
+        ),
+        examples=(
+            "  hessra-pg keys sync --authority authority.internal:8443 --ca hessra-ca.pem \\\n"
+            "      --dsn 'host=db dbname=shop user=key_admin' --dry-run\n"
+            "  hessra-pg keys sync --authority authority.internal:8443 --ca hessra-ca.pem \\\n"
+            "      --mtls-cert db-sync.pem --mtls-key db-sync.key --dsn 'host=db dbname=shop user=key_admin' \\\n"
+            "      --watch --interval 5m"
+        ),
+    )
+    add_authority_arguments(sync, required=True)
+    sync.add_argument("--dsn", default="", metavar="DSN",
+                      help="libpq connection string or URI of a role that administers keys "
+                           "(default: the PG* environment variables)")
+    sync.add_argument("--grace", metavar="DURATION", type=_duration_arg("--grace"), default=DEFAULT_GRACE,
+                      help="how long the previous key keeps verifying after a new one is registered: longer "
+                           "than the longest token lifetime plus clock skew (24h5m, 90m, 2d, 3600; "
+                           f"default: {format_duration(DEFAULT_GRACE)})")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="show what would change: do it in a transaction, then roll it back")
+    sync.add_argument("--watch", action="store_true",
+                      help="keep running: sync every --interval until SIGTERM or Ctrl-C")
+    sync.add_argument("--interval", metavar="DURATION", type=_duration_arg("--interval"), default=None,
+                      help=f"with --watch: time between syncs (default: {format_duration(DEFAULT_INTERVAL)})")
+    sync.set_defaults(func=guarded(_sync))
+
+
+def _error(message: object) -> None:
+    print(f"hessra-pg: error: {message}", file=sys.stderr, flush=True)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from hessra_pg.admin.keysync import DEFAULT_INTERVAL, KeySync, KeySyncConflict
+
+    if args.interval is not None and not args.watch:
+        raise CliInputError("--interval goes with --watch")
+    if args.watch and args.dry_run:
+        raise CliInputError("--dry-run makes one pass: it does not go with --watch")
+    authority = authority_from_args(args)
+    sync = KeySync(authority, args.dsn, grace=args.grace)
+    if args.watch:
+        return _watch(sync, args.interval or DEFAULT_INTERVAL)
+    try:
+        changes = sync.run(dry_run=args.dry_run)
+    except KeySyncConflict as error:
+        _error(error)
+        return EXIT_DENIED
+    for change in changes:
+        print(change.line(dry_run=args.dry_run))
+    if not changes:
+        print(f"nothing changed: the authority's key ({authority.host_port}) is registered and active")
+    elif args.dry_run:
+        print("dry run: rolled back, nothing written")
+    return EXIT_OK
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
+
+
+def _watch(sync: KeySync, interval: timedelta) -> int:
+    from hessra_pg.admin.keysync import format_duration
+
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    print(f"hessra-pg: keys sync: following {sync.authority.host_port} every {format_duration(interval)} "
+          "(SIGTERM or Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    def changed(changes: list[Any]) -> None:
+        for change in changes:
+            print(change.line(), flush=True)
+
+    def unchanged() -> None:
+        print(f"nothing changed: the authority's key ({sync.authority.host_port}) is registered and active",
+              flush=True)
+
+    try:
+        sync.watch(interval=interval, stop=stop, on_changes=changed, on_unchanged=unchanged,
+                   on_error=lambda error, wait: _error(f"{error} (retrying in {_seconds(wait)})"))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("hessra-pg: keys sync: stopped", file=sys.stderr, flush=True)
+    return EXIT_OK
