@@ -7,8 +7,14 @@ One report of checks, each ``ok``, ``warn``, ``FAIL`` or ``skip``:
   block when the connecting role is a superuser, else a call of
   ``hessra_authz.verify_token`` that imports them);
 - the ``hessra_authz`` extension is created, at this package's version;
-- keys: at least one active key (FAIL if none), none expiring within
-  :data:`EXPIRY_WARNING` (warn);
+- keys: at least one active key (FAIL if none), none ending within the
+  key horizon (:data:`EXPIRY_WARNING`, 7 days by default; warn), and some
+  key active at every moment of the horizon, counting keys not yet active
+  (warn, naming the moment from which none is);
+- with an authority (``authority=``, :class:`hessra_pg.admin.keysync.Authority`):
+  its current public key is the database's newest active key (FAIL when it
+  is not registered or not active: every token it issues now is refused;
+  warn when a newer key is registered, or the authority can't be reached);
 - the server log: no setting writes the application's bound parameters
   (the token it binds into ``set_config()``) to it;
 - every table with a policy that calls ``hessra_authz``: RLS enabled and
@@ -38,7 +44,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import hessra_pg
@@ -46,6 +52,8 @@ from hessra_pg.errors import DoctorConnectionError, DoctorRequirementError, Hess
 
 if TYPE_CHECKING:
     import psycopg
+
+    from hessra_pg.admin.keysync import Authority
 
 __all__ = [
     "EXPIRY_WARNING",
@@ -66,7 +74,8 @@ __all__ = [
     "verifying_calls",
 ]
 
-#: Active keys ending within this window are reported (warn).
+#: The default key horizon: active keys ending within it are reported
+#: (warn), and so is a moment within it at which no key is active.
 EXPIRY_WARNING = timedelta(days=7)
 DEFAULT_CONNECT_TIMEOUT = 10
 
@@ -187,16 +196,19 @@ def _db_message(error: Any) -> str:
     return primary or _first_line(error)
 
 
-def diagnose(dsn: str, *, admin_dsn: str | None = None) -> Report:
+def diagnose(dsn: str, *, admin_dsn: str | None = None, authority: Authority | None = None,
+             key_horizon: timedelta = EXPIRY_WARNING) -> Report:
     """Connect with `dsn` (the application's role) and run every check.
     `admin_dsn`, if given, is used only to read hessra_authz.keys.
+    `authority`: compare the database's newest active key with the one the
+    authority publishes. `key_horizon`: how far ahead the keys check looks.
     DoctorRequirementError, before connecting, without pglast."""
     require_parser()
     with connect(dsn) as conn:
         if admin_dsn is None:
-            return run_checks(conn)
+            return run_checks(conn, authority=authority, key_horizon=key_horizon)
         with connect(admin_dsn) as admin:
-            return run_checks(conn, admin_conn=admin)
+            return run_checks(conn, admin_conn=admin, authority=authority, key_horizon=key_horizon)
 
 
 # -- the checks ------------------------------------------------------------
@@ -213,9 +225,12 @@ def _catalog_search_path(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.execute("SELECT set_config('search_path', %s, false)", (previous,))
 
 
-def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[Any] | None = None) -> Report:
+def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[Any] | None = None,
+               authority: Authority | None = None, key_horizon: timedelta = EXPIRY_WARNING) -> Report:
     """Run every check on an autocommit connection of the role to judge."""
     require_parser()
+    if key_horizon <= timedelta(0):
+        raise ValueError("key_horizon must be positive")
     with _catalog_search_path(conn):
         role, database, version, superuser, bypassrls = conn.execute(
             "SELECT r.rolname, current_database(), current_setting('server_version'), r.rolsuper, r.rolbypassrls "
@@ -225,7 +240,9 @@ def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[
         plpython = _check_plpython(conn, report)
         extension = _check_extension(conn, report)
         _check_server_python(conn, report, superuser=superuser, plpython=plpython, extension=extension)
-        _check_keys(conn, report, admin_conn=admin_conn, extension=extension)
+        keys = _check_keys(conn, report, admin_conn=admin_conn, extension=extension, horizon=key_horizon)
+        if authority is not None:
+            _check_authority(report, authority, keys, extension=extension, admin_conn_given=admin_conn is not None)
         _check_server_log(conn, report)
         tables = _check_tables(conn, report)
         if tables:
@@ -360,20 +377,62 @@ SELECT kid,
        not_after IS NOT NULL AND not_after > now() AND not_after <= now() + %s AS expiring,
        to_char(not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"') AS starts,
        to_char(not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"') AS ends,
-       round((extract(epoch FROM not_after - now()) / 86400)::numeric, 1) AS days_left
+       round((extract(epoch FROM not_after - now()) / 86400)::numeric, 1) AS days_left,
+       public_key, not_before, not_after, now()
   FROM hessra_authz.keys
  ORDER BY kid
 """
 
 
+@dataclass(frozen=True)
+class _Key:
+    """A row of hessra_authz.keys, as the keys and authority checks read it."""
+
+    kid: int
+    active: bool
+    future: bool
+    expiring: bool
+    starts: str
+    ends: str | None
+    days_left: Any
+    public_key: str
+    not_before: datetime
+    not_after: datetime | None
+    now: datetime
+
+
+def _minute(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _days(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:.1f}"
+
+
+def _first_gap(keys: list[_Key], now: datetime, until: datetime) -> datetime | None:
+    """The first moment in [now, until) at which no key is active (keys not
+    yet active count from their not_before), or None."""
+    moment = now
+    while moment < until:
+        ends = [key.not_after for key in keys
+                if key.not_before <= moment and (key.not_after is None or key.not_after > moment)]
+        if not ends:
+            return moment
+        if any(end is None for end in ends):
+            return None
+        moment = max(end for end in ends if end is not None)
+    return None
+
+
 def _check_keys(conn: psycopg.Connection[Any], report: Report, *, admin_conn: psycopg.Connection[Any] | None,
-                extension: bool) -> None:
+                extension: bool, horizon: timedelta = EXPIRY_WARNING) -> list[_Key] | None:
+    """The keys check; returns the keys when they could be read."""
     import psycopg
 
     name = "keys"
     if not extension:
         report.checks.append(Check(name, SKIP, "not checked: the extension is not created"))
-        return
+        return None
     reader = None
     for candidate in (admin_conn, conn):
         if candidate is not None and candidate.execute(
@@ -382,36 +441,109 @@ def _check_keys(conn: psycopg.Connection[Any], report: Report, *, admin_conn: ps
             break
     if reader is None:
         _probe_keys(conn, report, admin_conn_given=admin_conn is not None)
-        return
+        return None
     try:
-        rows = reader.execute(_KEYS_SQL, (EXPIRY_WARNING,)).fetchall()
+        keys = [_Key(*row) for row in reader.execute(_KEYS_SQL, (horizon,)).fetchall()]
     except psycopg.Error as error:
         report.checks.append(Check(name, FAIL, f"cannot read hessra_authz.keys: {_db_message(error)}"))
-        return
-    active = [row for row in rows if row[1]]
-    future = [f"kid {row[0]} from {row[4]}" for row in rows if row[2]]
+        return None
+    active = [key for key in keys if key.active]
+    future = [f"kid {key.kid} from {key.starts}" for key in keys if key.future]
     later = f"; not yet active: {', '.join(future)}" if future else ""
     if not active:
         report.checks.append(Check(name, FAIL, f"no active key: every presented token raises 'no active key'{later}",
                                    "SELECT hessra_authz.add_key('<PEM or alg/hex>') as a member of hessra_admin"))
-        return
-    kids = ", ".join(str(row[0]) for row in active)
+        return keys
+    kids = ", ".join(str(key.kid) for key in active)
     summary = f"{_plural(len(active), 'active key')} (kid {kids}){later}"
-    expiring = [row for row in active if row[3]]
+    expiring = [key for key in active if key.expiring]
+    days = horizon.total_seconds() / 86400
+    within = f"{days:g} day{'' if days == 1 else 's'}"
     if expiring:
-        ends = ", ".join(f"kid {row[0]} ends {row[5]} (in {row[6]} days)" for row in expiring)
-        staying = [str(row[0]) for row in active if not row[3]]
+        ends = ", ".join(f"kid {key.kid} ends {key.ends} (in {key.days_left} days)" for key in expiring)
+        staying = [str(key.kid) for key in active if not key.expiring]
+        now = keys[0].now
+        gap = _first_gap(keys, now, now + horizon)
+        rotating = "fine if the ending key is being rotated out: tokens it signed stop verifying when it ends"
         if staying:
+            report.checks.append(Check(name, WARN, f"{summary}; {ends}; kid {', '.join(staying)} stays active",
+                                       rotating))
+        elif gap is None:
+            successors = [str(key.kid) for key in keys if key.future and key.not_before < now + horizon]
             report.checks.append(Check(
-                name, WARN, f"{summary}; {ends}; kid {', '.join(staying)} stays active",
-                "fine if the ending key is being rotated out: tokens it signed stop verifying when it ends"))
+                name, WARN, f"{summary}; {ends}; then kid {', '.join(successors)}, with no gap within {within}",
+                rotating))
         else:
+            last = max(key.not_after for key in expiring if key.not_after is not None)
+            resume = min((key.not_before for key in keys if key.not_before > gap), default=None)
+            then = ("then no key is active" if gap == last
+                    else f"no key is active from {_minute(gap)} (in {_days(gap - now)} days)")
+            if resume is not None:
+                then += f" until {_minute(resume)}"
             report.checks.append(Check(
-                name, WARN, f"{summary}; {ends}",
+                name, WARN, f"{summary}; {ends}; {then}",
                 "register the next key with hessra_authz.add_key() (or extend this one with retire_key(kid, "
                 "later)) before it ends: then every token is refused"))
+        return keys
+    report.checks.append(Check(name, OK, f"{summary}; none ends within {within}"))
+    return keys
+
+
+def _check_authority(report: Report, authority: Authority, keys: list[_Key] | None, *, extension: bool,
+                     admin_conn_given: bool) -> None:
+    """Is the authority's current key the database's newest active key?"""
+    from hessra_pg.admin.keysync import AuthorityError
+
+    name = "authority"
+    if not extension:
+        report.checks.append(Check(name, SKIP, "not checked: the extension is not created"))
         return
-    report.checks.append(Check(name, OK, f"{summary}; none ends within {EXPIRY_WARNING.days} days"))
+    where = authority.host_port
+    try:
+        published = authority.fetch()
+    except AuthorityError as error:
+        report.checks.append(Check(name, WARN, f"not compared: {error}",
+                                   "check --authority, --ca (and --mtls-cert/--mtls-key), and that the authority "
+                                   "is up"))
+        return
+    if keys is None:
+        why = ("the --admin-dsn role can't read it either" if admin_conn_given
+               else "pass --admin-dsn with a hessra_admin member's DSN")
+        report.checks.append(Check(name, WARN, f"not compared: this role can't read hessra_authz.keys ({why})"))
+        return
+    sync = (f"hessra-pg keys sync --authority {where} --ca ... --dsn <a key administrator's DSN> (registers it, "
+            "and ends the previous key after a grace)")
+    active = sorted((key for key in keys if key.active), key=lambda key: (key.not_before, key.kid), reverse=True)
+    mine = next((key for key in keys if key.public_key == published.public_key), None)
+    if mine is None:
+        newest = f" (the newest active key is kid {active[0].kid})" if active else ""
+        report.checks.append(Check(
+            name, FAIL, f"the authority at {where} signs with a key this database doesn't have: every token it "
+                        f"issues now is refused{newest}", sync))
+        return
+    if published.kid is not None and published.kid != mine.kid:
+        report.checks.append(Check(
+            name, FAIL, f"the authority at {where} names its key kid {published.kid}, but this database has it as "
+                        f"kid {mine.kid}: tokens carrying root_key_id {published.kid} are refused",
+            "register the key under the authority's kid (a key administrator fixes hessra_authz.keys by hand)"))
+        return
+    if not mine.active:
+        state = (f"not active before {mine.starts}" if mine.future else f"retired since {mine.ends}")
+        report.checks.append(Check(
+            name, FAIL, f"the authority at {where} signs with kid {mine.kid}, {state}: every token it issues now "
+                        "is refused",
+            "a key administrator decides: keys sync never revives a retired key nor moves a key's window"))
+        return
+    ending = f"; it ends {mine.ends}" if mine.not_after is not None else ""
+    if active[0].kid != mine.kid:
+        report.checks.append(Check(
+            name, WARN, f"the authority at {where} signs with kid {mine.kid}, but kid {active[0].kid} is newer"
+                        f"{ending}",
+            "fine if the newer key was registered ahead of the authority's next rotation; if the authority went "
+            f"back to kid {mine.kid}, make sure it doesn't end while the authority uses it"))
+        return
+    report.checks.append(Check(name, OK, f"the authority at {where} signs with kid {mine.kid}, the newest active "
+                                         f"key{ending}"))
 
 
 def _probe_keys(conn: psycopg.Connection[Any], report: Report, *, admin_conn_given: bool) -> None:

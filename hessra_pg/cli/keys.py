@@ -273,7 +273,8 @@ def add_authority_arguments(parser: argparse.ArgumentParser, *, required: bool) 
     """--authority, --ca, --mtls-cert, --mtls-key, --authority-timeout (also doctor's)."""
     group = parser.add_argument_group("the authority")
     group.add_argument("--authority", metavar="HOST[:PORT]", required=required, type=_authority_arg,
-                       help="the Hessra authority whose GET /public_key to follow (HTTPS; port 443 by default)")
+                       help="the Hessra authority, reached over HTTPS (port 443 by default): its GET "
+                            "/public_key is the key to compare with")
     group.add_argument("--ca", metavar="FILE", required=required,
                        help="PEM CA certificate that signed the authority's server certificate: the only one "
                             "trusted; the host name is verified (an IP address needs an IP SAN)")

@@ -614,3 +614,171 @@ _DEFAULT_LOG = {"log_statement": "none", "log_min_duration_statement": "-1", "lo
 def test_log_risks(changes: dict[str, str], expected: list[tuple[str, str]]) -> None:
     risks = log_risks({**_DEFAULT_LOG, **changes})
     assert [(risk.status, risk.setting) for risk in risks] == expected
+
+
+# -- the key horizon and the authority's key (issue 14) ------------------------------
+
+def _utc_minute(admin: psycopg.Connection, expression: str) -> str:
+    return admin.execute(f"SELECT to_char(({expression}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"')"
+                         ).fetchone()[0]
+
+
+def test_key_horizon(hessra_db: HessraDatabase, admin: psycopg.Connection, app_role: str,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The only key ends in 10 days: fine for 7 days, a warning for 14;
+    a successor with a gap, and one without."""
+    admin.execute("SELECT hessra_authz.add_key(%s, 5, now() - interval '1 day', now() + interval '10 days')",
+                  (str(generate_keypair().public_key),))
+    dsns = (hessra_db.dsn_for(app_role), "--admin-dsn", hessra_db.dsn)
+    code, checks = doctor(capsys, *dsns)
+    assert (code, checks["keys"]) == (0, ("ok", "1 active key (kid 5); none ends within 7 days"))
+    code, checks = doctor(capsys, *dsns, "--key-horizon", "14")
+    ends = _utc_minute(admin, "now() + interval '10 days'")
+    assert code == 0 and checks["keys"][0] == "warn"
+    assert checks["keys"][1] in (f"1 active key (kid 5); kid 5 ends {ends} (in {days} days); then no key is active"
+                                 for days in ("10.0", "9.9"))
+
+    # A successor from day 12: no key between day 10 and day 12.
+    admin.execute("SELECT hessra_authz.add_key(%s, 6, now() + interval '12 days')", (str(generate_keypair().public_key),))
+    starts = _utc_minute(admin, "now() + interval '12 days'")
+    code, checks = doctor(capsys, *dsns, "--key-horizon", "14")
+    assert code == 0 and checks["keys"][0] == "warn"
+    assert checks["keys"][1].startswith(f"1 active key (kid 5); not yet active: kid 6 from {starts}; kid 5 ends {ends}")
+    assert checks["keys"][1].endswith(f"; then no key is active until {starts}")
+
+    # A successor from day 9, itself ending on day 11: the gap starts on day 11.
+    admin.execute("SELECT hessra_authz.add_key(%s, 7, now() + interval '9 days', now() + interval '11 days')",
+                  (str(generate_keypair().public_key),))
+    code, checks = doctor(capsys, *dsns, "--key-horizon", "14")
+    gap = _utc_minute(admin, "now() + interval '11 days'")
+    assert checks["keys"][1].endswith(f"; no key is active from {gap} (in 11.0 days) until {starts}")
+
+    # A successor from day 9 that stays: no gap; the rotation is still reported.
+    admin.execute("DELETE FROM hessra_authz.keys WHERE kid IN (6, 7)")
+    admin.execute("SELECT hessra_authz.add_key(%s, 8, now() + interval '9 days')", (str(generate_keypair().public_key),))
+    code, checks = doctor(capsys, *dsns, "--key-horizon", "14")
+    assert code == 0 and checks["keys"][0] == "warn"
+    assert checks["keys"][1].endswith("; then kid 8, with no gap within 14 days")
+    capsys.readouterr()
+    assert main(["doctor", "--dsn", hessra_db.dsn_for(app_role), "--admin-dsn", hessra_db.dsn,
+                 "--key-horizon", "14"]) == 0
+    assert ("        fix: fine if the ending key is being rotated out: tokens it signed stop verifying when it ends"
+            in capsys.readouterr().out.splitlines())
+
+    capsys.readouterr()
+    assert main(["doctor", "--dsn", hessra_db.dsn_for(app_role), "--key-horizon", "0"]) == 2
+    assert "days must be between 1 and 3650" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def authority_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from hessra_pg.dev.certs import make_ca
+
+    directory = tmp_path_factory.mktemp("doctor-pki")
+    ca = make_ca(directory / "ca")
+    return {"ca": ca, "other": make_ca(directory / "other", name="other-ca"),
+            "server": ca.issue("authority", dns=["localhost"], ips=["127.0.0.1"], server=True)}
+
+
+@pytest.fixture
+def stub_authority(authority_pki: dict[str, Any]) -> Iterator[Any]:
+    from tests.integration.test_keys_sync import StubAuthority
+
+    server = StubAuthority(authority_pki["server"])
+    yield server
+    server.close()
+
+
+def test_authority_key_compared(good: HessraDatabase, admin: psycopg.Connection, root, app_role: str,
+                                stub_authority: Any, authority_pki: dict[str, Any],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    where = f"127.0.0.1:{stub_authority.port}"
+    args = (good.dsn_for(app_role), "--admin-dsn", good.dsn, "--authority", where,
+            "--ca", str(authority_pki["ca"].cert))
+
+    # The authority signs with the database's key (kid 100): ok.
+    stub_authority.public_key = root.public_key
+    code, checks = doctor(capsys, *args)
+    assert code == 0
+    assert checks["authority"] == ("ok", f"the authority at {where} signs with kid 100, the newest active key")
+
+    # The authority has rotated: FAIL, every token it issues is refused; keys sync is the fix.
+    stub_authority.rotate()
+    code, checks = doctor(capsys, *args)
+    assert code == 1
+    assert failing(checks) == {"authority": f"the authority at {where} signs with a key this database doesn't "
+                                            "have: every token it issues now is refused (the newest active key "
+                                            "is kid 100)"}
+    capsys.readouterr()
+    assert main(["doctor", "--dsn", *args]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert f"        fix: hessra-pg keys sync --authority {where} --ca ... --dsn <a key administrator's DSN> " \
+           "(registers it, and ends the previous key after a grace)" in out
+
+    # After keys sync: ok again; the old key ends within the horizon (a warning, while both are active).
+    assert main(["keys", "sync", "--authority", where, "--ca", str(authority_pki["ca"].cert), "--dsn", good.dsn]) == 0
+    code, checks = doctor(capsys, *args)
+    assert code == 0
+    assert checks["authority"] == ("ok", f"the authority at {where} signs with kid 101, the newest active key")
+    assert checks["keys"][0] == "warn" and checks["keys"][1].endswith("; kid 101 stays active")
+
+    # A newer key registered by hand: a warning.
+    admin.execute("SELECT hessra_authz.add_key(%s, 102)", (str(generate_keypair().public_key),))
+    code, checks = doctor(capsys, *args)
+    assert code == 0
+    assert checks["authority"] == ("warn", f"the authority at {where} signs with kid 101, but kid 102 is newer")
+
+    # The authority's key retired, or not active yet: FAIL.
+    admin.execute("SELECT hessra_authz.retire_key(101, now() - interval '1 minute')")
+    code, checks = doctor(capsys, *args)
+    retired = _utc_minute(admin, "(SELECT not_after FROM hessra_authz.keys WHERE kid = 101)")
+    assert code == 1
+    assert failing(checks)["authority"] == (f"the authority at {where} signs with kid 101, retired since {retired}: "
+                                            "every token it issues now is refused")
+    stub_authority.rotate()
+    admin.execute("SELECT hessra_authz.add_key(%s, 103, now() + interval '1 day')",
+                  (str(stub_authority.public_key),))
+    code, checks = doctor(capsys, *args)
+    assert failing(checks)["authority"].startswith(f"the authority at {where} signs with kid 103, not active "
+                                                   "before ")
+
+    # The authority names another kid than the database's: FAIL.
+    stub_authority.public_key = root.public_key
+    stub_authority.extra = {"root_key_id": 7}
+    code, checks = doctor(capsys, *args)
+    assert failing(checks)["authority"] == (f"the authority at {where} names its key kid 7, but this database "
+                                            "has it as kid 100: tokens carrying root_key_id 7 are refused")
+
+
+def test_authority_unreachable_or_keys_unreadable(good: HessraDatabase, root, app_role: str,
+                                                   stub_authority: Any, authority_pki: dict[str, Any],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    where = f"127.0.0.1:{stub_authority.port}"
+    stub_authority.public_key = root.public_key
+    # The authority's certificate is not trusted: a warning, nothing compared.
+    code, checks = doctor(capsys, good.dsn_for(app_role), "--admin-dsn", good.dsn, "--authority", where,
+                          "--ca", str(authority_pki["other"].cert))
+    assert code == 0
+    status, message = checks["authority"]
+    assert status == "warn"
+    assert message.startswith(f"not compared: TLS: the certificate of the authority at {where} is not trusted: ")
+    # An HTTP error: the same.
+    stub_authority.status, stub_authority.body = 500, b"{}"
+    code, checks = doctor(capsys, good.dsn_for(app_role), "--admin-dsn", good.dsn, "--authority", where,
+                          "--ca", str(authority_pki["ca"].cert))
+    assert checks["authority"] == ("warn", f"not compared: the authority at {where} answered GET /public_key with "
+                                           "HTTP 500 Internal Server Error")
+    # The role can't read the keys table and no --admin-dsn: a warning.
+    stub_authority.status, stub_authority.body = 200, None
+    code, checks = doctor(capsys, good.dsn_for(app_role), "--authority", where, "--ca", str(authority_pki["ca"].cert))
+    assert code == 0
+    assert checks["authority"] == ("warn", "not compared: this role can't read hessra_authz.keys (pass --admin-dsn "
+                                           "with a hessra_admin member's DSN)")
+    # Without --authority there is no authority check; --ca alone is a usage error.
+    code, checks = doctor(capsys, good.dsn_for(app_role))
+    assert "authority" not in checks
+    capsys.readouterr()
+    assert main(["doctor", "--dsn", good.dsn_for(app_role), "--ca", str(authority_pki["ca"].cert)]) == 2
+    assert "go with --authority" in capsys.readouterr().err
+    assert main(["doctor", "--dsn", good.dsn_for(app_role), "--authority", where]) == 2
+    assert "--authority needs --ca FILE" in capsys.readouterr().err
