@@ -22,6 +22,16 @@ message``.
     [resources.payments.service_chain]
     nodes = [{ component = "auth_service", public_key = "ed25519/..." }]
 
+    [resources.payouts]                    # multi-party sign-offs (an authority
+    mechanisms = ["multi_party"]           # returns them as pending_signoffs)
+    [resources.payouts.multi_party]
+    nodes = [{ component = "treasury", public_key = "ed25519/...",
+               authorization_service = "treasury.example.com:443" }]
+
+    [resources.invoices]                   # capability tokens
+    mechanisms = ["capability"]
+    anchor = "db:main"                     # optional
+
 ``nodes`` may also be written as ``[[resources.NAME.nodes]]`` tables. A
 resource without a service chain is allowed (and checked). Keys are PEM or
 ``ed25519/<hex>`` / ``secp256r1/<hex>``.
@@ -35,6 +45,37 @@ resource without a service chain is allowed (and checked). Keys are PEM or
     [[clients]]
     name = "web"
     permissions = [{ resource = "order_service", operations = ["read", "write"] }]
+
+and the seeds' layout of the Hessra docs, which an authority serves from
+(``hessra_pg.authority``; docs/authority.md)::
+
+    [cacerts]                              # CAs of the client certificates
+    cert_chain = '''-----BEGIN CERTIFICATE-----...'''
+
+    [[clients]]                            # named by a certificate SAN
+    identifier = { type = "san_uri", value = "urn:example:api-gateway" }
+    resources = [{ name = "orders", operations = ["read", "write"] }]
+    identity_token_enabled = true          # may get and use identity tokens
+
+    [[clients]]                            # `*`: one or more characters of one
+    identifier = { type = "san_dns", value = "worker-*.internal.com" }  # label / segment
+    resources = [{ name = "invoices", operations = ["read"],
+                   designations = { tenant_id = "acme" } }]   # capability resources only
+
+    [[clients]]                            # a realm: mints identities REALM:NAME
+    identifier = { type = "san_uri", value = "urn:example:portal" }
+    identity_token_enabled = true
+    [clients.domain.default_role]          # the role of members with no assignment:
+    name = "member"                        # a role below, or inline resources = [...]
+    [[clients.domain.roles]]
+    name = "member"
+    resources = [{ name = "orders", operations = ["read"] }]
+    [[clients.domain.roles]]
+    name = "admin"
+    resources = [{ name = "orders", operations = ["read", "write"] }]
+    [[clients.domain.role_assignments]]
+    identity = "urn:example:portal:alice"  # or identities = [...]
+    role = "admin"
 
 No SQL, no psycopg: this module only parses files. tomllib parses them
 (values, syntax errors with their line and column); it gives no positions for
@@ -319,6 +360,15 @@ class _Repository:
     resources: dict[str, tuple[_Document, dict[str, Any]]] = field(default_factory=dict)
     clients: dict[str, tuple[_Document, KeyPath]] = field(default_factory=dict)
     chains: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    #: resource name -> its multi-party nodes ({component, public_key[, authorization_service]})
+    parties: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    #: resources that issue capability tokens
+    capabilities: set[str] = field(default_factory=set)
+    #: (identifier type, value) -> (document, where, client name)
+    identifiers: dict[tuple[str, str], tuple[_Document, KeyPath, str]] = field(default_factory=dict)
+    #: where [cacerts] was first given
+    cacerts: tuple[_Document, KeyPath] | None = None
+    documents: list[_Document] = field(default_factory=list)
 
     def add(self, document: _Document, path: KeyPath, message: str) -> None:
         self.problems.append(Problem(document.name, document.line(path), message))
@@ -349,6 +399,7 @@ def _check_resources(repo: _Repository, document: _Document) -> None:
         nodes = _resource_chain(repo, document, name, spec)
         if nodes is not None:
             repo.chains[name] = nodes
+        _resource_mechanisms(repo, document, name, spec)
 
 
 def _check_operations(repo: _Repository, document: _Document, where: KeyPath, spec: dict[str, Any]) -> None:
@@ -417,12 +468,12 @@ def _resource_chain(repo: _Repository, document: _Document, name: str,
 
 
 def _chain_nodes(repo: _Repository, document: _Document, name: str, where: KeyPath,
-                 nodes: Any) -> list[dict[str, str]] | None:
+                 nodes: Any, kind: str = "service chain") -> list[dict[str, str]] | None:
     if not isinstance(nodes, list):
         repo.add(document, where, "nodes must be an array of { component = ..., public_key = ... } tables")
         return None
     if not nodes:
-        repo.add(document, where, f"the service chain of {name!r} has no nodes")
+        repo.add(document, where, f"the {kind} of {name!r} has no nodes")
         return None
     before = len(repo.problems)
     parsed: list[dict[str, str]] = []
@@ -438,7 +489,7 @@ def _chain_nodes(repo: _Repository, document: _Document, name: str, where: KeyPa
                      f"node {index + 1} of {name!r} needs a non-empty component string")
         elif component in seen:
             repo.add(document, at + ("component",),
-                     f"duplicate component {component!r} in the service chain of {name!r} "
+                     f"duplicate component {component!r} in the {kind} of {name!r} "
                      f"(first at line {seen[component]})")
         else:
             seen[component] = document.line(at + ("component",))
@@ -462,18 +513,114 @@ def _public_key(repo: _Repository, document: _Document, where: KeyPath, key: Any
         return None
 
 
+# -- multi-party sign-offs and capability tokens (what an authority issues) --
+
+MULTI_PARTY = "multi_party"
+CAPABILITY = "capability"
+_RESERVED_DESIGNATIONS = ("anchor", "facet")
+
+
+def _declared(spec: dict[str, Any], where: KeyPath, mechanism: str) -> KeyPath | None:
+    """Where `spec` declares `mechanism` (type = "..." or mechanisms = [...]),
+    or None. Malformed type/mechanisms are reported by _resource_chain."""
+    if spec.get("type") == mechanism:
+        return where + ("type",)
+    mechanisms = spec.get("mechanisms")
+    if isinstance(mechanisms, list) and mechanism in mechanisms:
+        return where + ("mechanisms",)
+    return None
+
+
+def _resource_mechanisms(repo: _Repository, document: _Document, name: str, spec: dict[str, Any]) -> None:
+    """Multi-party sign-offs ([resources.NAME.multi_party] nodes, each with an
+    optional authorization_service) and capability tokens (type or
+    mechanisms "capability", optional anchor = "...")."""
+    where: KeyPath = ("resources", name)
+    parties_declared = _declared(spec, where, MULTI_PARTY)
+    table = spec.get(MULTI_PARTY)
+    if table is None:
+        if parties_declared is not None:
+            repo.add(document, parties_declared,
+                     f"resource {name!r} declares multi-party sign-offs but has no "
+                     f"[resources.{name}.{MULTI_PARTY}] table with nodes = [...]")
+    elif not isinstance(table, dict) or "nodes" not in table:
+        repo.add(document, where + (MULTI_PARTY,),
+                 f"{MULTI_PARTY} must be a table: [resources.{name}.{MULTI_PARTY}] with nodes = "
+                 "[{ component = ..., public_key = ..., authorization_service = \"HOST:PORT\" }]")
+    elif parties_declared is None:
+        repo.add(document, where + (MULTI_PARTY,),
+                 f"resource {name!r} has multi-party nodes but does not declare them: "
+                 f"add mechanisms = [\"{MULTI_PARTY}\"]")
+    else:
+        at = where + (MULTI_PARTY, "nodes")
+        nodes = _chain_nodes(repo, document, name, at, table["nodes"], kind="multi-party sign-offs")
+        services_ok = True
+        raw_nodes = table["nodes"] if isinstance(table["nodes"], list) else []
+        for index, node in enumerate(raw_nodes):
+            service = node.get("authorization_service") if isinstance(node, dict) else None
+            if service is not None and (not isinstance(service, str) or not service.strip()
+                                        or any(c.isspace() for c in service)):
+                services_ok = False
+                repo.add(document, at + (index, "authorization_service"),
+                         "authorization_service must be the sign-off authority's address, "
+                         "e.g. \"auth.example.com:443\" (no spaces)")
+        if nodes is not None and services_ok:
+            for node, raw in zip(nodes, raw_nodes):
+                if isinstance(raw.get("authorization_service"), str):
+                    node["authorization_service"] = raw["authorization_service"]
+            repo.parties[name] = nodes
+
+    capability = _declared(spec, where, CAPABILITY)
+    anchor = spec.get("anchor")
+    if anchor is not None:
+        if not isinstance(anchor, str) or not anchor.strip():
+            repo.add(document, where + ("anchor",), "anchor must be a non-empty string, e.g. anchor = \"db:main\"")
+        elif capability is None:
+            repo.add(document, where + ("anchor",),
+                     f"resource {name!r} has an anchor but issues no capability tokens: "
+                     f"add mechanisms = [\"{CAPABILITY}\"] (or remove the anchor)")
+    if capability is None:
+        return
+    repo.capabilities.add(name)
+    for other, what in ((SERVICE_CHAIN, "service chain"), (MULTI_PARTY, "multi-party sign-offs")):
+        if _declared(spec, where, other) is not None:
+            repo.add(document, capability,
+                     f"resource {name!r} issues capability tokens, which carry no {what}: "
+                     f"declare either {CAPABILITY} or {other}")
+
+
+# -- clients ---------------------------------------------------------------
+
+IDENTIFIER_TYPES = ("san_uri", "san_dns")
+_IDENTIFIER_KEYS = {"type", "value"}
+_DOMAIN_KEYS = {"default_role", "roles", "role_assignments"}
+_ROLE_KEYS = {"name", "resources", "permissions"}
+_ASSIGNMENT_KEYS = {"identity", "identities", "role"}
+
+
+def _identifier_name(identifier: Any) -> str | None:
+    """The display name of a [[clients]] entry without a name: its first
+    identifier's value."""
+    first = identifier[0] if isinstance(identifier, list) and identifier else identifier
+    if isinstance(first, dict) and isinstance(first.get("value"), str) and first["value"].strip():
+        return first["value"]
+    return None
+
+
 def _check_clients(repo: _Repository, document: _Document, check_references: bool) -> None:
     assert document.data is not None
+    _check_cacerts(repo, document)
     clients = document.data.get("clients")
     if clients is None:
         return
-    entries: list[tuple[str, KeyPath, dict[str, Any]]] = []
+    # (name, where the name is written, the client's table path, its table)
+    entries: list[tuple[str, KeyPath, KeyPath, dict[str, Any]]] = []
     if isinstance(clients, dict):
         for name, spec in clients.items():
             if not isinstance(spec, dict):
                 repo.add(document, ("clients", name), f"client {name!r} must be a table ([clients.{name}])")
                 continue
-            entries.append((name, ("clients", name), spec))
+            entries.append((name, ("clients", name), ("clients", name), spec))
     elif isinstance(clients, list):
         for index, spec in enumerate(clients):
             at: KeyPath = ("clients", index)
@@ -481,32 +628,263 @@ def _check_clients(repo: _Repository, document: _Document, check_references: boo
                 repo.add(document, at, "each [[clients]] entry must be a table")
                 continue
             name = spec.get("name")
-            if not isinstance(name, str) or not name:
+            if isinstance(name, str) and name:
+                entries.append((name, at + ("name",), at, spec))
+                continue
+            derived = _identifier_name(spec.get("identifier")) if "name" not in spec else None
+            if derived is None:
                 repo.add(document, at, "a [[clients]] entry needs a non-empty name = \"...\"")
                 continue
-            entries.append((name, at + ("name",), spec))
+            entries.append((derived, at + ("identifier",), at, spec))
     else:
         repo.add(document, ("clients",), "clients must be [clients.NAME] tables or [[clients]] entries")
         return
-    for name, where, spec in entries:
+    for name, where, base, spec in entries:
         if name in repo.clients:
             first, first_at = repo.clients[name]
             repo.add(document, where, f"duplicate client {name!r} (first defined at {repo.at(first, first_at)})")
             continue
         repo.clients[name] = (document, where)
-        base = where[:-1] if where[-1] == "name" else where
-        _check_grants(repo, document, name, base, spec, check_references)
+        identifiers = _check_identifiers(repo, document, name, base, spec)
+        _check_grants(repo, document, f"client {name!r}", base, spec, check_references)
+        _check_identity_settings(repo, document, name, base, spec, identifiers, check_references)
 
 
-def _check_grants(repo: _Repository, document: _Document, client: str, base: KeyPath,
+def _check_cacerts(repo: _Repository, document: _Document) -> None:
+    """[cacerts] cert_chain = PEM: the CAs whose client certificates an
+    authority accepts."""
+    assert document.data is not None
+    cacerts = document.data.get("cacerts")
+    if cacerts is None:
+        return
+    where: KeyPath = ("cacerts",)
+    if repo.cacerts is not None:
+        first, first_at = repo.cacerts
+        repo.add(document, where, f"[cacerts] given twice (first at {repo.at(first, first_at)})")
+        return
+    repo.cacerts = (document, where)
+    if not isinstance(cacerts, dict) or "cert_chain" not in cacerts:
+        repo.add(document, where,
+                 "cacerts must be a table: [cacerts] with cert_chain = '''-----BEGIN CERTIFICATE-----...'''")
+        return
+    chain = cacerts["cert_chain"]
+    at = where + ("cert_chain",)
+    if not isinstance(chain, str) or "-----BEGIN CERTIFICATE-----" not in chain:
+        repo.add(document, at, "cert_chain must hold PEM certificates (-----BEGIN CERTIFICATE----- ...)")
+        return
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=chain)
+    except (ssl.SSLError, ValueError):
+        repo.add(document, at, "cert_chain: a certificate in it does not parse (expected PEM X.509 certificates)")
+
+
+def _check_identifiers(repo: _Repository, document: _Document, client: str, base: KeyPath,
+                       spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """identifier = { type = "san_uri" | "san_dns", value = "..." } (or an
+    array of them): how certificates and identity tokens name the client.
+    `*` in a value matches one or more characters within one segment
+    (between ':' for URIs, between '.' for DNS names). The valid ones."""
+    identifier = spec.get("identifier")
+    if identifier is None:
+        return []
+    items = list(enumerate(identifier)) if isinstance(identifier, list) else [(None, identifier)]
+    found: list[tuple[str, str]] = []
+    for index, item in items:
+        at = base + ("identifier",) + (() if index is None else (index,))
+        if not isinstance(item, dict):
+            repo.add(document, at, "identifier must be a table { type = \"san_uri\" | \"san_dns\", value = \"...\" }")
+            continue
+        for key in sorted(set(item) - _IDENTIFIER_KEYS):
+            repo.add(document, at, f"client {client!r}: unknown key {key!r} in its identifier (keys: type, value)")
+        kind, value = item.get("type"), item.get("value")
+        if kind not in IDENTIFIER_TYPES:
+            repo.add(document, at + ("type",) if "type" in item else at,
+                     f"client {client!r}: identifier type must be one of {', '.join(IDENTIFIER_TYPES)}")
+            continue
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            repo.add(document, at + ("value",) if "value" in item else at,
+                     f"client {client!r}: identifier needs value = \"...\" (non-empty, no spaces)")
+            continue
+        separators = ":" if kind == "san_uri" else "."
+        if not value.strip("*" + separators):
+            repo.add(document, at + ("value",),
+                     f"client {client!r}: identifier {value!r} would match almost any certificate; "
+                     "name the clients")
+            continue
+        key = (kind, value.lower() if kind == "san_dns" else value)
+        if key in repo.identifiers:
+            first, first_at, owner = repo.identifiers[key]
+            repo.add(document, at + ("value",),
+                     f"client {client!r}: identifier {kind} {value!r} is already client {owner!r}'s "
+                     f"(at {repo.at(first, first_at)})")
+            continue
+        repo.identifiers[key] = (document, at + ("value",), client)
+        found.append((kind, value))
+    return found
+
+
+def _check_identity_settings(repo: _Repository, document: _Document, client: str, base: KeyPath,
+                             spec: dict[str, Any], identifiers: list[tuple[str, str]],
+                             check_references: bool) -> None:
+    """identity_token_enabled, and a realm's [clients.domain] with its
+    default_role, roles and role_assignments."""
+    enabled = spec.get("identity_token_enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        repo.add(document, base + ("identity_token_enabled",), "identity_token_enabled must be true or false")
+    domain = spec.get("domain")
+    if domain is None:
+        return
+    at = base + ("domain",)
+    where = _written(document, at)
+    if not isinstance(domain, dict):
+        repo.add(document, at, f"client {client!r}: domain must be a table ([clients.domain] ...)")
+        return
+    if enabled is not True:
+        repo.add(document, where, f"client {client!r} has a domain but not identity_token_enabled = true "
+                                  "(a realm mints identity tokens for its members)")
+    realm: str | None = None
+    uris = [value for kind, value in identifiers if kind == "san_uri"]
+    if len(identifiers) != 1 or len(uris) != 1 or "*" in uris[0]:
+        repo.add(document, where, f"client {client!r}: a realm (a client with a domain) needs exactly one "
+                                  "san_uri identifier, without '*' (its members are REALM:NAME)")
+    else:
+        realm = uris[0]
+    for key in sorted(set(domain) - _DOMAIN_KEYS):
+        repo.add(document, at + (key,), f"client {client!r}: unknown key {key!r} in domain "
+                                        f"(keys: {', '.join(sorted(_DOMAIN_KEYS))})")
+
+    roles: dict[str, KeyPath] = {}
+    listed = domain.get("roles")
+    if listed is not None:
+        if not isinstance(listed, list):
+            repo.add(document, at + ("roles",), "roles must be [[clients.domain.roles]] tables with name = \"...\"")
+            listed = []
+        for index, role in enumerate(listed):
+            role_at = at + ("roles", index)
+            name = _check_role(repo, document, client, role_at, role, check_references, "role")
+            if name is None:
+                continue
+            if name in roles:
+                repo.add(document, role_at + ("name",),
+                         f"client {client!r}: role {name!r} defined twice (first at line {document.line(roles[name])})")
+                continue
+            roles[name] = role_at + ("name",)
+
+    default = domain.get("default_role")
+    default_name: str | None = None
+    if default is not None:
+        default_at = at + ("default_role",)
+        default_name = _check_role(repo, document, client, default_at, default, check_references, "default_role")
+        inline = isinstance(default, dict) and ("resources" in default or "permissions" in default)
+        if default_name is not None:
+            if inline and default_name in roles:
+                repo.add(document, default_at, f"client {client!r}: default_role {default_name!r} is also defined "
+                                               "in [[clients.domain.roles]]; define it once")
+            elif not inline and default_name not in roles:
+                known = ", ".join(sorted(roles)) or "none"
+                repo.add(document, default_at + ("name",),
+                         f"client {client!r}: default_role names role {default_name!r}, which is not defined "
+                         f"in [[clients.domain.roles]] (roles: {known}); or give it resources = [...] here")
+                default_name = None
+
+    assignments = domain.get("role_assignments")
+    if assignments is None:
+        return
+    if not isinstance(assignments, list):
+        repo.add(document, at + ("role_assignments",),
+                 "role_assignments must be [[clients.domain.role_assignments]] tables { identity, role }")
+        return
+    assigned: dict[str, int] = {}
+    known_roles = set(roles) | ({default_name} if default_name else set())
+    for index, assignment in enumerate(assignments):
+        entry_at = at + ("role_assignments", index)
+        if not isinstance(assignment, dict):
+            repo.add(document, entry_at, "each role assignment must be a table { identity = \"...\", role = \"...\" }")
+            continue
+        for key in sorted(set(assignment) - _ASSIGNMENT_KEYS):
+            repo.add(document, entry_at + (key,), f"client {client!r}: unknown key {key!r} in a role assignment "
+                                                  "(keys: identity or identities, role)")
+        role = assignment.get("role")
+        if not isinstance(role, str) or not role:
+            repo.add(document, entry_at + ("role",) if "role" in assignment else entry_at,
+                     "a role assignment needs role = \"NAME\"")
+        elif role not in known_roles:
+            repo.add(document, entry_at + ("role",),
+                     f"client {client!r}: role assignment names role {role!r}, which is not defined "
+                     f"(roles: {', '.join(sorted(known_roles)) or 'none'})")
+        if ("identity" in assignment) == ("identities" in assignment):
+            repo.add(document, entry_at,
+                     "a role assignment needs identity = \"...\" or identities = [...] (one of them)")
+            continue
+        if "identity" in assignment:
+            values: list[tuple[KeyPath, Any]] = [(entry_at + ("identity",), assignment["identity"])]
+        elif isinstance(assignment["identities"], list) and assignment["identities"]:
+            values = [(entry_at + ("identities", i), v) for i, v in enumerate(assignment["identities"])]
+        else:
+            repo.add(document, entry_at + ("identities",), "identities must be a non-empty array of strings")
+            continue
+        for value_at, value in values:
+            if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+                repo.add(document, value_at, "an assigned identity must be a non-empty string without spaces")
+                continue
+            if realm is not None and not value.startswith(realm + ":"):
+                repo.add(document, value_at, f"client {client!r}: {value!r} is not in its domain "
+                                             f"(members are {realm}:NAME)")
+                continue
+            if value in assigned:
+                repo.add(document, value_at, f"client {client!r}: {value!r} is assigned a role twice "
+                                             f"(first at line {assigned[value]})")
+                continue
+            assigned[value] = document.line(value_at)
+
+
+def _written(document: _Document, path: KeyPath) -> KeyPath:
+    """`path` if it is written as such, else the first written path inside
+    it (a [clients.domain] given only through [clients.domain.roles] ...)."""
+    if document.index is None or path in document.index.lines:
+        return path
+    inside = [(line, key) for key, line in document.index.lines.items() if key[:len(path)] == path]
+    return min(inside, key=lambda item: item[0])[1] if inside else path
+
+
+def _check_role(repo: _Repository, document: _Document, client: str, at: KeyPath, role: Any,
+                check_references: bool, what: str) -> str | None:
+    """A role table { name, resources/permissions }; its name if usable."""
+    if not isinstance(role, dict):
+        repo.add(document, at, f"client {client!r}: {what} must be a table with name = \"...\"")
+        return None
+    for key in sorted(set(role) - _ROLE_KEYS):
+        repo.add(document, at + (key,), f"client {client!r}: unknown key {key!r} in {what} "
+                                        f"(keys: {', '.join(sorted(_ROLE_KEYS))})")
+    name = role.get("name")
+    if not isinstance(name, str) or not name:
+        repo.add(document, at + ("name",) if "name" in role else at, f"client {client!r}: {what} needs name = \"...\"")
+        return None
+    _check_grants(repo, document, f"role {name!r} of client {client!r}", at, role, check_references)
+    return name
+
+
+def _check_grants(repo: _Repository, document: _Document, who: str, base: KeyPath,
                   spec: dict[str, Any], check_references: bool) -> None:
+    """resources = ["NAME", { name = "NAME", operations = [...] }, ...] and
+    permissions = [{ resource = "NAME", operations = [...] }]; either table
+    may carry designations = { LABEL = "VALUE" } for a capability resource."""
     resources = spec.get("resources")
     if resources is not None:
-        if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+        if not isinstance(resources, list):
             repo.add(document, base + ("resources",), "resources must be an array of resource names")
         else:
             for index, resource in enumerate(resources):
-                _check_reference(repo, document, base + ("resources", index), client, resource, check_references)
+                at = base + ("resources", index)
+                if isinstance(resource, str):
+                    _check_reference(repo, document, at, who, resource, check_references)
+                elif isinstance(resource, dict):
+                    _check_grant_table(repo, document, who, at, resource, "name", check_references)
+                else:
+                    # (names, or { name = ..., operations = [...] } tables)
+                    repo.add(document, at, "resources must be an array of resource names")
     permissions = spec.get("permissions")
     if permissions is None:
         return
@@ -519,26 +897,45 @@ def _check_grants(repo: _Repository, document: _Document, client: str, base: Key
         if not isinstance(permission, dict):
             repo.add(document, at, "each permission must be a table { resource = ..., operations = [...] }")
             continue
-        resource, operations = permission.get("resource"), permission.get("operations")
-        if not isinstance(resource, str) or not resource:
-            repo.add(document, at + ("resource",) if "resource" in permission else at,
-                     "a permission needs a resource = \"NAME\"")
-            continue
-        known = _check_reference(repo, document, at + ("resource",), client, resource, check_references)
-        if not isinstance(operations, list) or not operations or not all(isinstance(o, str) and o for o in operations):
-            repo.add(document, at + ("operations",) if "operations" in permission else at,
-                     "a permission needs operations = [\"read\", ...] (non-empty strings)")
-            continue
+        _check_grant_table(repo, document, who, at, permission, "resource", check_references)
+
+
+def _check_grant_table(repo: _Repository, document: _Document, who: str, at: KeyPath, grant: dict[str, Any],
+                       key: str, check_references: bool) -> None:
+    resource, operations = grant.get(key), grant.get("operations")
+    if not isinstance(resource, str) or not resource:
+        repo.add(document, at + (key,) if key in grant else at, f"a permission needs a {key} = \"NAME\"")
+        return
+    known = _check_reference(repo, document, at + (key,), who, resource, check_references)
+    if not isinstance(operations, list) or not operations or not all(isinstance(o, str) and o for o in operations):
+        repo.add(document, at + ("operations",) if "operations" in grant else at,
+                 "a permission needs operations = [\"read\", ...] (non-empty strings)")
+    else:
         allowed = known.get("operations") if known is not None else None
         if isinstance(allowed, list):
             for position, operation in enumerate(operations):
                 if operation not in allowed:
                     repo.add(document, at + ("operations", position),
-                             f"client {client!r}: resource {resource!r} has no operation {operation!r} "
+                             f"{who}: resource {resource!r} has no operation {operation!r} "
                              f"(its operations: {', '.join(map(str, allowed))})")
+    designations = grant.get("designations")
+    if designations is None:
+        return
+    where = at + ("designations",)
+    if not isinstance(designations, dict) or "" in designations or not all(
+            isinstance(value, str) and value for value in designations.values()):
+        repo.add(document, where, "designations must be a table of LABEL = \"VALUE\" (non-empty strings)")
+        return
+    for label in designations:
+        if label in _RESERVED_DESIGNATIONS:
+            repo.add(document, where + (label,),
+                     f"designation label {label!r} is reserved (a resource's anchor = \"...\" binds the anchor)")
+    if known is not None and resource not in repo.capabilities:
+        repo.add(document, where, f"{who}: designations apply only to capability resources, and {resource!r} "
+                                  f"issues none (add mechanisms = [\"{CAPABILITY}\"] to it)")
 
 
-def _check_reference(repo: _Repository, document: _Document, where: KeyPath, client: str, resource: str,
+def _check_reference(repo: _Repository, document: _Document, where: KeyPath, who: str, resource: str,
                      check_references: bool) -> dict[str, Any] | None:
     """The referenced resource's spec, or None (recording a problem if it
     is undefined and references are checked)."""
@@ -547,10 +944,9 @@ def _check_reference(repo: _Repository, document: _Document, where: KeyPath, cli
         return found[1]
     if check_references:
         defined = ", ".join(sorted(repo.resources)) or "none"
-        repo.add(document, where, f"client {client!r} names resource {resource!r}, which is not defined "
+        repo.add(document, where, f"{who} names resource {resource!r}, which is not defined "
                                   f"(resources: {defined})")
     return None
-
 
 _PRIVATE_KEY_NAMES = {"pem_keypair", "private_key", "personal_keypair"}
 
@@ -590,6 +986,7 @@ def _sorted(problems: list[Problem], files: list[str]) -> list[Problem]:
 def _check(files: list[Path]) -> _Repository:
     repo = _Repository()
     documents = [_read(path, repo.problems) for path in files]
+    repo.documents = documents
     parsed = [document for document in documents if document.data is not None]
     for document in parsed:
         _check_resources(repo, document)
@@ -614,6 +1011,9 @@ class RepositoryCheck:
     #: chain name -> nodes, for the resources whose chain is valid
     chains: dict[str, list[dict[str, str]]]
     clients: list[str]
+    #: each file's parsed TOML (None where it doesn't parse), in `files` order:
+    #: what was checked, for readers that must use exactly that (the authority)
+    data: list[dict[str, Any] | None] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -626,7 +1026,8 @@ def check_repository(path: str | Path) -> RepositoryCheck:
     files = repository_files(path)
     repo = _check(files)
     return RepositoryCheck(files=[str(file) for file in files], problems=repo.problems,
-                           resources=list(repo.resources), chains=repo.chains, clients=list(repo.clients))
+                           resources=list(repo.resources), chains=repo.chains, clients=list(repo.clients),
+                           data=[document.data for document in repo.documents])
 
 
 def validate_repository(path: str | Path) -> list[Problem]:
