@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
             "refused: run `hessra-pg keys sync`), warn when a newer key is registered or the authority can't "
             "be reached. Reading the keys needs a role that may read hessra_authz.keys (--admin-dsn).\n\n"
             "Exit status: 0 when nothing is unsafe (warnings allowed), 1 when a check FAILs, 2 when "
-            "the database can't be reached or pglast is not installed."
+            "the database can't be reached, pglast is not installed, or the --ca/--mtls-* files can't be used."
         ),
         examples=(
             "  hessra-pg doctor --dsn 'host=db.internal dbname=shop user=app'\n"
