@@ -93,6 +93,9 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_BACKOFF = timedelta(minutes=5)
 #: The first retry comes after at most this (or the interval, if shorter).
 FIRST_RETRY = timedelta(seconds=5)
+#: KeySync's connections give up waiting for a lock (another sync, DDL on the
+#: keys table) after this, and on any statement after twice as long.
+LOCK_TIMEOUT = timedelta(seconds=30)
 #: pg_advisory_xact_lock key: two syncs of one database run one after the other.
 _LOCK_KEY = 0x6865737372616B73  # b"hessraks"
 _MAX_KID = 2**31 - 1
@@ -471,6 +474,8 @@ def sync_keys(conn: psycopg.Connection[Any], key: AuthorityKey, *, grace: timede
 
 def _plan(conn: psycopg.Connection[Any], key: AuthorityKey, rows: list[tuple[Any, ...]], now: datetime,
           grace: timedelta) -> list[KeyChange]:
+    # Both canonical alg/hex: fetch_authority_key made key.public_key so, and
+    # the keys table's check constraint holds every row to it.
     registered = next((row for row in rows if row[1] == key.public_key), None)
     if registered is not None:
         kid, _, not_before, not_after, active = registered
@@ -526,26 +531,36 @@ def backoff_delays(interval: timedelta) -> Callable[[int], float]:
 class KeySync:
     """One database following one authority."""
 
-    def __init__(self, authority: Authority, dsn: str, *, grace: timedelta = DEFAULT_GRACE) -> None:
+    def __init__(self, authority: Authority, dsn: str, *, grace: timedelta = DEFAULT_GRACE,
+                 lock_timeout: timedelta = LOCK_TIMEOUT) -> None:
         if grace <= timedelta(0):
             raise ValueError("grace must be positive")
         self.authority = authority
         self.dsn = dsn
         self.grace = grace
+        self.lock_timeout = lock_timeout
 
     def run(self, *, dry_run: bool = False) -> list[KeyChange]:
         """Fetch the authority's key, then sync (the network first: a
         failure there never opens a transaction)."""
+        import psycopg
+
         from hessra_pg.admin.doctor import connect
+        from hessra_pg.errors import DoctorConnectionError
 
         key = self.authority.fetch()
+        milliseconds = max(1, int(self.lock_timeout.total_seconds() * 1000))
         try:
             with connect(self.dsn) as conn:
+                try:  # a sync stuck behind a lock must not hang a --watch forever
+                    conn.execute("SELECT set_config('lock_timeout', %s, false), "
+                                 "set_config('statement_timeout', %s, false)",
+                                 (f"{milliseconds}ms", f"{2 * milliseconds}ms"))
+                except psycopg.Error as error:
+                    raise _database_error(error, "set up the connection") from None
                 return sync_keys(conn, key, grace=self.grace, dry_run=dry_run)
-        except HessraError as error:
-            if isinstance(error, KeySyncError):
-                raise
-            raise KeySyncError(str(error)) from None  # DoctorConnectionError: cannot connect
+        except DoctorConnectionError as error:
+            raise KeySyncError(str(error)) from None
 
     def watch(self, *, interval: timedelta = DEFAULT_INTERVAL, stop: threading.Event | None = None,
               on_changes: Callable[[list[KeyChange]], None] | None = None,

@@ -519,6 +519,25 @@ def test_concurrent_syncs_register_the_key_once(hessra_db: HessraDatabase, admin
     assert [row[0] for row in keys_table(admin)] == [1]
 
 
+def test_a_sync_stuck_behind_a_lock_gives_up(hessra_db: HessraDatabase, admin: psycopg.Connection,
+                                             stub: StubAuthority, authority: Authority) -> None:
+    """Another sync holds the lock: KeySync waits lock_timeout, then fails
+    (one line, nothing changed) instead of hanging a --watch."""
+    from hessra_pg.admin.keysync import _LOCK_KEY, KeySyncError
+
+    with hessra_db.connect() as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        sync = KeySync(authority, hessra_db.dsn, lock_timeout=timedelta(seconds=0.3))
+        started = time.monotonic()
+        with pytest.raises(KeySyncError, match="cannot sync hessra_authz.keys: canceling statement due to lock "
+                                               "timeout"):
+            sync.run()
+        assert time.monotonic() - started < 5
+        holder.rollback()
+    assert keys_table(admin) == []
+    assert [change.action for change in sync.run()] == ["add"]
+
+
 def test_python_api(hessra_db: HessraDatabase, admin: psycopg.Connection, stub: StubAuthority,
                     pki: dict[str, Any]) -> None:
     key = fetch_authority_key(f"localhost:{stub.port}", str(pki["ca"].cert))
@@ -632,8 +651,9 @@ def test_watch_command_stops_on_sigterm_and_sigint(hessra_db: HessraDatabase, ad
     assert lines[2:] == ["hessra-pg: keys sync: stopped"]
     assert [line.split(" kid ")[0].strip() for line in out.splitlines()] == ["added", "added", "retiring"]
 
+    before = stub.requests
     process = _watch_process(hessra_db, stub, pki)
-    _wait_for(lambda: stub.requests >= 7)
+    _wait_for(lambda: stub.requests >= before + 2)  # the first pass (nothing changed) is over
     stub.rotate()
     _wait_for(lambda: len(keys_table(admin)) == 3)
     time.sleep(0.3)
