@@ -128,3 +128,36 @@ def test_serve_authority_in_process(files: dict[str, Path]) -> None:
         (files["policy"] / "clients.toml").write_text(CLIENTS.replace('"read"]', '"read", "write"]'))
         authority.check_for_changes()
         assert authority.policy.clients[0].grants[0].operations == frozenset({"read", "write"})
+
+
+def _token_request(authority, ca: Path, cert: Path, key: Path) -> int:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(cert, key)
+    connection = http.client.HTTPSConnection(authority.host, authority.port, context=context, timeout=10)
+    try:
+        connection.request("POST", "/request_token", body=json.dumps({"resource": "orders", "operation": "read"}))
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_client_certificates_are_checked_against_the_policy_cacerts(files: dict[str, Path], tmp_path: Path) -> None:
+    """No --client-ca: the policy's [cacerts] is the trust list, and a new
+    one applies to the next connection after a reload."""
+    other = make_ca(tmp_path / "other")
+    other_client = other.issue("billing2", uris=["urn:example:billing"])
+    clients = files["policy"] / "clients.toml"
+    clients.write_text(f"[cacerts]\ncert_chain = '''{files['ca'].read_text()}'''\n\n" + CLIENTS)
+    config = AuthorityConfig(policy_dir=files["policy"], key_file=files["root"], tls_cert=files["cert"],
+                             tls_key=files["key"], port=0, reload_interval=0)
+    with serve_authority(config) as authority:
+        assert _token_request(authority, files["ca"], files["client_cert"], files["client_key"]) == 200
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _token_request(authority, files["ca"], other_client.cert, other_client.key)
+        clients.write_text(f"[cacerts]\ncert_chain = '''{other.cert.read_text()}'''\n\n" + CLIENTS)
+        authority.check_for_changes()
+        assert _token_request(authority, files["ca"], other_client.cert, other_client.key) == 200
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _token_request(authority, files["ca"], files["client_cert"], files["client_key"])
