@@ -9,8 +9,8 @@ module fetches that key over verified TLS and brings
 - the key is new to the database: register it (``hessra_authz.add_key``,
   the next free kid, or the authority's own when its response names one in
   ``root_key_id`` or ``kid``) and schedule the end of the previous newest
-  active key at now + grace (``hessra_authz.retire_key``), never earlier
-  than an end it already had;
+  active key at now + grace (``hessra_authz.retire_key``) unless it already
+  ends sooner (sync never extends a key);
 - the key is registered and active: nothing to do (a second run changes
   nothing);
 - the key is registered but inactive (retired, or not yet valid), or the
@@ -571,7 +571,8 @@ class KeySync:
         loop: it is reported to `on_error(error, retry_in_seconds)` and
         retried with exponential backoff (:func:`backoff_delays`).
         `on_changes` gets each non-empty list of changes; `on_unchanged` is
-        called once, after the first run that found nothing to do."""
+        called when the first successful run changes nothing (later runs
+        that change nothing say nothing)."""
         stop = stop or threading.Event()
         delay = backoff_delays(interval)
         failures = 0
