@@ -237,6 +237,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(refusal.status, {"response_msg": refusal.message}, who=self._who,
                         close=not self._consumed)
             return
+        except Exception as error:  # noqa: BLE001 - a bug: answer, log its type only (never its text)
+            if os.environ.get(DEBUG_ENV):
+                log.exception("internal error")
+            else:
+                log.error("internal error: %s (set %s=1 for the traceback)", type(error).__name__, DEBUG_ENV)
+            self._reply(500, {"response_msg": "internal error"}, who=self._who, close=True)
+            return
         self._reply(200, body, who=self._who)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming

@@ -160,6 +160,7 @@ class Authority:
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._serving = False
 
     # -- what it serves ----------------------------------------------------
 
@@ -272,6 +273,7 @@ class Authority:
     def serve_forever(self) -> None:
         """Serve in this thread until close() (from another thread)."""
         self._start_watcher()
+        self._serving = True
         self.server.serve_forever(poll_interval=0.2)
 
     def start(self) -> "Authority":
@@ -279,6 +281,7 @@ class Authority:
         self._start_watcher()
         thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
                                   name="hessra-authority", daemon=True)
+        self._serving = True
         thread.start()
         self._threads.append(thread)
         return self
@@ -286,8 +289,9 @@ class Authority:
     def close(self) -> None:
         """Stop serving and release the port."""
         self._stop.set()
-        with contextlib.suppress(Exception):
+        if self._serving:  # (shutdown() waits for a serve_forever loop to end)
             self.server.shutdown()
+            self._serving = False
         self.server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)

@@ -161,3 +161,33 @@ def test_client_certificates_are_checked_against_the_policy_cacerts(files: dict[
         assert _token_request(authority, files["ca"], other_client.cert, other_client.key) == 200
         with pytest.raises((ssl.SSLError, ConnectionError)):
             _token_request(authority, files["ca"], files["client_cert"], files["client_key"])
+
+
+def test_an_unexpected_error_is_a_500_with_json_and_its_type_in_the_log(
+        files: dict[str, Path], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = AuthorityConfig(policy_dir=files["policy"], key_file=files["root"], tls_cert=files["cert"],
+                             tls_key=files["key"], client_ca=files["ca"], port=0, reload_interval=0)
+    with serve_authority(config) as authority:
+        def broken(*args, **kwargs):
+            raise RuntimeError("secret-ish detail")
+
+        monkeypatch.setattr(authority.issuer, "verify_token", broken)
+        context = ssl.create_default_context(cafile=str(files["ca"]))
+        connection = http.client.HTTPSConnection(authority.host, authority.port, context=context, timeout=10)
+        connection.request("POST", "/verify_token", body=json.dumps(
+            {"token": "t", "subject": "s", "resource": "r", "operation": "o"}))
+        response = connection.getresponse()
+        assert response.status == 500 and json.loads(response.read()) == {"response_msg": "internal error"}
+        connection.close()
+    assert "internal error: RuntimeError" in caplog.text and "secret-ish" not in caplog.text
+
+
+def test_an_authority_that_never_served_closes(files: dict[str, Path]) -> None:
+    from hessra_pg.authority import Authority
+
+    authority = Authority(AuthorityConfig(policy_dir=files["policy"], key_file=files["root"],
+                                          tls_cert=files["cert"], tls_key=files["key"], port=0))
+    port = authority.port
+    authority.close()
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))          # the port is free again
