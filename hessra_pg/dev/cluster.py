@@ -48,6 +48,8 @@ from hessra_pg.errors import ClusterError, HessraError
 if TYPE_CHECKING:
     from psycopg import sql
 
+    from hessra_pg.dev.standby import StandbyCluster
+
 __all__ = ["ClusterAccessError", "ClusterError", "LocalCluster"]
 
 SERVER_OS_USER = "postgres"
@@ -318,6 +320,19 @@ class LocalCluster:
                 path.unlink()
         base.rmdir()
         return True
+
+    def standby(self, base_dir: Path | None = None, port: int | None = None, *,
+                settings: Mapping[str, str | int | float | bool] | None = None,
+                stop_at_exit: bool = True) -> StandbyCluster:
+        """A streaming hot standby of this (running) cluster, not started yet.
+
+        See :class:`hessra_pg.dev.standby.StandbyCluster`: ``start()`` (or
+        ``with``) copies this cluster with ``pg_basebackup -R`` and waits until
+        it streams; ``wait_for_replay()`` waits for this cluster's latest writes.
+        """
+        from hessra_pg.dev.standby import StandbyCluster
+
+        return StandbyCluster(self, base_dir, port, settings=settings, stop_at_exit=stop_at_exit)
 
     def __enter__(self) -> LocalCluster:
         return self.start()

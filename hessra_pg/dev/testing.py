@@ -21,6 +21,12 @@ Fixtures:
   yields a :class:`HessraDatabase`.
 - ``bare_db`` (function): the same without the extension (migrations).
 
+- ``hessra_standby_pair`` (module; opt-in: only modules that ask for it pay
+  for it): a primary and a streaming hot standby of it, private local
+  clusters on free loopback ports, with a database holding hessra_authz on
+  both; yields a :class:`StandbyPair` (``primary``/``standby`` databases,
+  ``wait_for_replay()``). :func:`standby_pair` is the same as a context manager.
+
 Fixture factories in pytest-postgresql's style, for fixtures with options of
 your own (a port, server settings, an extension version, a schema loaded once
 into a template, roles): ``from hessra_pg.dev.testing import factories``, then
@@ -50,7 +56,10 @@ with needs_extra("hessra_pg.dev.testing"):
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["HessraDatabase", "PostgresServer", "bare_db", "hessra_db", "hessra_postgres", "scratch_database"]
+    from hessra_pg.dev.standby import StandbyCluster
+
+__all__ = ["HessraDatabase", "PostgresServer", "StandbyPair", "bare_db", "hessra_db", "hessra_postgres",
+           "hessra_standby_pair", "scratch_database", "standby_pair"]
 
 DEFAULT_IMAGE_TAG = "hessra-pg:test"
 
@@ -132,6 +141,65 @@ def scratch_database(server: PostgresServer, prefix: str) -> Iterator[HessraData
         with psycopg.connect(server.dsn(), autocommit=True) as admin:
             # FORCE terminates sessions a test left open.
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+# --- a primary and its hot standby ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StandbyPair:
+    """A database with hessra_authz on a primary, and the same database on its hot standby."""
+
+    primary: HessraDatabase
+    """The database on the primary (read-write)."""
+    standby: HessraDatabase
+    """The same database on the standby (read-only queries)."""
+    primary_cluster: LocalCluster
+    standby_cluster: StandbyCluster
+
+    def wait_for_replay(self, timeout: float = 30.0) -> float:
+        """Wait until the standby has replayed everything committed on the
+        primary so far; returns the seconds waited."""
+        return self.standby_cluster.wait_for_replay(timeout=timeout)
+
+
+@contextmanager
+def standby_pair(dbname: str = "hessra_test", *, install: bool | None = None,
+                 settings: dict[str, str | int | float | bool] | None = None) -> Iterator[StandbyPair]:
+    """Start a primary (a LocalCluster on a free loopback port) with
+    ``CREATE EXTENSION hessra_authz CASCADE`` in database ``dbname``, then a
+    streaming hot standby of it; yield the pair; stop both.
+
+    The primary commits synchronously (``synchronous_commit = on``; its
+    ``fsync = off`` keeps that cheap) so each commit reaches the standby at
+    once rather than at the WAL writer's next round. ``install``: run
+    ``hessra-pg install`` of this checkout first (default: unless
+    ``$HESSRA_PG_TEST_INSTALL=0``). ``settings``: extra primary settings.
+    """
+    import psycopg
+    from psycopg import sql
+
+    if install if install is not None else os.environ.get("HESSRA_PG_TEST_INSTALL", "1") != "0":
+        from hessra_pg.admin.install import install as install_checkout
+
+        install_checkout()
+    with LocalCluster(port=0, settings={"synchronous_commit": True, **(settings or {})}) as primary:
+        primary.create_database(dbname)
+        with psycopg.connect(primary.dsn(dbname), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE EXTENSION {} CASCADE").format(sql.Identifier("hessra_authz")))
+        with primary.standby() as standby:
+            yield StandbyPair(
+                primary=HessraDatabase(name=dbname, dsn=primary.dsn(dbname), server=primary),
+                standby=HessraDatabase(name=dbname, dsn=standby.dsn(dbname), server=standby),
+                primary_cluster=primary, standby_cluster=standby,
+            )
+
+
+@pytest.fixture(scope="module")
+def hessra_standby_pair() -> Iterator[StandbyPair]:
+    """A primary and a streaming hot standby with hessra_authz, for one test module (see standby_pair)."""
+    with standby_pair() as pair:
+        yield pair
 
 
 # --- Docker / testcontainers ------------------------------------------------------------
