@@ -3,7 +3,7 @@
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap test demo bench
+.PHONY: bootstrap test demo demo-authority bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -13,6 +13,10 @@ test: bootstrap
 
 demo: bootstrap
 	$(PYTHON) -m hessra_pg.dev.demo
+
+# The seeds' flow with a local Hessra authority (hessra_py, keys sync, rotation).
+demo-authority: bootstrap
+	$(PYTHON) -m hessra_pg.dev.demo --authority
 
 bench: bootstrap
 	$(PYTHON) -m pip install -q -e '.[bench]'

@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "hessra_pg.cli.doctor",
     "hessra_pg.cli.chains",
     "hessra_pg.cli.authority",
+    "hessra_pg.cli.demo",
 ]
 
 EXIT_USAGE = 2

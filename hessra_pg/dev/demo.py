@@ -12,7 +12,8 @@ Two parts, both run as an ordinary application role:
 The demo checks every count and reason it prints: a wrong one stops it with
 DemoError (exit status 1).
 
-Run with `python -m hessra_pg.dev.demo` (make demo bootstraps first). It installs
+Run with `python -m hessra_pg.dev.demo` (make demo bootstraps first);
+`--authority` runs hessra_pg.dev.demo_authority instead. It installs
 the extension and the server-side Python packages into the local Postgres
 (as `hessra-pg install` does), so it needs write access there (root).
 Every server it starts is stopped before it exits.
@@ -233,5 +234,12 @@ def _main() -> int:
     return 0
 
 
+def run(argv: list[str]) -> int:
+    """`python -m hessra_pg.dev.demo [--authority]`: the same as `hessra-pg demo [--authority]`."""
+    from ..cli import main as cli
+
+    return cli(["demo", *argv])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(sys.argv[1:]))
