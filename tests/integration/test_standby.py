@@ -17,9 +17,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from psycopg.types.json import Jsonb
+
 from hessra_pg.core.keys import generate_keypair
+from hessra_pg.core.verifier import ChainNode
 from hessra_pg.dev.testing import StandbyPair
-from hessra_pg.tokens.mint import mint_authorization
+from hessra_pg.tokens.capability import mint_capability
+from hessra_pg.tokens.identity import mint_identity
+from hessra_pg.tokens.mint import attest_service, mint_authorization
 
 APP = "standby_app"
 
@@ -52,6 +57,13 @@ class Env:
     """alice may read orders."""
     c1_token: str
     """bob may read customer_orders/c1."""
+    identity_token: str
+    """urn:hessra:alice (delegatable)."""
+    chain_token: str
+    """alice may read svc, attested by the chain's one node (api)."""
+    chain_nodes: list[dict[str, str]]
+    capability_token: str
+    """A capability for invoices/read, anchored to this database, designated to tenant t1."""
 
     def primary(self) -> psycopg.Connection:
         return self.pair.primary.connect(autocommit=True)
@@ -73,9 +85,19 @@ def env(hessra_standby_pair: StandbyPair) -> Env:
         for table in ("orders", "customer_orders"):
             admin.execute(sql.SQL("GRANT SELECT ON public.{} TO {}").format(sql.Identifier(table), sql.Identifier(APP)))
         admin.execute("SELECT hessra_authz.add_key(%s, 1)", (str(root.public_key),))
+        node = generate_keypair()
+        chain_nodes = [{"component": "api", "public_key": str(node.public_key)}]
+        admin.execute("SELECT hessra_authz.set_service_chain('svc', %s)", (Jsonb(chain_nodes),))
+        admin.execute("SELECT hessra_authz.set_anchor('db:standby')")
     pair.wait_for_replay()
+    chain_token = attest_service(
+        mint_authorization(root, "alice", "svc", "read", service_chain=[ChainNode("api", str(node.public_key))]),
+        str(root.public_key), "svc", node)
     return Env(pair, root, 1, mint_authorization(root, "alice", "orders", "read"),
-               mint_authorization(root, "bob", "customer_orders/c1", "read"))
+               mint_authorization(root, "bob", "customer_orders/c1", "read"),
+               mint_identity(root, "urn:hessra:alice"), chain_token, chain_nodes,
+               mint_capability(root, "alice", "invoices", "read", designations=[("tenant", "t1")],
+                               anchor="db:standby"))
 
 
 def verify(conn: psycopg.Connection, token: str, subject: str = "alice", resource: str = "orders") -> bool:
@@ -248,3 +270,179 @@ def test_snapshot_text_rule() -> None:
     assert not names("726:730:", None)  # a standby with transactions in progress
     assert not names("726:730:", "729")
     assert not names(None, None)
+
+
+# --- every public function, read-only -------------------------------------------------------------
+
+# A public function: one in schema hessra_authz that the application role may
+# execute. Each has a call here; the catalog, not this list, says which exist,
+# so a function added to the extension fails this test until it gets one.
+# (token attribute of Env or None, hessra.subject, SQL, expected result)
+PUBLIC_CALLS: dict[str, tuple[str | None, str | None, str, object]] = {
+    "hessra_authz._admin_functions()":
+        (None, None, "SELECT 'hessra_authz.add_key(text,integer,timestamp with time zone,timestamp with time zone,"
+                     "text)'::regprocedure = ANY (hessra_authz._admin_functions())", True),
+    "hessra_authz._current_scope()":
+        ("identity_token", None, "SELECT (hessra_authz._current_scope())[2]", "urn:hessra:alice"),
+    "hessra_authz._is_admin()": (None, None, "SELECT hessra_authz._is_admin()", False),
+    "hessra_authz.authorized(text,text)":
+        ("orders_token", "alice", "SELECT hessra_authz.authorized('orders', 'read')", True),
+    "hessra_authz.authorized_resources(text)":
+        ("c1_token", "bob", "SELECT hessra_authz.authorized_resources('read')", ["customer_orders/c1"]),
+    "hessra_authz.cache_stats()":
+        ("orders_token", "alice", "SELECT hessra_authz.authorized('orders', 'read') "
+                                  "AND hessra_authz.cache_stats() ? 'shared_decisions'", True),
+    "hessra_authz.capability_rows(text,text,text[],jsonb)":
+        ("capability_token", None, "SELECT hessra_authz.capability_rows('invoices', 'read', ARRAY['tenant'])"
+                                   " #> '{sets,tenant,values}'", ["t1"]),
+    "hessra_authz.current_identity()":
+        ("identity_token", None, "SELECT hessra_authz.current_identity()", "urn:hessra:alice"),
+    "hessra_authz.current_identity_revoked_below()":
+        ("identity_token", None, "SELECT hessra_authz.current_identity_revoked_below()", []),
+    "hessra_authz.current_identity_scope()":
+        ("identity_token", None, "SELECT hessra_authz.current_identity_scope() ->> 'identity'", "urn:hessra:alice"),
+    "hessra_authz.current_identity_subtree_end()":
+        ("identity_token", None, "SELECT hessra_authz.current_identity_subtree_end()", "urn:hessra:alice;"),
+    "hessra_authz.current_identity_subtree_start()":
+        ("identity_token", None, "SELECT hessra_authz.current_identity_subtree_start()", "urn:hessra:alice:"),
+    "hessra_authz.current_subject()": ("orders_token", "alice", "SELECT hessra_authz.current_subject()", "alice"),
+    "hessra_authz.current_token()":
+        ("orders_token", None, "SELECT hessra_authz.current_token() = current_setting('hessra.token')", True),
+    "hessra_authz.designation_fallback(text,text,text[],jsonb)":
+        ("capability_token", None, "SELECT hessra_authz.designation_fallback('invoices', 'read', ARRAY['tenant'])",
+         False),
+    "hessra_authz.designation_floor(text,text,text[],text,jsonb)":
+        ("capability_token", None,
+         "SELECT hessra_authz.designation_floor('invoices', 'read', ARRAY['tenant'], 'tenant') IS NULL", True),
+    "hessra_authz.designation_nulls(text,text,text[],text,jsonb)":
+        ("capability_token", None,
+         "SELECT hessra_authz.designation_nulls('invoices', 'read', ARRAY['tenant'], 'tenant')", False),
+    "hessra_authz.designation_row(text,text,jsonb,jsonb)":
+        ("capability_token", None, "SELECT hessra_authz.designation_row('invoices', 'read', '{\"tenant\": \"t1\"}') "
+                                   "AND NOT hessra_authz.designation_row('invoices', 'read', '{\"tenant\": \"t2\"}')",
+         True),
+    "hessra_authz.designation_values(text,text,text[],text,jsonb)":
+        ("capability_token", None,
+         "SELECT hessra_authz.designation_values('invoices', 'read', ARRAY['tenant'], 'tenant')", ["t1"]),
+    "hessra_authz.explain(text,text,text,text,text,text)":
+        ("orders_token", None, "SELECT hessra_authz.explain(current_setting('hessra.token'), 'alice', 'orders', "
+                               "'read') ->> 'reason'", "ok"),
+    "hessra_authz.explain_capability(text,text,text,jsonb,text)":
+        ("capability_token", None, "SELECT hessra_authz.explain_capability(current_setting('hessra.token'), "
+                                   "'invoices', 'read', '{\"tenant\": \"t2\"}') ->> 'reason'",
+         "designation_mismatch:tenant"),
+    "hessra_authz.token_identity(text,text)":
+        ("identity_token", None, "SELECT hessra_authz.token_identity(current_setting('hessra.token'))",
+         "urn:hessra:alice"),
+    "hessra_authz.token_resources(text,text,text)":
+        ("c1_token", None, "SELECT hessra_authz.token_resources(current_setting('hessra.token'), 'bob', 'read')",
+         ["customer_orders/c1"]),
+    "hessra_authz.verify_bearer(text,text)":
+        ("identity_token", None, "SELECT hessra_authz.verify_bearer(current_setting('hessra.token'))", True),
+    "hessra_authz.verify_capability(text,text,text)":
+        ("orders_token", None, "SELECT hessra_authz.verify_capability(current_setting('hessra.token'), 'orders', "
+                               "'read')", True),
+    "hessra_authz.verify_capability(text,text,text,jsonb,text)":
+        ("capability_token", None, "SELECT hessra_authz.verify_capability(current_setting('hessra.token'), "
+                                   "'invoices', 'read', '{\"tenant\": \"t1\"}')", True),
+    "hessra_authz.verify_identity(text,text,text,boolean)":
+        ("identity_token", None, "SELECT hessra_authz.verify_identity(current_setting('hessra.token'), "
+                                 "'urn:hessra:alice:laptop') AND NOT hessra_authz.verify_identity("
+                                 "current_setting('hessra.token'), 'urn:hessra:bob')", True),
+    "hessra_authz.verify_service_chain(text,text,text,text,jsonb,text)":
+        ("chain_token", None, "SELECT hessra_authz.verify_service_chain(current_setting('hessra.token'), 'alice', "
+                              "'svc', 'read', %(nodes)s::jsonb)", True),
+    "hessra_authz.verify_service_chain(text,text,text,text,text,text)":
+        ("chain_token", None, "SELECT hessra_authz.verify_service_chain(current_setting('hessra.token'), 'alice', "
+                              "'svc', 'read', 'svc')", True),
+    "hessra_authz.verify_token(text,text,text,text,text,text)":
+        ("orders_token", None, "SELECT hessra_authz.verify_token(current_setting('hessra.token'), 'alice', "
+                               "'orders', 'read') AND NOT hessra_authz.verify_token(current_setting('hessra.token'), "
+                               "'mallory', 'orders', 'read')", True),
+}
+
+
+def functions(conn: psycopg.Connection, *, executable_by: str, public: bool) -> set[str]:
+    """The functions of schema hessra_authz the role may (public) or may not execute."""
+    return {row[0] for row in conn.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc AS p "
+        "WHERE p.pronamespace = 'hessra_authz'::regnamespace "
+        "AND pg_catalog.has_function_privilege(%s, p.oid, 'EXECUTE') = %s", (executable_by, public))}
+
+
+def test_every_public_function_works_on_the_standby(env: Env) -> None:
+    with env.standby() as conn:
+        public = functions(conn, executable_by=APP, public=True)
+        missing = public - PUBLIC_CALLS.keys()
+        assert not missing, f"public functions with no standby call in {__name__}: {sorted(missing)}"
+        assert not PUBLIC_CALLS.keys() - public, "calls of functions that are gone or not public"
+        conn.autocommit = False
+        conn.read_only = True  # BEGIN READ ONLY, as a read-only pool would (a standby forces it anyway)
+        for name, (token, subject, query, expected) in sorted(PUBLIC_CALLS.items()):
+            with conn.transaction():
+                conn.execute("SELECT set_config('hessra.token', %s, true), set_config('hessra.subject', %s, true)",
+                             (getattr(env, token) if token else "", subject or ""))
+                assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+                got = conn.execute(query, {"nodes": Jsonb(env.chain_nodes)}).fetchone()[0]
+                assert got == expected, name
+
+
+# Admin functions (not executable by the application role), with arguments
+# that would succeed on the primary.
+ADMIN_CALLS: dict[str, str] = {
+    "hessra_authz.add_key(text,integer,timestamp with time zone,timestamp with time zone,text)":
+        "SELECT hessra_authz.add_key(%(key)s, 900)",
+    "hessra_authz.retire_key(integer,timestamp with time zone)": "SELECT hessra_authz.retire_key(1)",
+    "hessra_authz.revoke(text,text)": "SELECT hessra_authz.revoke(repeat('ab', 16))",
+    "hessra_authz.revoke_token(text,text)": "SELECT hessra_authz.revoke_token(%(token)s)",
+    "hessra_authz.revoke_identity(text,text)": "SELECT hessra_authz.revoke_identity('urn:hessra:alice')",
+    "hessra_authz.set_service_chain(text,jsonb)": "SELECT hessra_authz.set_service_chain('svc2', %(nodes)s::jsonb)",
+    "hessra_authz.drop_service_chain(text)": "SELECT hessra_authz.drop_service_chain('svc')",
+    "hessra_authz.set_anchor(text)": "SELECT hessra_authz.set_anchor('db:other')",
+    "hessra_authz.set_capability_options(boolean,text)": "SELECT hessra_authz.set_capability_options(true, 'deny')",
+    "hessra_authz.grant_admin(name)": "SELECT hessra_authz.grant_admin(%(role)s)",
+    "hessra_authz.revoke_admin(name)": "SELECT hessra_authz.revoke_admin(%(role)s)",
+}
+
+
+def test_admin_functions_fail_with_a_read_only_error(env: Env) -> None:
+    key = str(generate_keypair().public_key)
+    with env.standby("postgres") as conn:
+        admin = {name for name in functions(conn, executable_by=APP, public=False)
+                 if not name.startswith("hessra_authz._")}
+        assert admin == ADMIN_CALLS.keys()
+        for name, query in sorted(ADMIN_CALLS.items()):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as raised:
+                conn.execute(query, {"key": key, "token": env.orders_token, "nodes": Jsonb(env.chain_nodes),
+                                     "role": APP})
+            message = str(raised.value)
+            # PostgreSQL's own words, before anything is written (SQLSTATE 25006).
+            assert ("in a read-only transaction" in message or "during recovery" in message), (name, message)
+            print(name, "->", message.splitlines()[0])
+            assert "Traceback" not in message and env.orders_token not in message, (name, message)
+    # Nothing changed on the primary either.
+    with env.primary() as conn:
+        assert conn.execute("SELECT count(*) FROM hessra_authz.keys WHERE kid = 900").fetchone() == (0,)
+
+
+# --- the shared decision table ---------------------------------------------------------------------
+
+
+def shared_stats(conn: psycopg.Connection) -> dict:
+    return conn.execute("SELECT hessra_authz.cache_stats() -> 'shared_decisions'").fetchone()[0]
+
+
+def test_shared_decisions_work_on_the_standby(env: Env) -> None:
+    """The file-backed table lives in the standby's own data directory (the
+    base backup copied the primary's; its entries are keyed by configuration
+    version, which replay keeps identical): a second standby backend takes
+    the first one's decision."""
+    token = mint_authorization(env.root, "carol", "orders", "read")
+    with env.standby() as first, env.standby() as second:
+        assert verify(first, token, "carol")
+        before = shared_stats(second)
+        assert verify(second, token, "carol")
+        after = shared_stats(second)
+        assert after is not None and after["hits"] == (before or {"hits": 0})["hits"] + 1, (before, after)
+        # A denial is never shared: another subject is verified, and refused.
+        assert not verify(second, token, "mallory")
