@@ -148,20 +148,27 @@ def test_authority_demo_fails_with_exit_1_and_stops_everything() -> None:
     _assert_stopped(done.stdout)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_authority_demo_interrupted_stops_everything(signum: int) -> None:
+@pytest.mark.parametrize(("signum", "group", "marker"), [
+    (signal.SIGINT, False, "signing key in"),  # SIGINT to the demo alone, once the authority runs
+    (signal.SIGTERM, False, "signing key in"),
+    # Ctrl-C in a terminal: SIGINT to the whole process group (the authority and keys sync too), mid-flow
+    (signal.SIGINT, True, "[5] "),
+], ids=["sigint", "sigterm", "ctrl-c-process-group"])
+def test_authority_demo_interrupted_stops_everything(signum: int, group: bool, marker: str) -> None:
     process = subprocess.Popen([sys.executable, "-m", "hessra_pg.dev.demo", "--authority"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=ENV)
+                               stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=group)
     seen: list[str] = []
     try:
         assert process.stdout is not None
-        # Once the authority's directory is printed, the cluster and the authority are running.
         for line in process.stdout:
             seen.append(line)
-            if "signing key in" in line:
+            if marker in line:
                 break
-        assert seen and "signing key in" in seen[-1], "".join(seen)
-        process.send_signal(signum)
+        assert seen and marker in seen[-1], "".join(seen)
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
         rest, err = process.communicate(timeout=TIMEOUT)
     finally:
         if process.poll() is None:
