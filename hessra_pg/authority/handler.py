@@ -255,7 +255,10 @@ class _Handler(BaseHTTPRequestHandler):
     # -- endpoints -----------------------------------------------------------
 
     def public_key(self) -> dict[str, Any]:
-        return {"response_msg": "public key", "public_key": self.authority.public_key_pem}
+        # root_key_id: the kid its tokens carry, for keys sync to register it under
+        # (hessra-api's PublicKeyResponse has no such field; its clients ignore it).
+        pem, kid = self.authority.published_key()
+        return {"response_msg": "public key", "public_key": pem, "root_key_id": kid}
 
     def ca_cert(self) -> dict[str, Any]:
         pem = self.authority.ca_cert_pem

@@ -7,7 +7,8 @@ shapes of hessra-api (Hessra-Labs/hessra-sdk.rs, hessra-api/src/lib.rs:
 TokenResponse, IdentityTokenResponse, MintIdentityTokenResponse,
 SignTokenResponse, VerifyTokenResponse), each with ``response_msg``; a
 refusal raises :class:`Refusal` with the HTTP status and the message.
-Messages never contain a token.
+Messages never contain a token. Every token carries the signing key's id
+as its ``root_key_id`` (hessra_pg.authority.keys.key_id).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..tokens.capability import mint_capability
 from ..tokens.identity import mint_identity
 from ..tokens.inspect import TokenInfo, inspect_token
 from ..tokens.mint import TokenTime, mint_authorization, sign_off
-from .keys import KeyStore
+from .keys import KeyStore, key_id
 from .policy import Client, Grant, Policy, Resource, find_grant
 
 __all__ = ["DEFAULT_IDENTITY_TTL", "DEFAULT_TOKEN_TTL", "Caller", "Issuer", "Refusal", "Settings"]
@@ -167,14 +168,15 @@ class Issuer:
         if grant is None:
             raise Refusal(403, f"{caller.identity} may not {operation} {resource}")
         known = policy.resources.get(resource) or Resource(resource)
-        signer = self.keys.signer
+        signer, kid = self.keys.signing_key()
         lifetime = TokenTime(duration=self.settings.token_ttl)
         if known.capability:
             token = mint_capability(signer, caller.identity, resource, operation,
-                                    designations=grant.designations, anchor=known.anchor, time_config=lifetime)
+                                    designations=grant.designations, anchor=known.anchor, time_config=lifetime,
+                                    root_key_id=kid)
             return {"response_msg": "capability token issued", "token": token}
         token = mint_authorization(signer, caller.identity, resource, operation, time_config=lifetime,
-                                   service_chain=known.chain,
+                                   service_chain=known.chain, root_key_id=kid,
                                    multi_party=[ChainNode(p.component, p.public_key) for p in known.parties])
         if not known.parties:
             return {"response_msg": "token issued", "token": token}
@@ -188,8 +190,9 @@ class Issuer:
 
     def _identity_response(self, message: str, identity: str, *, duration: int,
                            domain: str | None = None) -> dict[str, Any]:
-        token = mint_identity(self.keys.signer, identity, time_config=TokenTime(duration=duration),
-                              delegatable=domain is None, domain=domain)
+        signer, kid = self.keys.signing_key()
+        token = mint_identity(signer, identity, time_config=TokenTime(duration=duration),
+                              delegatable=domain is None, domain=domain, root_key_id=kid)
         return {"response_msg": message, "token": token, "expires_in": duration, "identity": identity}
 
     def request_identity_token(self, policy: Policy, caller: Caller, identifier: str | None) -> dict[str, Any]:
@@ -256,7 +259,9 @@ class Issuer:
     def _roots(self, now: float, *, others: bool) -> list[RootKey]:
         keys = self.keys.verification_keys(now)
         if others:
-            keys += [RootKey(-1 - index, key) for index, key in enumerate(self.settings.trusted_roots)]
+            # Under the key id such a key gets here: another hessra-pg authority's
+            # tokens name it; tokens naming no key id are tried with every key.
+            keys += [RootKey(key_id(key), key) for key in self.settings.trusted_roots]
         return keys
 
     def sign_token(self, policy: Policy, caller: Caller, token: str, resource: str, operation: str,

@@ -13,6 +13,14 @@ for ``retired_for`` seconds after the rotation, so identity tokens issued
 just before it keep working until they expire. A key file that doesn't load
 (half-written by hand, wrong format) is refused and the previous key kept.
 
+Every key has a key id (:func:`key_id`, derived from the public key: no
+state to keep, the same across restarts and for every authority serving the
+key). Tokens carry it as their Biscuit ``root_key_id`` and ``/public_key``
+names it, so ``hessra-pg keys sync`` registers the key under it and a
+database that doesn't have the key yet refuses its tokens as
+``unknown_key`` (not a generic ``bad_signature``) and never tries the other
+keys on them.
+
 Private keys are never logged or printed.
 """
 
@@ -40,7 +48,7 @@ from ..core.keys import (
 from ..core.verifier import RootKey
 from ..errors import ConfigurationError, KeyFormatError
 
-__all__ = ["KeyStore", "RetiredKey", "retired_directory", "rotate_key"]
+__all__ = ["KeyStore", "RetiredKey", "key_id", "retired_directory", "rotate_key"]
 
 log = logging.getLogger("hessra_pg.authority")
 
@@ -51,6 +59,17 @@ def retired_directory(key_file: str | Path) -> Path:
     """Where rotate_key keeps the public keys it retired: FILE.retired/."""
     path = Path(key_file)
     return path.with_name(path.name + RETIRED_SUFFIX)
+
+
+def key_id(public_key: str) -> int:
+    """The key id (a Biscuit ``root_key_id``, a ``hessra_authz.keys`` kid)
+    the authority gives a public key (alg/hex): the first 31 bits of the
+    SHA-256 of its alg/hex form, 1 to 2**31 - 1 (the keys table's kid is a
+    positive integer). Derived rather than counted so that nothing can make
+    it drift from the key: a restart, a lost FILE.retired/, two authorities
+    sharing a key all name it alike."""
+    digest = hashlib.sha256(canonical_public_key(public_key).encode("ascii")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF or 1
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,7 @@ class KeyStore:
         raw, pair = _read_key(self.path)
         self._digest = hashlib.sha256(raw).digest()
         self._signer = pair
+        self._kid = key_id(str(pair.public_key))
         self._seen: list[RetiredKey] = []  # keys this process saw replaced
         self._retired = _retired(retired_directory(self.path))
         mode = self.path.stat().st_mode
@@ -115,6 +135,17 @@ class KeyStore:
     def public_key_pem(self) -> str:
         return public_key_pem(self.signer.public_key)
 
+    def signing_key(self) -> tuple[biscuit_auth.KeyPair, int]:
+        """The signing key pair and its key id, read together (a rotation
+        between two reads would pair a key with another key's id)."""
+        with self._lock:
+            return self._signer, self._kid
+
+    def published(self) -> tuple[str, int]:
+        """What GET /public_key serves: the public key (PEM) and its key id."""
+        pair, kid = self.signing_key()
+        return public_key_pem(pair.public_key), kid
+
     def verification_keys(self, now: float | None = None) -> list[RootKey]:
         """The current key (newest kid) and the keys retired less than
         `retired_for` seconds ago, as the verifier takes them."""
@@ -122,10 +153,12 @@ class KeyStore:
         with self._lock:
             current = str(self._signer.public_key)
             retired = {key.public_key: key for key in self._retired + self._seen}
-        keys = [RootKey(1_000_000, current)]
-        for kid, key in enumerate(sorted(retired.values(), key=lambda k: k.retired_at), start=1):
+        # Each under its key id: the tokens it signed name it (root_key_id).
+        keys = [RootKey(key_id(current), current)]
+        for key in sorted(retired.values(), key=lambda k: k.retired_at):
             if key.public_key != current and now < key.retired_at + self.retired_for:
-                keys.append(RootKey(kid, key.public_key, not_after=key.retired_at + self.retired_for))
+                keys.append(RootKey(key_id(key.public_key), key.public_key,
+                                    not_after=key.retired_at + self.retired_for))
         return keys
 
     def refresh(self) -> bool:
@@ -150,9 +183,10 @@ class KeyStore:
             if changed:
                 self._seen.append(RetiredKey(str(self._signer.public_key), int(time.time())))
                 self._signer = pair
+                self._kid = key_id(str(pair.public_key))
             self._retired = _retired(retired_directory(self.path))
         if changed:
-            log.info("signing key rotated: now %s", pair.public_key)
+            log.info("signing key rotated: now %s (key id %d)", pair.public_key, key_id(str(pair.public_key)))
         return changed
 
 

@@ -178,6 +178,15 @@ class Authority:
     def public_key_pem(self) -> str:
         return self.keys.public_key_pem
 
+    @property
+    def key_id(self) -> int:
+        """The signing key's id: the root_key_id of the tokens it signs."""
+        return self.keys.signing_key()[1]
+
+    def published_key(self) -> tuple[str, int]:
+        """GET /public_key's key (PEM) and its id, read together."""
+        return self.keys.published()
+
     def _ca_cert(self) -> str | None:
         if self.config.tls_ca is not None:
             found = _certificates(_read_text(self.config.tls_ca, "--tls-ca"))

@@ -175,8 +175,9 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         authority.start()
-        log.info("serving https://%s (signing key %s); policy %s: %d client(s), %d resource(s)",
-                 authority.address, authority.public_key, config.policy_dir, len(authority.policy.clients),
+        log.info("serving https://%s (signing key %s, key id %d); policy %s: %d client(s), %d resource(s)",
+                 authority.address, authority.public_key, authority.key_id, config.policy_dir,
+                 len(authority.policy.clients),
                  len(authority.policy.resources))
         print(f"https://{authority.address}", flush=True)
         while not stop.wait(1.0):

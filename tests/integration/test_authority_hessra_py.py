@@ -18,6 +18,7 @@ from pathlib import Path
 import hessra_py
 import pytest
 
+from hessra_pg.authority.keys import key_id
 from hessra_pg.authority.sandbox import local_authority
 from hessra_pg.core.capability import verify_capability
 from hessra_pg.core.keys import canonical_public_key, generate_keypair, load_private_key, public_key_pem
@@ -91,7 +92,8 @@ def issued(sandbox):
 
 
 def roots(sandbox) -> list[RootKey]:
-    return [RootKey(1, canonical_public_key(sandbox.public_key_pem))]
+    """The authority's key as a database registers it: under the key id its tokens carry."""
+    return [RootKey(key_id(sandbox.public_key), sandbox.public_key)]
 
 
 def http_error(status: int):
@@ -305,9 +307,10 @@ def test_policy_reload_and_key_rotation(tmp_path: Path) -> None:
         assert canonical_public_key(served) == new_key != canonical_public_key(old_key)
         new_token = sandbox.hessra_py_client(billing).request_token_simple("orders", "read")
         check = dict(now=time.time(), subject="urn:example:billing", resource="orders", operation="read")
-        old_root, new_root = [RootKey(1, canonical_public_key(old_key))], [RootKey(1, new_key)]
+        old_root = [RootKey(key_id(old_key), canonical_public_key(old_key))]
+        new_root = [RootKey(key_id(new_key), new_key)]
         assert verify(new_token, new_root, **check).valid
-        assert verify(new_token, old_root, **check).reason == "bad_signature"
+        assert verify(new_token, old_root, **check).reason == "unknown_key"     # it names the new key's id
         assert verify(old_token, old_root, **check).valid and not verify(old_token, new_root, **check).valid
         # identity tokens of the old key still identify their holder until they expire
         token = sandbox.hessra_py_client().request_token_with_identity("orders", "read", identity)

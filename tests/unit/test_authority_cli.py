@@ -115,14 +115,15 @@ def test_serve_authority_in_process(files: dict[str, Path]) -> None:
         connection.request("GET", "/public_key")
         response = connection.getresponse()
         assert response.status == 200 and response.getheader("Cache-Control") == "no-store"
-        assert json.loads(response.read())["public_key"] == authority.public_key_pem
+        assert json.loads(response.read()) == {"response_msg": "public key", "public_key": authority.public_key_pem,
+                                               "root_key_id": authority.key_id}
         # the same connection, kept alive (HTTP/1.1)
         connection.request("POST", "/request_token", body=json.dumps({"resource": "orders", "operation": "read"}),
                            headers={"Content-Type": "application/json"})
         response = connection.getresponse()
         token = json.loads(response.read())["token"]
         connection.close()
-        assert verify(token, [RootKey(1, authority.public_key)], now=__import__("time").time(),
+        assert verify(token, [RootKey(authority.key_id, authority.public_key)], now=__import__("time").time(),
                       subject="urn:example:billing", resource="orders", operation="read").valid
         # a reload by hand (reload_interval=0: no watcher)
         (files["policy"] / "clients.toml").write_text(CLIENTS.replace('"read"]', '"read", "write"]'))

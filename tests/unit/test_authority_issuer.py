@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from hessra_pg.authority.issuer import Caller, Issuer, Refusal, Settings
-from hessra_pg.authority.keys import KeyStore, retired_directory, rotate_key
+from hessra_pg.authority.keys import KeyStore, key_id, retired_directory, rotate_key
 from hessra_pg.authority.policy import load_policy
 from hessra_pg.cli import main
 from hessra_pg.core.capability import verify_capability
-from hessra_pg.core.keys import generate_keypair, load_private_key, private_key_pem
+from hessra_pg.core.keys import generate_keypair, load_private_key, private_key_pem, public_key_pem
 from hessra_pg.core.verifier import ChainNode, RootKey, verify, verify_identity
 from hessra_pg.tokens.identity import delegate_identity, mint_identity
 from hessra_pg.tokens.inspect import inspect_token
@@ -89,7 +89,8 @@ def setup(tmp_path: Path):
 
 
 def roots(keys: KeyStore) -> list[RootKey]:
-    return [RootKey(1, keys.public_key)]
+    """The authority's key as a database registers it: under the key id its tokens carry."""
+    return [RootKey(key_id(keys.public_key), keys.public_key)]
 
 
 def certificate(issuer: Issuer, policy, *sans: tuple[str, str]) -> Caller:
@@ -346,6 +347,47 @@ def test_rotation_keeps_the_old_public_key_for_a_while(tmp_path: Path) -> None:
     assert str(first.public_key) in {key.public_key for key in fresh.verification_keys()}
     assert rotate_key(key_file, algorithm="ed25519", now=1_000).public_key is not None
     assert sorted(path.name for path in retired_directory(key_file).iterdir()) == ["1000-1.pub.pem", "1000.pub.pem"]
+
+
+def test_tokens_name_the_key_id_of_the_key_that_signed_them(setup) -> None:
+    policy, issuer, keys, _ = setup
+    kid = key_id(keys.public_key)
+    # derived from the key alone: PEM or alg/hex, any store, any restart; a kid the keys table takes
+    assert key_id(public_key_pem(keys.signer.public_key)) == kid == KeyStore(keys.path, retired_for=1).signing_key()[1]
+    assert 0 < kid < 2**31 and key_id(str(generate_keypair().public_key)) != kid
+    assert keys.published() == (public_key_pem(keys.signer.public_key), kid)
+    gateway = certificate(issuer, policy, ("URI", "urn:example:gateway"))
+    worker = certificate(issuer, policy, ("DNS", "worker-1.internal"))
+    portal = certificate(issuer, policy, ("URI", "urn:example:portal"))
+    identity = issuer.request_identity_token(policy, gateway, None)["token"]
+    alice = issuer.mint_identity_token(policy, portal, "urn:example:portal:alice", None)["token"]
+    every_kind = [issuer.request_token(policy, gateway, "orders", "read")["token"],
+                  issuer.request_token(policy, gateway, "payouts", "approve")["token"],
+                  issuer.request_token(policy, worker, "invoices", "read")["token"],
+                  identity, alice, issuer.refresh_identity_token(policy, None, identity, None)["token"]]
+    assert [inspect_token(token).root_key_id for token in every_kind] == [kid] * len(every_kind)
+    # the key id a database needs: under another kid the key's tokens are unknown_key there
+    check = dict(now=time.time(), subject="urn:example:gateway", resource="orders", operation="read")
+    assert verify(every_kind[0], [RootKey(kid + 1, keys.public_key)], **check).reason == "unknown_key"
+    assert verify(every_kind[0], roots(keys), **check).valid
+
+    # after a rotation: the new key's id on new tokens; the old key verifies at the authority under its own
+    rotate_key(keys.path)
+    assert keys.refresh() is True
+    new_kid = key_id(keys.public_key)
+    assert new_kid != kid and keys.signing_key()[1] == new_kid
+    token = issuer.request_token(policy, gateway, "orders", "read")["token"]
+    assert inspect_token(token).root_key_id == new_kid
+    assert sorted(key.kid for key in keys.verification_keys()) == sorted([kid, new_kid])
+    assert issuer.verify_token(every_kind[0], "urn:example:gateway", "orders", "read")
+    assert issuer.caller_from_identity_token(policy, identity).identity == "urn:example:gateway"
+    # another hessra-pg authority's token (it names its key id) signs off when its key is trusted
+    other = generate_keypair()
+    foreign = mint_authorization(other, "urn:example:gateway", "payouts", "approve",
+                                 root_key_id=key_id(str(other.public_key)),
+                                 multi_party=[ChainNode("treasury", str(TREASURY.public_key))])
+    trusting = Issuer(keys, Settings(signoff_keys={"treasury": TREASURY}, trusted_roots=(str(other.public_key),)))
+    assert trusting.sign_token(policy, gateway, foreign, "payouts", "approve")["signed_token"]
 
 
 def test_a_key_file_that_does_not_load_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
