@@ -288,6 +288,8 @@ def _run(stack: contextlib.ExitStack) -> None:
     stack.callback(app.close)
     demo = _Demo(cluster, authority, admin, app)
     _expect("a fresh database", "active keys", _registered(demo), [])
+    # The superuser bypasses RLS: what every allowed read below must see.
+    _expect("a fresh database", "orders", admin.execute("SELECT count(*) FROM public.orders").fetchone()[0], ORDERS)
     _authority_step(demo)
     _sync_step(demo)
     billing = service_client(authority, authority.client_certificate("billing", uris=[BILLING]))
