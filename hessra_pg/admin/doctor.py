@@ -7,6 +7,9 @@ One report of checks, each ``ok``, ``warn``, ``FAIL`` or ``skip``:
   block when the connecting role is a superuser, else a call of
   ``hessra_authz.verify_token`` that imports them);
 - the ``hessra_authz`` extension is created, at this package's version;
+- on a hot standby only: that it still follows its primary (streaming, replay
+  not paused; warn otherwise: revocations made on the primary since are not
+  enforced there), :mod:`hessra_pg.admin.doctor_replica`;
 - keys: at least one active key (FAIL if none), none ending within the
   key horizon (:data:`EXPIRY_WARNING`, 7 days by default; warn), and some
   key active at every moment of the horizon, counting keys not yet active
@@ -48,6 +51,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import hessra_pg
+from hessra_pg.admin.doctor_replica import check_replica
 from hessra_pg.errors import DoctorConnectionError, DoctorRequirementError, HessraError, PolicyExpressionError
 
 if TYPE_CHECKING:
@@ -239,6 +243,7 @@ def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[
         report = Report(database=database, role=role, server_version=version.split(" ")[0])
         plpython = _check_plpython(conn, report)
         extension = _check_extension(conn, report)
+        check_replica(conn, report, admin_conn)
         _check_server_python(conn, report, superuser=superuser, plpython=plpython, extension=extension)
         keys = _check_keys(conn, report, admin_conn=admin_conn, extension=extension, horizon=key_horizon)
         if authority is not None:

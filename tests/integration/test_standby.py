@@ -446,3 +446,102 @@ def test_shared_decisions_work_on_the_standby(env: Env) -> None:
         assert after is not None and after["hits"] == (before or {"hits": 0})["hits"] + 1, (before, after)
         # A denial is never shared: another subject is verified, and refused.
         assert not verify(second, token, "mallory")
+
+
+# --- the application hooks, against the standby ------------------------------------------------------
+
+
+def test_psycopg_hook_on_the_standby(env: Env) -> None:
+    from hessra_pg.psycopg import hessra_transaction
+
+    with env.pair.standby.connect(APP) as conn:
+        conn.read_only = True
+        for _ in range(2):  # the same connection, token after token
+            with hessra_transaction(conn, token=env.orders_token, subject="alice"):
+                assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (30,)
+            with hessra_transaction(conn, token=env.c1_token, subject="bob"):
+                assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (0,)
+                assert conn.execute("SELECT count(*) FROM public.customer_orders").fetchone() == (10,)
+        with conn.transaction():  # no token left behind
+            assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (0,)
+            assert conn.execute("SELECT current_setting('hessra.token', true)").fetchone()[0] in (None, "")
+
+
+def test_sqlalchemy_hook_on_the_standby(env: Env) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import sessionmaker
+
+    from hessra_pg.sqlalchemy import hessra_context, install_hessra
+    from tests.app_helpers import sqlalchemy_url
+
+    # One pooled connection, read-only transactions (postgresql_readonly: BEGIN READ ONLY).
+    engine = create_engine(sqlalchemy_url(env.pair.standby.dsn_for(APP)), pool_size=1, max_overflow=0,
+                           execution_options={"postgresql_readonly": True})
+    try:
+        maker = install_hessra(sessionmaker(engine))
+        for token, subject, orders in ((env.orders_token, "alice", 30), (env.c1_token, "bob", 0), (None, None, 0)):
+            with hessra_context(token=token, subject=subject), maker() as session:
+                assert session.execute(text("SHOW transaction_read_only")).scalar() == "on"
+                assert session.execute(text("SELECT count(*) FROM public.orders")).scalar() == orders
+        with engine.connect() as conn:  # no hook on the engine: nothing
+            assert conn.execute(text("SELECT count(*) FROM public.orders")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+# --- doctor ---------------------------------------------------------------------------------------------
+
+
+def doctor(capsys: pytest.CaptureFixture[str], dsn: str, *extra: str) -> tuple[int, dict[str, tuple[str, str]]]:
+    import json
+
+    from hessra_pg.cli import main
+
+    capsys.readouterr()
+    code = main(["doctor", "--dsn", dsn, "--json", *extra])
+    out, err = capsys.readouterr()
+    assert err == ""
+    return code, {check["name"]: (check["status"], check["message"]) for check in json.loads(out)["checks"]}
+
+
+def test_doctor_on_the_standby(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    app_dsn, admin_dsn = env.pair.standby.dsn_for(APP), env.pair.standby.dsn
+    code, checks = doctor(capsys, app_dsn, "--admin-dsn", admin_dsn)
+    assert code == 0, checks
+    assert {name: status for name, (status, _) in checks.items() if status != "ok"} == {}
+    assert checks["replica"][1].startswith("hot standby streaming from its primary (replayed up to ")
+    assert checks["server Python"] == ("ok", "imports biscuit_auth and hessra_pg (hessra_authz.verify_token runs)")
+    assert checks["policies on public.orders"][0] == "ok"
+    # Without the admin connection the role can't see the receiver's status, only that it runs.
+    code, checks = doctor(capsys, app_dsn)
+    assert code == 0
+    assert checks["replica"][1].startswith("hot standby receiving WAL from its primary")
+    # As a superuser: the import probe is a plpython3u DO block, which runs on a standby.
+    code, checks = doctor(capsys, admin_dsn)
+    assert checks["server Python"][0] == "ok" and checks["replica"][0] == "ok"
+    # The primary has no replica line.
+    code, checks = doctor(capsys, env.pair.primary.dsn_for(APP), "--admin-dsn", env.pair.primary.dsn)
+    assert code == 0 and "replica" not in checks
+
+
+def test_paused_replay_is_a_lagging_standby(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """A standby enforces what it has replayed: while replay is paused a
+    revocation made on the primary is not enforced there, and doctor says so."""
+    token = mint_authorization(env.root, "alice", "orders", "read")
+    with env.standby() as conn, env.standby("postgres") as superuser:
+        assert verify(conn, token)
+        superuser.execute("SELECT pg_catalog.pg_wal_replay_pause()")
+        try:
+            with env.primary() as admin:
+                admin.execute("SELECT hessra_authz.revoke_token(%s)", (token,))
+                target = admin.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").fetchone()[0]
+            time.sleep(0.2)
+            assert verify(conn, token)  # not replayed: still allowed here
+            code, checks = doctor(capsys, env.pair.standby.dsn_for(APP))
+            assert code == 0  # a warning, not a failure
+            status, message = checks["replica"]
+            assert status == "warn" and "replay pause" in message and "not enforced here" in message
+        finally:
+            superuser.execute("SELECT pg_catalog.pg_wal_replay_resume()")
+        env.pair.standby_cluster.wait_for_replay(target)
+        assert not verify(conn, token)
