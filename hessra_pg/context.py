@@ -14,6 +14,17 @@ user; binding keeps the token out of the query text (``pg_stat_activity``,
 ``log_statement``). Both settings are always set, to ``''`` when absent, so a
 transaction without a token never sees an older one.
 
+A second transport, ``transport="set_local"`` (:data:`SET_LOCAL`), sends
+``SET LOCAL hessra.token = '<literal>'`` and ``SET LOCAL hessra.subject =
+'<literal>'`` instead (quoted by ``psycopg.sql.Literal``), preceded by ``SET
+LOCAL citus.propagate_set_commands = 'local'`` where Citus is installed in the
+database: Citus forwards ``SET LOCAL`` to the workers that run a distributed
+query, never a ``set_config()`` value. The price is that the token is in the
+statement text (``log_statement = 'all'``, ``pg_stat_activity``,
+``pg_stat_statements`` with ``track_utility``): docs/scale-out.md says what
+to switch off. ``SET LOCAL`` ends with the transaction like ``set_config(...,
+true)``, so nothing outlives COMMIT or ROLLBACK either way.
+
 Values come from an explicit argument or from :func:`hessra_context`, a
 context manager backed by a :class:`~contextvars.ContextVar` (per thread, per
 asyncio task), so a web request handler can say "everything in this request
@@ -29,19 +40,26 @@ import contextvars
 import enum
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from hessra_pg.errors import HessraContextError, HessraError
 
 __all__ = [
+    "CITUS_DETECT_SQL",
     "CLEAR_SESSION_SQL",
     "NO_CONTEXT",
+    "SET_CONFIG",
     "SET_CONTEXT_SQL",
+    "SET_LOCAL",
+    "TRANSPORTS",
     "UNSET",
     "HessraContext",
     "HessraContextError",
     "current_context",
     "hessra_context",
+    "check_transport",
     "resolve_context",
+    "set_local_sql",
 ]
 
 # psycopg / DB-API "format" placeholders. Only placeholders, never values:
@@ -57,6 +75,15 @@ CLEAR_SESSION_SQL = (
     "pg_catalog.set_config('hessra.subject', '', false)"
 )
 """Clear both settings at session level (for pool reset callbacks)."""
+
+SET_CONFIG = "set_config"
+"""The default transport: ``set_config(..., true)`` with bound parameters."""
+SET_LOCAL = "set_local"
+"""The Citus transport: ``SET LOCAL`` with quoted literals (the token is in the statement text)."""
+TRANSPORTS: tuple[str, ...] = (SET_CONFIG, SET_LOCAL)
+
+CITUS_DETECT_SQL = "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')"
+"""Whether Citus is installed in the connected database (asked once per connection)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,36 @@ class HessraContext:
     def __repr__(self) -> str:
         token = "<set>" if self.token else None
         return f"HessraContext(token={token}, subject={self.subject!r})"
+
+
+def check_transport(transport: str) -> str:
+    """``transport`` if it names one of :data:`TRANSPORTS`; HessraContextError otherwise."""
+    if transport not in TRANSPORTS:
+        raise HessraContextError(f"unknown hessra transport {transport!r}: use {' or '.join(map(repr, TRANSPORTS))}")
+    return transport
+
+
+def set_local_sql(context: HessraContext, *, citus: bool, conn: Any = None) -> str:
+    """The statements of the ``set_local`` transport, as one string: ``SET LOCAL
+    citus.propagate_set_commands = 'local'`` (with ``citus``), then ``SET LOCAL``
+    of both settings, ``''`` for none. Literals are quoted by
+    ``psycopg.sql.Literal`` for ``conn`` (a psycopg connection) or, without one,
+    in the form that reads the same whatever ``standard_conforming_strings``
+    says. The result contains the token: never log it.
+    """
+    from psycopg import sql  # not at import time: hessra_pg also runs inside the server
+
+    token, subject = context.params
+    for name, value in (("token", token), ("subject", subject)):
+        if "\x00" in value:
+            # Said here, without the value: psycopg's own error would come from deep inside quoting.
+            raise HessraContextError(f"hessra {name} must not contain a NUL character")
+    statements = [sql.SQL("SET LOCAL hessra.token = {}").format(sql.Literal(token)),
+                  sql.SQL("SET LOCAL hessra.subject = {}").format(sql.Literal(subject))]
+    if citus:
+        # Without it Citus keeps SET LOCAL on the coordinator (its default is 'none').
+        statements.insert(0, sql.SQL("SET LOCAL citus.propagate_set_commands = 'local'"))
+    return sql.SQL("; ").join(statements).as_string(conn)
 
 
 NO_CONTEXT = HessraContext()

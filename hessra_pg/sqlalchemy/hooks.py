@@ -10,7 +10,12 @@
 
 Each time it runs ``SELECT pg_catalog.set_config('hessra.token', <token>,
 true), pg_catalog.set_config('hessra.subject', <subject>, true)`` with the
-values bound, always both, ``''`` when absent. The values are, first found:
+values bound, always both, ``''`` when absent; with
+``install_hessra(target, transport="set_local")``, ``SET LOCAL hessra.token =
+'<literal>'; SET LOCAL hessra.subject = '<literal>'`` instead, after ``SET
+LOCAL citus.propagate_set_commands = 'local'`` when the database has Citus
+(asked once per DB-API connection; see :mod:`hessra_pg.context` for the
+trade-off). The values are, first found:
 
 1. an explicit per-session / per-connection setting,
    :func:`set_hessra_context` (``Session.info`` or the connection's execution
@@ -36,10 +41,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
 
 from hessra_pg.context import (
+    CITUS_DETECT_SQL,
+    SET_CONFIG,
     SET_CONTEXT_SQL,
+    SET_LOCAL,
     HessraContext,
     HessraContextError,
+    check_transport,
     current_context,
+    set_local_sql,
 )
 
 if TYPE_CHECKING:  # only for annotations: importing it needs greenlet
@@ -50,6 +60,8 @@ __all__ = ["clear_hessra_context", "install_hessra", "set_hessra_context"]
 SESSION_INFO_KEY = "hessra_pg.context"
 """``Session.info`` key of the explicit per-session context."""
 _APPLIED_KEY = "hessra_pg.applied"
+#: The DB-API connection's ``info`` key caching whether its database has Citus.
+_CITUS_KEY = "hessra_pg.citus"
 EXECUTION_OPTION = "hessra_context"
 """Connection execution option holding the explicit per-connection context."""
 
@@ -95,23 +107,23 @@ def _sync_target(target: Any) -> Any:
     return target
 
 
-def _install_async(target: Any) -> bool:
+def _install_async(target: Any, transport: str) -> bool:
     """Install on an AsyncEngine, async_sessionmaker or AsyncSession; False if it is none of them."""
     asyncio = _loaded_asyncio()
     if asyncio is None:
         return False
     if isinstance(target, asyncio.AsyncEngine):
-        _install_engine(target.sync_engine)
+        _install_engine(target.sync_engine, transport)
     elif isinstance(target, asyncio.async_sessionmaker):
-        _install_async_sessionmaker(target)
+        _install_async_sessionmaker(target, transport)
     elif isinstance(target, asyncio.AsyncSession):
-        _install_session(target.sync_session)
+        _install_session(target.sync_session, transport)
     else:
         return False
     return True
 
 
-def install_hessra(target: _T) -> _T:
+def install_hessra(target: _T, *, transport: str = SET_CONFIG) -> _T:
     """Set the token at the start of every transaction of ``target``; returns ``target``.
 
     ``target``: a ``sessionmaker``, a ``Session`` subclass or instance, a
@@ -119,15 +131,21 @@ def install_hessra(target: _T) -> _T:
     ``Engine`` or an ``AsyncEngine``. Installing twice is harmless. Install on
     the session factory *or* on the engine: on both, each transaction sets
     the values twice (the session's win).
+
+    ``transport``: ``"set_config"`` (default: bound parameters) or
+    ``"set_local"`` (``SET LOCAL`` with quoted literals, for Citus; the token
+    is then in the statement text). Installing again with another transport
+    raises :class:`~hessra_pg.context.HessraContextError`.
     """
-    if _install_async(target):
+    check_transport(transport)
+    if _install_async(target, transport):
         return target
     if isinstance(target, Engine):
-        _install_engine(target)
+        _install_engine(target, transport)
     elif isinstance(target, (sessionmaker, scoped_session, Session)) or (
         isinstance(target, type) and issubclass(target, Session)
     ):
-        _install_session(target)
+        _install_session(target, transport)
     else:
         raise TypeError(
             "install_hessra() takes a sessionmaker, Session class or instance, scoped_session, "
@@ -190,56 +208,81 @@ _CHANGED = ("the current transaction already set another hessra token: commit or
 # --- engines -----------------------------------------------------------------------------
 
 
-# What install_hessra() already listened on. Not event.contains(): SQLAlchemy
-# keys its listener registry by id(), and a new class can reuse the id of a
-# collected one (a fresh sessionmaker then looked installed and was not).
-_installed: weakref.WeakSet[Any] = weakref.WeakSet()
+# What install_hessra() already listened on, with its transport. Not
+# event.contains(): SQLAlchemy keys its listener registry by id(), and a new
+# class can reuse the id of a collected one (a fresh sessionmaker then looked
+# installed and was not).
+_installed: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
-def _install_engine(engine: Engine) -> None:
-    if engine not in _installed:
-        event.listen(engine, "begin", _on_engine_begin)
-        _installed.add(engine)
+def _first_install(target: Any, transport: str) -> bool:
+    """True when ``target`` has no hooks yet (it is then recorded with ``transport``)."""
+    installed = _installed.get(target)
+    if installed is None:
+        _installed[target] = transport
+        return True
+    if installed != transport:
+        raise HessraContextError(f"install_hessra() was already called on this target with transport "
+                                 f"{installed!r}: one transport per engine or session factory")
+    return False
+
+
+def _install_engine(engine: Engine, transport: str) -> None:
+    if _first_install(engine, transport):
+        event.listen(engine, "begin", _on_engine_begin_set_local if transport == SET_LOCAL else _on_engine_begin)
+
+
+def _engine_context(connection: Connection) -> HessraContext:
+    return connection.get_execution_options().get(EXECUTION_OPTION) or current_context()
 
 
 def _on_engine_begin(connection: Connection) -> None:
     # SQLAlchemy runs this inside Connection.begin() with autobegin disabled,
     # before the DB-API transaction starts: our statement opens it.
-    context = connection.get_execution_options().get(EXECUTION_OPTION) or current_context()
-    _apply(connection, context)
+    _apply(connection, _engine_context(connection))
+
+
+def _on_engine_begin_set_local(connection: Connection) -> None:
+    _apply_set_local(connection, _engine_context(connection))
 
 
 # --- sessions ----------------------------------------------------------------------------
 
 
-def _install_session(target: Any) -> None:
+def _install_session(target: Any, transport: str) -> None:
     # Listen on what SQLAlchemy would: a sessionmaker's private class, a
     # scoped_session's factory's class, or the Session class or instance.
     if isinstance(target, scoped_session):
         target = target.session_factory
     if isinstance(target, sessionmaker):
         target = target.class_
-    if target not in _installed:
-        event.listen(target, "after_begin", _after_begin)
+    if _first_install(target, transport):
+        event.listen(target, "after_begin", _after_begin_set_local if transport == SET_LOCAL else _after_begin)
         event.listen(target, "after_transaction_end", _after_transaction_end)
-        _installed.add(target)
 
 
-def _install_async_sessionmaker(maker: async_sessionmaker[Any]) -> None:
+def _install_async_sessionmaker(maker: async_sessionmaker[Any], transport: str) -> None:
     # AsyncSessions run a plain Session (sync_session_class, by default the
     # global Session class). Events go on a subclass private to this factory,
     # so other factories and sessions are not affected.
     base = maker.kw.get("sync_session_class") or getattr(maker.class_, "sync_session_class", Session)
     if getattr(base, "_hessra_pg_factory", None) is maker:
+        _first_install(base, transport)  # the same transport again, or an error
         return
     private = type(base.__name__, (base,), {"_hessra_pg_factory": maker})
-    _install_session(private)
+    _install_session(private, transport)
     maker.configure(sync_session_class=private)
 
 
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     context = session.info.get(SESSION_INFO_KEY) or current_context()
     _apply(connection, context)
+    session.info[_APPLIED_KEY] = context
+
+
+def _after_begin_set_local(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    context = session.info.get(SESSION_INFO_KEY) or current_context()
+    _apply_set_local(connection, context)
     session.info[_APPLIED_KEY] = context
 
 
@@ -264,5 +307,28 @@ def _apply(connection: Connection, context: HessraContext) -> None:
     cursor = connection.connection.cursor()
     try:
         cursor.execute(statement, params)
+    finally:
+        cursor.close()
+
+
+def _apply_set_local(connection: Connection, context: HessraContext) -> None:
+    # The set_local transport, on the DB-API cursor for the same reason as
+    # _apply. Whether the database has Citus is kept in the DB-API
+    # connection's info, which lives as long as that server connection
+    # (across pool checkouts), so it is asked once per connection.
+    fairy = connection.connection
+    cursor = fairy.cursor()
+    try:
+        citus = fairy.info.get(_CITUS_KEY)
+        if citus is None:
+            cursor.execute(CITUS_DETECT_SQL)
+            citus = fairy.info[_CITUS_KEY] = bool(cursor.fetchone()[0])
+        driver = fairy.driver_connection
+        # psycopg quotes for its own connection; any other driver gets the
+        # literal form that reads the same under every standard_conforming_strings.
+        quoting = driver if type(driver).__module__.startswith("psycopg.") else None
+        # Two or more statements in one string: psycopg never prepares it, so
+        # the token's text is not kept in pg_prepared_statements.
+        cursor.execute(set_local_sql(context, citus=citus, conn=quoting))
     finally:
         cursor.close()
