@@ -44,6 +44,7 @@ from hessra_pg.core.keys import canonical_public_key
 from hessra_pg.rls.policies import (
     COMMANDS,
     DEFAULT_SCHEMA,
+    SPEC_COMMENT_PREFIX,
     Policy,
     PolicySpec,
     PolicySpecError,
@@ -298,14 +299,14 @@ class UpdateHessraExtensionOp(HessraOperation):
 
 # -- policies --------------------------------------------------------------------------
 
-#: How the comment that ``create_hessra_policies`` puts on each of its policies
-#: starts; the rest is the spec as JSON (:func:`spec_comment`). Autogenerate
-#: reads it back to write the spec of a policy it drops into the downgrade.
-SPEC_COMMENT_PREFIX = "hessra-pg spec: "
+# SPEC_COMMENT_PREFIX (imported from hessra_pg.rls.policies, where doctor
+# reads it too): how the comment that ``create_hessra_policies`` puts on each
+# of its policies starts; the rest is the spec as JSON (:func:`spec_comment`).
+# Autogenerate reads it back to write the spec of a policy it drops into the downgrade.
 
 #: PolicySpec fields that define what a policy checks (the others name it).
 _DEFINING = frozenset({"mode", "resource", "expression", "owner_column", "chain", "component", "designations",
-                       "fixed", "operations", "roles", "force", "restrictive"})
+                       "fixed", "operations", "roles", "force", "restrictive", "no_subquery"})
 _NAMING = frozenset({"schema", "commands", "names", "name_prefix"})
 _POLICY_COMMANDS = (*COMMANDS, "ALL")
 
@@ -365,7 +366,7 @@ class CreateHessraPoliciesOp(HessraOperation):
         :class:`~hessra_pg.rls.policies.PolicySpec` fields (mode, schema,
         resource, expression, owner_column, chain, component, designations,
         fixed, operations, commands, roles, names, name_prefix, force,
-        restrictive). (``operations``
+        restrictive, no_subquery). (``operations``
         is positional-only above so that the spec's ``operations=`` keyword
         reaches ``**spec``.)"""
         operations.invoke(cls(table, create_index=create_index, **spec))

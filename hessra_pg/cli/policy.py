@@ -38,7 +38,8 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
             "Print SQL for one table (from flags) or for every table of a TOML file (--from): "
             "ENABLE and FORCE ROW LEVEL SECURITY, one policy per command (USING for SELECT, UPDATE, "
             "DELETE; WITH CHECK for INSERT, UPDATE), and the suggested index, in one transaction. "
-            "Every verifier call is a scalar subquery, evaluated once per statement.\n\n"
+            "Every verifier call is a scalar subquery, evaluated once per statement (with --no-subquery, "
+            "for Citus, once per row).\n\n"
             "Modes: table (every row needs --resource), row (each row's resource is the SQL "
             "--expression, checked against authorized_resources()), identity (the --owner-column holds "
             "the identity that owns the row), service_chain (--resource along the named --chain, as "
@@ -64,6 +65,7 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
             "  hessra-pg policy generate --table orders --mode designation --label tenant_id --column tenant_id\n"
             "  hessra-pg policy generate --table notes --mode designation --label tenant_id --column tenant \\\n"
             "      --label user --column author --fixed region=eu\n"
+            "  hessra-pg policy generate --table orders --resource orders --no-subquery   # Citus\n"
             "  hessra-pg policy generate --from policies.toml\n"
             "  hessra-pg policy generate --from policies.toml --drop"
         ),
@@ -110,6 +112,10 @@ def add_generate(verbs: Any) -> argparse.ArgumentParser:
                        help="AS RESTRICTIVE: ANDed with the table's other policies instead of ORed")
     shape.add_argument("--no-force", action="store_true",
                        help="leave out FORCE ROW LEVEL SECURITY (the table owner then bypasses the policies)")
+    shape.add_argument("--no-subquery", action="store_true",
+                       help="write the checks without (SELECT ...), as Citus requires on distributed tables: "
+                            "every hessra_authz call then runs once per row (each policy is commented so that "
+                            "doctor knows it is intended; docs/scale-out.md)")
     out = p.add_argument_group("output")
     out.add_argument("--no-index", action="store_true", help="leave out the suggested index")
     out.add_argument("--no-transaction", action="store_true",
@@ -184,6 +190,7 @@ def _spec_from_args(args: argparse.Namespace) -> PolicySpec:
         "roles": tuple(args.roles or ()),
         "force": not args.no_force,
         "restrictive": args.restrictive,
+        "no_subquery": args.no_subquery,
     }
     if args.commands:
         kwargs["commands"] = tuple(c for c in (part.strip() for part in args.commands.split(",")) if c)
@@ -198,8 +205,10 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         if args.from_file:
             given = [n for n in _SPEC_FLAGS if getattr(args, n)]
-            if given or args.no_force or args.restrictive:
-                flag = _flag(given[0]) if given else ("--no-force" if args.no_force else "--restrictive")
+            switches = [flag for flag, on in (("--no-force", args.no_force), ("--restrictive", args.restrictive),
+                                              ("--no-subquery", args.no_subquery)) if on]
+            if given or switches:
+                flag = _flag(given[0]) if given else switches[0]
                 raise CliInputError(f"{flag} can't be combined with --from: put it in the TOML file")
             specs = load_specs(args.from_file)
         else:

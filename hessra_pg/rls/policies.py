@@ -34,6 +34,17 @@ evaluates it once per statement as an InitPlan, never once per row):
   ``(col::text COLLATE "C")`` is suggested per label (the policy can then
   read only the matching rows).
 
+``no_subquery=True`` writes the same checks with no ``(SELECT ...)``
+anywhere, for Citus (which refuses sublinks in the policies of a distributed
+table): every hessra_authz call then runs once per row, where Citus runs the
+shard query. Each mode keeps its meaning: ``table``, ``row``,
+``service_chain`` and ``designation`` call the same helpers bare (they answer
+the same for every row of a statement); ``identity`` calls
+``verify_identity(current_token(), owner)`` per row, the definition the
+per-statement form implements (docs/sql-reference.md "Rows owned by
+identities"). Each such policy is commented :data:`NO_SUBQUERY_COMMENT` so
+that ``hessra-pg doctor`` knows its per-row calls are intended.
+
 Commands map to operations: SELECT -> ``read``, INSERT/UPDATE/DELETE ->
 ``write`` by default. SELECT and DELETE get ``USING``, INSERT gets
 ``WITH CHECK``, UPDATE both. Identifiers and literals are quoted; the row
@@ -73,13 +84,16 @@ __all__ = [
     "DEFAULT_OPERATIONS",
     "DEFAULT_SCHEMA",
     "MODES",
+    "NO_SUBQUERY_COMMENT",
     "SAFE_SEARCH_PATH",
+    "SPEC_COMMENT_PREFIX",
     "Policy",
     "PolicySpec",
     "PolicySpecError",
     "RESERVED_LABELS",
     "drop_sql",
     "generate_sql",
+    "intends_per_row",
     "load_specs",
     "quote_ident",
     "quote_literal",
@@ -106,6 +120,28 @@ DEFAULT_SCHEMA = "public"
 SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
 #: Where a script without its own transaction keeps the caller's search_path.
 _SAVED_SEARCH_PATH = "hessra_pg.saved_search_path"
+#: The comment on every policy of a ``no_subquery`` spec: doctor reads it as
+#: "these per-row calls are intended".
+NO_SUBQUERY_COMMENT = "hessra-pg: no-subquery policy (hessra_authz calls run once per row, for Citus)"
+#: How the comment that the Alembic operation ``create_hessra_policies`` puts
+#: on each of its policies starts; the rest is the spec as JSON.
+SPEC_COMMENT_PREFIX = "hessra-pg spec: "
+
+
+def intends_per_row(comment: str | None) -> bool:
+    """Whether a policy's comment says it was generated with ``no_subquery``:
+    :data:`NO_SUBQUERY_COMMENT`, or a spec comment recording ``"no_subquery": true``."""
+    if not comment:
+        return False
+    if comment == NO_SUBQUERY_COMMENT:
+        return True
+    if comment.startswith(SPEC_COMMENT_PREFIX):
+        try:
+            data = json.loads(comment[len(SPEC_COMMENT_PREFIX):])
+        except ValueError:
+            return False
+        return isinstance(data, dict) and data.get("no_subquery") is True
+    return False
 
 
 # -- quoting -----------------------------------------------------------------
@@ -169,9 +205,11 @@ def _bounded_name(*parts: str) -> str:
     return f"{head}_{digest}"
 
 
-def _call(function: str, *args: str) -> str:
-    """``(SELECT hessra_authz.f(args))``: a scalar subquery, i.e. an InitPlan."""
-    return f"(SELECT {_SCHEMA}.{function}({', '.join(args)}))"
+def _call(function: str, *args: str, subquery: bool = True) -> str:
+    """``(SELECT hessra_authz.f(args))``: a scalar subquery, i.e. an InitPlan;
+    with ``subquery=False`` the bare call (evaluated per row)."""
+    call = f"{_SCHEMA}.{function}({', '.join(args)})"
+    return f"(SELECT {call})" if subquery else call
 
 
 # -- one policy ----------------------------------------------------------------
@@ -236,7 +274,8 @@ class PolicySpec:
     policies to those roles (default PUBLIC). ``restrictive`` makes them
     ``AS RESTRICTIVE`` (ANDed with the table's other policies instead of
     ORed). ``force`` adds ``FORCE ROW LEVEL SECURITY`` (the table owner is
-    then subject to the policies too).
+    then subject to the policies too). ``no_subquery`` writes the checks
+    without ``(SELECT ...)`` for Citus (see the module docstring).
     """
 
     table: str
@@ -256,6 +295,7 @@ class PolicySpec:
     name_prefix: str = "hessra"
     force: bool = True
     restrictive: bool = False
+    no_subquery: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -377,22 +417,36 @@ class PolicySpec:
         operation = quote_literal(self.operation(command))
         if self.mode == "table":
             assert self.resource is not None
-            return _call("authorized", quote_literal(self.resource), operation)
+            return self._call("authorized", quote_literal(self.resource), operation)
         if self.mode == "row":
             return (f"({self.expression}) {_op('=')} ANY ("
-                    f"{_call('authorized_resources', operation)}::{_TEXT}[])")
+                    f"{self._call('authorized_resources', operation)}::{_TEXT}[])")
         if self.mode == "designation":
             return self._designation_condition(operation)
         assert self.resource is not None and self.chain is not None
         component = f"{quote_literal(self.component)}::{_TEXT}" if self.component is not None else f"NULL::{_TEXT}"
-        return _call(
+        return self._call(
             "verify_service_chain",
             f"{_SCHEMA}.current_token()", f"{_SCHEMA}.current_subject()",
             f"{quote_literal(self.resource)}::{_TEXT}", f"{operation}::{_TEXT}",
             f"{quote_literal(self.chain)}::{_TEXT}", component,
         )
 
+    def _call(self, function: str, *args: str) -> str:
+        return _call(function, *args, subquery=not self.no_subquery)
+
     def _identity_condition(self) -> str:
+        if self.no_subquery:
+            # Per row, the definition itself: the current identity token
+            # proves the owner (revocations included). The per-statement
+            # form below needs a subquery to turn the revoked identities
+            # into prefixes, which Citus refuses.
+            assert self.owner_column is not None
+            return (f"{_SCHEMA}.verify_identity({_SCHEMA}.current_token(), "
+                    f"{self.target}.{quote_ident(self.owner_column)}::{_TEXT})")
+        return self._identity_subquery_condition()
+
+    def _identity_subquery_condition(self) -> str:
         # docs/sql-reference.md "Rows owned by identities", with the column qualified by the
         # table. Every subquery is uncorrelated: each is one InitPlan that the
         # leader evaluates (a parallel scan stays parallel), and the two
@@ -450,10 +504,10 @@ class PolicySpec:
             qualified = f"{self.target}.{quote_ident(column)}"
             value = f"{qualified}::{_TEXT} {_COLLATE_C}"
             args = (*head, f"{quote_literal(label)}::{_TEXT}", fixed_arg)
-            terms.append(f"({value} {_op('=')} ANY ({_call('designation_values', *args)}::{_TEXT}[])\n"
+            terms.append(f"({value} {_op('=')} ANY ({self._call('designation_values', *args)}::{_TEXT}[])\n"
                          + "".join(f"         OR ({arm})\n" for arm in
-                                   arms(qualified, value, _call("designation_floor", *args),
-                                        _call("designation_nulls", *args)))[:-1] + ")")
+                                   arms(qualified, value, self._call("designation_floor", *args),
+                                        self._call("designation_nulls", *args)))[:-1] + ")")
         first = next(iter(self.designations.values()))
         qualified = f"{self.target}.{quote_ident(first)}"
         fallback = f"{_SCHEMA}.designation_fallback({', '.join((*head, fixed_arg))})"
@@ -464,12 +518,13 @@ class PolicySpec:
         # The boolean first: `NULL AND ...` goes on to the next argument, and
         # the per-row verifier must not run for a token with exact sets
         # (nor twice for a row).
-        gate = f"(SELECT {fallback})"
+        gate = f"({fallback})" if self.no_subquery else f"(SELECT {fallback})"
+        floor = f"CASE WHEN {fallback} THEN ''::{_TEXT} END"
         # (and a NULL value must not reach the verifier through the range arms).
         fallback_arms = [arm if arm.startswith(qualified + " IS NULL")
                          else f"{gate} AND {qualified} IS NOT NULL\n             AND {arm}"
                          for arm in arms(qualified, f"{qualified}::{_TEXT} {_COLLATE_C}",
-                                         f"(SELECT CASE WHEN {fallback} THEN ''::{_TEXT} END)", gate, per_row)]
+                                         f"({floor})" if self.no_subquery else f"(SELECT {floor})", gate, per_row)]
         return ("(" + "\n        AND ".join(terms) + ")\n"
                 + "".join(f"        OR ({arm})\n" for arm in fallback_arms)[:-1])
 
@@ -525,6 +580,9 @@ class PolicySpec:
             statements.append(f"ALTER TABLE {self.target} FORCE ROW LEVEL SECURITY;")
         for policy in self.policies():
             statements += [policy.drop_sql(), policy.create_sql()]
+            if self.no_subquery:
+                statements.append(f"COMMENT ON POLICY {quote_ident(policy.name)} ON {policy.target} "
+                                  f"IS {quote_literal(NO_SUBQUERY_COMMENT)};")
         if indexes:
             statements += self.index_sql()
         return statements
@@ -617,7 +675,8 @@ def generate_sql(specs: PolicySpec | Iterable[PolicySpec], *, indexes: bool = Tr
     specs = [specs] if isinstance(specs, PolicySpec) else list(specs)
     statements: list[str] = []
     for spec in specs:
-        statements.append(f"-- hessra-pg: {spec.mode} policies")
+        statements.append(f"-- hessra-pg: {spec.mode} policies"
+                          + (" without subqueries (per-row calls, for Citus)" if spec.no_subquery else ""))
         created = spec.create_statements(indexes=False)
         statements += created
         if indexes and spec.index_sql():
@@ -654,7 +713,7 @@ def spec_from_mapping(data: Mapping[str, Any], *, where: str = "policy") -> Poli
         raise PolicySpecError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_FIELDS))})")
     if "table" not in data:
         raise PolicySpecError(f"{where}: 'table' is required")
-    for key in ("force", "restrictive"):
+    for key in ("force", "restrictive", "no_subquery"):
         if key in data and not isinstance(data[key], bool):
             raise PolicySpecError(f"{where}: {key} must be true or false")
     for key in ("operations", "names"):
