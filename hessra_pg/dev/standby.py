@@ -48,6 +48,8 @@ _STANDBY_SETTINGS: dict[str, str | int | float | bool] = {
 class ReplayTimeout(ClusterError):
     """The standby did not replay up to the primary's position in time."""
 
+    sqlstate = "57014"  # query_canceled: gave up waiting (see hessra_pg.errors)
+
 
 class StandbyCluster(LocalCluster):
     """A hot standby of ``primary``, made by ``pg_basebackup -R`` at :meth:`start`.

@@ -261,17 +261,6 @@ def test_revocation_committed_between_xmin_and_xmax_is_enforced(env: Env) -> Non
         assert verify(conn, env.orders_token)
 
 
-def test_snapshot_text_rule() -> None:
-    from hessra_pg.plpython.runtime import snapshot_names_visibility as names
-
-    assert names("730:730:", None)  # nothing in progress
-    assert names("726:730:726,727", None)  # a primary's list
-    assert names("726:730:", "726")  # only the caller's own transaction (a primary)
-    assert not names("726:730:", None)  # a standby with transactions in progress
-    assert not names("726:730:", "729")
-    assert not names(None, None)
-
-
 # --- every public function, read-only -------------------------------------------------------------
 
 # A public function: one in schema hessra_authz that the application role may

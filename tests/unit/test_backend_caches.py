@@ -22,7 +22,7 @@ def runtime_with(keys, version="1/1", revocations=NO_REVOCATIONS):
 
 
 def decide(runtime, token, now):
-    call = runtime.statement(int(now * 1_000_000), "snap", None, runtime.config.version)
+    call = runtime.statement(int(now * 1_000_000), "100:100:", None, runtime.config.version)
     call.now = now  # a fixed time, not the clock
     return call.decide(token, subject="alice", resource="orders", operation="read")
 
@@ -57,7 +57,7 @@ def test_huge_arguments_are_not_kept():
     token = mint_authorization(root, "alice", "orders", "read")
     verifier._builders.clear()
     for i in range(3):
-        call = runtime.statement(None, "snap", None, runtime.config.version)
+        call = runtime.statement(None, "100:100:", None, runtime.config.version)
         assert not call.decide(token, subject=str(i) * 2_000_000, resource="orders", operation="read").valid
     assert verifier._builders.bytes == 0 and runtime.decisions.bytes == 0
 
@@ -69,7 +69,7 @@ def test_a_malformed_token_is_remembered_as_a_reason_and_raised_fresh():
     runtime = runtime_with([RootKey(1, str(root.public_key))])
     reasons = set()
     for _ in range(200):
-        call = runtime.statement(None, "snap", None, runtime.config.version)
+        call = runtime.statement(None, "100:100:", None, runtime.config.version)
         reasons.add(call.decide("garbage!", subject="alice", resource="orders", operation="read").reason)
     assert reasons == {"bad_token"}
     (cached,) = [value for value, _ in runtime.tokens._items.values()]
@@ -115,10 +115,10 @@ def test_the_clock_bounds_the_statement_time_from_above():
     root = generate_keypair()
     runtime = runtime_with([RootKey(1, str(root.public_key))])
     long_ago = int((time.time() - 3600) * 1_000_000)
-    call = runtime.statement(long_ago, "snap", None, runtime.config.version)
+    call = runtime.statement(long_ago, "100:100:", None, runtime.config.version)
     assert abs(call.now - time.time()) < 5
     future = int((time.time() + 3600) * 1_000_000)
-    assert runtime.statement(future, "snap", None, None).now == future / 1_000_000
+    assert runtime.statement(future, "100:100:", None, None).now == future / 1_000_000
 
 
 def test_an_older_generation_than_one_committed_is_refused():
@@ -214,3 +214,30 @@ def test_the_context_text_is_read_in_one_place():
     assert runtime.confirmed_snapshot is None
     with pytest.raises(rt._Stale):
         runtime.call("garbage", None)  # no snapshot: the slow path
+
+
+def test_a_standby_snapshot_text_is_never_confirmed():
+    """A hot standby's pg_current_snapshot() lists no transaction in progress:
+    '100:105:' may see a commit of 102 the next time with the same text, so
+    it never takes the fast path (docs/replicas.md); a primary's list does."""
+    root = generate_keypair()
+    runtime = runtime_with([RootKey(1, str(root.public_key))])
+    runtime.statement(None, "100:105:", None, runtime.config.version)
+    assert runtime.confirmed_snapshot is None
+    with pytest.raises(rt._Stale):
+        runtime.statement(None, "100:105:", None, None)
+    runtime.statement(None, "100:105:101,103", None, runtime.config.version)
+    assert runtime.statement(None, "100:105:101,103", None, None).config is runtime.config
+    # Only the caller's own transaction in progress (a primary): confirmed.
+    runtime.statement(None, "100:105:", "100", runtime.config.version)
+    assert runtime.confirmed_snapshot == "100:105:"
+
+
+def test_snapshot_text_rule():
+    names = rt.snapshot_names_visibility
+    assert names("730:730:", None)  # nothing in progress
+    assert names("726:730:726,727", None)  # a primary's list
+    assert names("726:730:", "726")  # only the caller's own transaction (a primary)
+    assert not names("726:730:", None)  # a standby with transactions in progress
+    assert not names("726:730:", "729")
+    assert not names(None, None)
