@@ -112,7 +112,7 @@ UNION ALL
 SELECT '', e.evtname, e.evtenabled FROM pg_event_trigger AS e ORDER BY 1, 2"""
 
 
-@pytest.mark.parametrize("older", ["0.3.0", "0.2.0", "0.1.0"])
+@pytest.mark.parametrize("older", ["0.4.0", "0.3.0", "0.2.0", "0.1.0"])
 def test_downgrade_and_upgrade_scripts_reproduce_each_version(hessra_postgres, older):
     """Every function (body, security, volatility, settings, comment, grants)
     and trigger after a downgrade to an older version is what a fresh install

@@ -114,14 +114,14 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(bare_db, policy_repo, 
         alembic(bare_db.dsn, "upgrade", "head", repo=policy_repo, app_role=app_role)
         ready = _state(bare_db.dsn, app_role)
         assert ready["extensions"] == ["hessra_authz", "plpgsql", "plpython3u"]
-        assert ready["version"] == ("0005_hessra_authz_0_4_0",)
+        assert ready["version"] == ("0006_hessra_authz_0_5_0",)
         assert ready["keys"] == [(str(root.public_key),)]
         assert ready["chains"] == load_resources(policy_repo)
         assert set(ready["chains"]) == {"order_service", "payments"}
         assert ready["role"] == (True, False, False)
         assert len(ready["policies"]) == 12 and {p[0] for p in ready["policies"]} == {"orders", "documents",
                                                                                        "catalog"}
-        assert "0005_hessra_authz_0_4_0 (head)" in alembic(bare_db.dsn, "current", app_role=app_role)
+        assert "0006_hessra_authz_0_5_0 (head)" in alembic(bare_db.dsn, "current", app_role=app_role)
 
         alembic(bare_db.dsn, "downgrade", "base", app_role=app_role)
         down = _state(bare_db.dsn, app_role)
@@ -187,8 +187,8 @@ def test_demo_data_survives_an_extension_update(bare_db, hessra_postgres, policy
         app.commit()
 
     # The extension update path: new files on the host (hessra-pg install), then
-    # ALTER EXTENSION ... UPDATE in migrations (0003: 0.1.0 -> 0.2.0, 0004: -> 0.3.0, 0005: -> 0.4.0), and the
-    # same through the Alembic operation at head (a no-op): nothing is dropped.
+    # ALTER EXTENSION ... UPDATE in migrations (0003: 0.1.0 -> 0.2.0, 0004: -> 0.3.0, 0005: -> 0.4.0,
+    # 0006: -> 0.5.0), and the same through the Alembic operation at head (a no-op): nothing is dropped.
     if isinstance(hessra_postgres, LocalCluster) and os.environ.get("HESSRA_PG_TEST_INSTALL", "1") != "0":
         from hessra_pg.admin.install import install
 
