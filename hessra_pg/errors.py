@@ -174,6 +174,23 @@ class ChainsDatabaseError(HessraError):
     sqlstate = "08000"  # connection_exception
 
 
+class TokenSpecError(ArgumentFormatError):
+    """A test token description (hessra_pg.policytest) can't be minted: a
+    missing or unknown field, a field that doesn't apply to its kind."""
+
+
+class PolicyTestFileError(ArgumentFormatError):
+    """A policy test file (CASES.toml) can't be used; the message names
+    every problem with its case and field (exit status 2)."""
+
+
+class PolicyTestRunError(HessraError):
+    """A policy test run can't start or go on: no connection, the test key
+    can't be registered, a setup statement failed (exit status 2)."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
 class HessraContextError(HessraError, RuntimeError):
     """The token context can't be applied safely where it was asked for."""
 

@@ -27,6 +27,14 @@ Fixtures:
   both; yields a :class:`StandbyPair` (``primary``/``standby`` databases,
   ``wait_for_replay()``). :func:`standby_pair` is the same as a context manager.
 
+- ``policy_tester`` (function): a test key registered in ``hessra_db`` and a
+  :class:`~hessra_pg.policytest.tester.PolicyTester` to mint tokens from a
+  description (``.token("capability", resource=..., designations=...)``) and
+  run statements as a role holding one (``with .as_role("app", token) as
+  conn:``, rolled back afterwards); the key is deleted at the end. For
+  another database: ``hessra_pg.policytest.tester.policy_tester_for(dsn)``.
+  docs/policy-tests.md.
+
 Fixture factories in pytest-postgresql's style, for fixtures with options of
 your own (a port, server settings, an extension version, a schema loaded once
 into a template, roles): ``from hessra_pg.dev.testing import factories``, then
@@ -57,9 +65,10 @@ if TYPE_CHECKING:
     import psycopg
 
     from hessra_pg.dev.standby import StandbyCluster
+    from hessra_pg.policytest.tester import PolicyTester
 
 __all__ = ["HessraDatabase", "PostgresServer", "StandbyPair", "bare_db", "hessra_db", "hessra_postgres",
-           "hessra_standby_pair", "scratch_database", "standby_pair"]
+           "hessra_standby_pair", "policy_tester", "scratch_database", "standby_pair"]
 
 DEFAULT_IMAGE_TAG = "hessra-pg:test"
 
@@ -116,6 +125,16 @@ def hessra_db(hessra_postgres: PostgresServer) -> Iterator[HessraDatabase]:
         with db.connect(autocommit=True) as conn:
             conn.execute("CREATE EXTENSION hessra_authz CASCADE")
         yield db
+
+
+@pytest.fixture
+def policy_tester(hessra_db: HessraDatabase) -> Iterator[PolicyTester]:
+    """Mint test tokens under a key registered in ``hessra_db`` and run
+    statements as a role holding one (see hessra_pg.policytest.tester)."""
+    from hessra_pg.policytest.tester import policy_tester_for
+
+    with policy_tester_for(hessra_db.dsn) as tester:
+        yield tester
 
 
 @pytest.fixture

@@ -1,0 +1,88 @@
+"""``hessra-pg policy test CASES.toml`` and ``hessra-pg policy test-helpers``
+(verbs of ``policy``, added by :mod:`hessra_pg.cli.policy`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from hessra_pg.errors import PolicyTestRunError
+
+from .common import EXIT_OK, CliInputError, command_parser, guarded
+
+EXIT_FAILED = 1
+EXIT_UNUSABLE = 2
+
+
+def add_test(verbs: Any) -> argparse.ArgumentParser:
+    """Add ``policy test``."""
+    p = command_parser(
+        verbs, "test",
+        help="run a matrix of policy test cases (role, token, statements, expected rows) against a database",
+        description=(
+            "Run the cases of a TOML file against a database: each case runs its statements as a role "
+            "(SET LOCAL ROLE) holding a token minted from a short description (kind, subject, resource, "
+            "operation, designations, expiry), no token, or garbage, and compares what they return or "
+            "whether they are allowed with what the case expects. docs/policy-tests.md describes the file.\n\n"
+            "Nothing is left behind: the run is one transaction, rolled back at the end, in which a fresh "
+            "test key is registered (hessra_authz.add_key), the [run] setup statements run, and each case "
+            "runs in a savepoint rolled back before the next. The connecting role must be a member of "
+            "hessra_admin and of every case's role (a superuser of a CI database is simplest). Meant for "
+            "test and staging databases: the run holds the keys table's change lock until it ends.\n\n"
+            "Prints one line per case (PASS, FAIL with the missing and unexpected rows, ERROR when the case "
+            "can't run) and a summary. Exit status: 0 when every case passes, 1 when one fails or can't "
+            "run, 2 when the file or the database can't be used."
+        ),
+        examples=(
+            "  hessra-pg policy test tests/policies.toml --dsn 'dbname=shop_test user=postgres'\n"
+            "  hessra-pg policy test tests/policies.toml --dsn \"$DATABASE_URL\" --junit policy-tests.xml"
+        ),
+    )
+    p.add_argument("cases", metavar="CASES.toml", help="the policy test file")
+    p.add_argument("--dsn", default="", metavar="DSN",
+                   help="libpq connection string or URI (default: the PG* environment variables)")
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
+    p.add_argument("--statement-timeout", type=int, default=60, metavar="SECONDS",
+                   help="longest any one statement may run (default: 60; 0: no limit)")
+    p.add_argument("--quiet", action="store_true", help="print only failed cases and the summary")
+    p.set_defaults(func=guarded(_test))
+    return p
+
+
+def _test(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from hessra_pg.policytest import load_cases, run_cases
+    from hessra_pg.policytest.report import case_lines, write_junit
+
+    if args.statement_timeout < 0:
+        raise CliInputError("--statement-timeout must be 0 (no limit) or a number of seconds")
+    cases = load_cases(args.cases)  # PolicyTestFileError: exit 2 with every problem
+
+    def show(result: Any) -> None:
+        if not (args.quiet and result.passed):
+            for line in case_lines(result):
+                print(line)
+        sys.stdout.flush()
+
+    try:
+        with psycopg.connect(args.dsn, connect_timeout=10) as conn:
+            report = run_cases(conn, cases, statement_timeout=args.statement_timeout or None, on_result=show)
+    except psycopg.OperationalError as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"hessra-pg: error: can't connect: {first}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except PolicyTestRunError as error:
+        print(f"hessra-pg: error: {error}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    print(report.summary())
+    if args.junit:
+        try:
+            write_junit(report, args.junit)
+        except OSError as error:
+            print(f"hessra-pg: error: can't write {args.junit}: {error.strerror}", file=sys.stderr)
+            return EXIT_UNUSABLE
+    return EXIT_OK if report.ok else EXIT_FAILED
