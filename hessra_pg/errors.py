@@ -191,6 +191,13 @@ class PolicyTestRunError(HessraError):
     sqlstate = "55000"  # object_not_in_prerequisite_state
 
 
+class SqlHelpersError(HessraError):
+    """The hessra_test SQL helpers can't be installed or dropped: not asked
+    for a test database, already there, or refused by the database."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
 class HessraContextError(HessraError, RuntimeError):
     """The token context can't be applied safely where it was asked for."""
 

@@ -27,9 +27,10 @@ def register(subparsers: Any) -> None:
     verbs = policy.add_subparsers(dest="policy_command", metavar="VERB", required=True)
     add_generate(verbs)
     add_validate(verbs)
-    from .policy_test import add_test
+    from .policy_test import add_test, add_test_helpers
 
     add_test(verbs)
+    add_test_helpers(verbs)
 
 
 def add_generate(verbs: Any) -> argparse.ArgumentParser:

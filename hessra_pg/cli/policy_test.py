@@ -86,3 +86,66 @@ def _test(args: argparse.Namespace) -> int:
             print(f"hessra-pg: error: can't write {args.junit}: {error.strerror}", file=sys.stderr)
             return EXIT_UNUSABLE
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def add_test_helpers(verbs: Any) -> argparse.ArgumentParser:
+    """Add ``policy test-helpers``."""
+    p = command_parser(
+        verbs, "test-helpers",
+        help="install the hessra_test SQL helpers (pgTAP) in a TEST database",
+        description=(
+            "Create schema hessra_test in a test database: hessra_test.authenticate_as(token, subject, role) "
+            "and hessra_test.clear_authentication() to act as a role holding a token inside a transaction "
+            "(as Supabase's tests.authenticate_as), and hessra_test.authorization_token / identity_token / "
+            "capability_token / mint(jsonb) to mint tokens signed by a test key. Not part of the "
+            "hessra_authz extension.\n\n"
+            "NEVER IN PRODUCTION: the test key's private half is stored in the database, so whoever can read "
+            "it can mint tokens that its policies accept. Refused unless --test-database says this is a test "
+            "database. The role must be a superuser. --drop deletes the test key and the schema.\n\n"
+            "Exit status: 0 when done, 2 when refused or the database can't be used."
+        ),
+        examples=(
+            "  hessra-pg policy test-helpers --dsn 'dbname=shop_test user=postgres' --test-database\n"
+            "  hessra-pg policy test-helpers --dsn 'dbname=shop_test user=postgres' --drop"
+        ),
+    )
+    p.add_argument("--dsn", default="", metavar="DSN",
+                   help="libpq connection string or URI of the TEST database (default: the PG* environment variables)")
+    p.add_argument("--test-database", action="store_true",
+                   help="confirm that this is a test database (required to install)")
+    p.add_argument("--drop", action="store_true", help="delete the test key and drop schema hessra_test")
+    p.set_defaults(func=guarded(_test_helpers))
+    return p
+
+
+def _test_helpers(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from hessra_pg.dev.sqlhelpers import drop_test_helpers, install_test_helpers
+    from hessra_pg.errors import SqlHelpersError
+
+    if not args.drop and not args.test_database:
+        raise CliInputError("refusing to install hessra_test without --test-database: it stores a private "
+                            "signing key in the database (anyone who can read it can mint tokens its policies "
+                            "accept); never in production")
+    try:
+        with psycopg.connect(args.dsn, autocommit=True, connect_timeout=10) as conn:
+            name = conn.info.dbname
+            if args.drop:
+                installed, kid = drop_test_helpers(conn)
+                print(f"{name}: dropped hessra_test" + (f" and test key kid {kid}" if kid is not None else "")
+                      if installed else f"{name}: hessra_test is not installed")
+                return EXIT_OK
+            kid = install_test_helpers(conn, test_database=True)
+    except psycopg.OperationalError as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"hessra-pg: error: can't connect: {first}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except SqlHelpersError as error:
+        print(f"hessra-pg: error: {error}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    print(f"{name}: installed hessra_test (TEST ONLY), test key kid {kid}; remove with --drop")
+    return EXIT_OK
+
