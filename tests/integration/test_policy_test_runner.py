@@ -366,3 +366,24 @@ def test_cli_unusable_file_or_database_exits_2(hessra_db, admin, shop, tmp_path:
                                   "permission denied for function add_key\nhint: run as a role that is a member "
                                   "of hessra_admin")
     assert "Traceback" not in done.stderr
+
+
+def _doc_block(language: str) -> str:
+    text = (Path(__file__).parents[2] / "docs" / "policy-tests.md").read_text()
+    return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_example_passes(hessra_db, admin, app_role):
+    """docs/policy-tests.md: its schema, its three generated policies, its CASES.toml."""
+    from hessra_pg.rls.policies import PolicySpec, generate_sql
+
+    admin.execute(_doc_block("sql").replace(" TO app;", f" TO {app_role};").encode())
+    admin.execute(generate_sql([
+        PolicySpec(table="orders", schema="shop", mode="designation", designations={"tenant_id": "tenant_id"}),
+        PolicySpec(table="invoices", schema="shop", mode="row", expression="'invoices/' || id"),
+        PolicySpec(table="documents", schema="shop", mode="identity", owner_column="owner"),
+    ]).encode())
+    text = _doc_block("toml").replace('"app"', f'"{app_role}"')
+    report = _run(hessra_db, text)
+    assert [(r.status, r.name) for r in report.results if not r.passed] == []
+    assert len(report.results) == 8
