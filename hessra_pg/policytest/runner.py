@@ -68,7 +68,8 @@ class RunReport:
 
 def run_cases(conn: psycopg.Connection[Any], cases: CaseFile, *, statement_timeout: int | None = 60,
               on_result: Callable[[CaseResult], None] | None = None) -> RunReport:
-    """Run every case on ``conn`` (idle, not in a transaction; its role
+    """Run every case on ``conn`` (idle, not in a transaction; it is left in
+    autocommit mode, the run's BEGIN and ROLLBACK being explicit; its role
     registers the test key, so it must be a member of ``hessra_admin``, and
     must be able to SET ROLE to each case's role). ``statement_timeout``:
     seconds any one statement may take (None: the server's setting).
