@@ -32,6 +32,8 @@ _HTTP_ERROR = re.compile(r"HTTP error: (\d{3})\b[^{]*(\{.*\})?", re.DOTALL)
 class AuthorityRefusal(HessraError):
     """The authority answered a request with an error status."""
 
+    sqlstate = "28000"  # invalid_authorization_specification: the authority refused
+
     def __init__(self, status: int | None, message: str) -> None:
         super().__init__(f"HTTP {status if status is not None else '?'}: {message}")
         self.status = status
