@@ -186,9 +186,9 @@ class _Rows:
 
 
 def _policy(name: str, qual: str | None, with_check: str | None = None, *, oid: int = 1,
-            permissive: bool = True) -> tuple[object, ...]:
+            permissive: bool = True, comment: str | None = None) -> tuple[object, ...]:
     return (oid, f"public.t{oid}", f"t{oid}", True, True, "postgres", False, name, "r", permissive, qual,
-            with_check, True, name)
+            with_check, True, name, comment)
 
 
 def test_policy_checks_from_parsed_expressions() -> None:
@@ -212,3 +212,22 @@ def test_policy_checks_from_parsed_expressions() -> None:
                                             "rejects it: syntax error at end of input)"),
         "policy slow on public.t1": ("fail", "evaluated once per row: hessra_authz.verify_bearer() in WITH CHECK"),
     }
+
+
+def test_per_row_calls_are_intended_only_with_the_no_subquery_comment() -> None:
+    from hessra_pg.admin.doctor import Report, _check_tables
+    from hessra_pg.rls.policies import NO_SUBQUERY_COMMENT
+
+    report = Report("db", "app", "15")
+    bare = "hessra_authz.authorized('t1'::text, 'read'::text)"
+    _check_tables(_Rows([  # type: ignore[arg-type]
+        _policy("marked", bare, comment=NO_SUBQUERY_COMMENT),
+        _policy("recorded", None, bare, comment='hessra-pg spec: {"no_subquery": true, "table": "t1"}'),
+        _policy("unmarked", bare, oid=2, comment="per row, trust me"),
+    ]), report)
+    checks = {check.name: (check.status, check.message) for check in report.checks}
+    assert checks["policies on public.t1"] == (
+        "ok", "2 token policies, 2 without subqueries by design (--no-subquery, for Citus: hessra_authz calls "
+              "once per row)")
+    assert checks["policy unmarked on public.t2"] == ("fail", "evaluated once per row: hessra_authz.authorized() "
+                                                              "in USING")
