@@ -10,3 +10,58 @@
 -- ---------------------------------------------------------------------------
 -- Citus mode (issue 15 item 2)
 -- ---------------------------------------------------------------------------
+
+-- Back to the 0.4.0 upserts (updated_at = now() in DO UPDATE: refused by Citus on
+-- reference tables, fine everywhere else).
+CREATE OR REPLACE FUNCTION hessra_authz.set_service_chain(name text, nodes jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    canonical text;
+BEGIN
+    IF set_service_chain.name IS NULL OR set_service_chain.name = '' THEN
+        RAISE EXCEPTION 'hessra_authz: service chain name must be a non-empty string'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    canonical := hessra_authz._canonical_chain(set_service_chain.nodes);
+    IF canonical::jsonb ? 'error' THEN
+        PERFORM hessra_authz._raise(canonical);
+    END IF;
+    INSERT INTO hessra_authz.service_chains AS c (name, nodes)
+    VALUES (set_service_chain.name, canonical::jsonb)
+    ON CONFLICT ON CONSTRAINT service_chains_pkey
+    DO UPDATE SET nodes = EXCLUDED.nodes, updated_at = pg_catalog.now();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.set_anchor(anchor text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF set_anchor.anchor = '' THEN
+        RAISE EXCEPTION 'hessra_authz: the anchor must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass NULL to remove the anchor.';
+    END IF;
+    INSERT INTO hessra_authz.capability_settings AS s (anchor) VALUES (set_anchor.anchor)
+    ON CONFLICT (singleton) DO UPDATE SET anchor = EXCLUDED.anchor, updated_at = pg_catalog.now();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.set_capability_options(require_anchor boolean DEFAULT NULL,
+                                                               fallback text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF set_capability_options.fallback IS NOT NULL AND set_capability_options.fallback NOT IN ('per_row', 'deny') THEN
+        RAISE EXCEPTION 'hessra_authz: fallback must be per_row or deny'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO hessra_authz.capability_settings AS s (require_anchor, fallback)
+    VALUES (coalesce(set_capability_options.require_anchor, false), coalesce(set_capability_options.fallback, 'per_row'))
+    ON CONFLICT (singleton) DO UPDATE
+       SET require_anchor = coalesce(set_capability_options.require_anchor, s.require_anchor),
+           fallback = coalesce(set_capability_options.fallback, s.fallback),
+           updated_at = pg_catalog.now();
+END
+$$;

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import hessra_pg
 from hessra_pg.admin.doctor_replica import check_replica
+from hessra_pg.admin.doctor_citus import check_citus
 from hessra_pg.errors import DoctorConnectionError, DoctorRequirementError, HessraError, PolicyExpressionError
 from hessra_pg.rls.policies import intends_per_row
 
@@ -245,6 +246,8 @@ def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[
         plpython = _check_plpython(conn, report)
         extension = _check_extension(conn, report)
         check_replica(conn, report, admin_conn)
+        if extension:
+            check_citus(conn, report, admin_conn)
         _check_server_python(conn, report, superuser=superuser, plpython=plpython, extension=extension)
         keys = _check_keys(conn, report, admin_conn=admin_conn, extension=extension, horizon=key_horizon)
         if authority is not None:

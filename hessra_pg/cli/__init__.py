@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "hessra_pg.cli.policy",
     "hessra_pg.cli.doctor",
     "hessra_pg.cli.chains",
+    "hessra_pg.cli.citus",
     "hessra_pg.cli.authority",
     "hessra_pg.cli.demo",
 ]
