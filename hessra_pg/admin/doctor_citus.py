@@ -39,6 +39,7 @@ def check_citus(conn: psycopg.Connection[Any], report: Report,
 
     if not citus_installed(conn):
         return False
+    _check_statement_stats(conn, report)
     pending = undistributed_tables(conn)
     if pending:
         report.checks.append(Check(NAME, FAIL, f"Citus is installed but {', '.join(pending)} "
@@ -68,3 +69,19 @@ def check_citus(conn: psycopg.Connection[Any], report: Report,
         report.checks.append(Check(NAME, OK, f"the configuration is the same on all {len(nodes)} nodes "
                                              "(Citus reference tables)"))
     return True
+
+
+def _check_statement_stats(conn: psycopg.Connection[Any], report: Report) -> None:
+    """Under Citus the token travels as ``SET LOCAL hessra.token = '...'``
+    (the only form Citus forwards), and pg_stat_statements keeps the text of
+    utility statements, token included, while ``track_utility`` is on."""
+    from hessra_pg.admin.doctor import WARN, Check
+
+    row = conn.execute("SELECT pg_catalog.current_setting('pg_stat_statements.track_utility', true)").fetchone()
+    if row and row[0] == "on":
+        report.checks.append(Check(
+            "citus transport", WARN,
+            "pg_stat_statements.track_utility is on for this role: the SET LOCAL transport that Citus needs puts "
+            "each token in the statement text, which pg_stat_statements keeps",
+            "ALTER ROLE <application role> SET pg_stat_statements.track_utility = off (on every node), or "
+            "turn it off in postgresql.conf; docs/scale-out.md \"The token transport\""))

@@ -61,17 +61,20 @@ class CitusCluster:
 
 
 @contextmanager
-def citus_cluster(workers: int = 1, dbname: str = "app", *, distribute: bool = True) -> Iterator[CitusCluster]:
+def citus_cluster(workers: int = 1, dbname: str = "app", *, distribute: bool = True,
+                  settings: dict[str, str | int | float | bool] | None = None) -> Iterator[CitusCluster]:
     """Start a coordinator and ``workers`` workers on loopback, create Citus
     and hessra_authz in ``dbname`` (run ``hessra-pg install`` of the code you
     test first), distribute the configuration (unless ``distribute=False``);
-    stop everything at the end."""
+    stop everything at the end. ``settings``: more server settings for every
+    node (``shared_preload_libraries`` must keep ``citus`` first)."""
     import psycopg
 
     from hessra_pg.admin.citus import distribute_configuration
 
+    merged = {**CITUS_SETTINGS, **(settings or {})}
     with ExitStack() as stack:
-        nodes = [stack.enter_context(LocalCluster(port=0, settings=CITUS_SETTINGS)) for _ in range(workers + 1)]
+        nodes = [stack.enter_context(LocalCluster(port=0, settings=merged)) for _ in range(workers + 1)]
         for node in nodes:
             node.create_database(dbname)
             with psycopg.connect(node.dsn(dbname), autocommit=True) as conn:

@@ -77,7 +77,8 @@ SPECS = [
 def citus(hessra_postgres: Any) -> Iterator[CitusCluster]:
     # hessra_postgres: the session fixture installs this checkout's extension first.
     started = time.monotonic()
-    with citus_cluster(workers=1) as cluster:
+    # pg_stat_statements too: the SET LOCAL transport's trade-off is checked below.
+    with citus_cluster(workers=1, settings={"shared_preload_libraries": "citus,pg_stat_statements"}) as cluster:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             for statement in filter(str.strip, SCHEMA.split(";\n")):  # one transaction each (Citus DDL)
                 conn.execute(statement)
@@ -342,6 +343,7 @@ def test_doctor_and_status_on_the_citus_mode(citus: CitusCluster, root: Any,
 
     code, checks = _doctor(capsys, citus.dsn(APP), "--admin-dsn", citus.dsn())
     assert checks["citus"] == ("ok", "the configuration is the same on all 2 nodes (Citus reference tables)")
+    assert checks["citus transport"][0] == "warn" and "track_utility is on" in checks["citus transport"][1]
     assert checks["policies on public.orders"][0] == "ok"
     code, checks = _doctor(capsys, citus.dsn(APP))
     assert checks["citus"][0] == "ok" and "nodes not compared" in checks["citus"][1]
@@ -380,3 +382,32 @@ def test_without_enable_the_workers_deny_and_enable_fixes_it(hessra_postgres: An
         assert main(["citus", "enable", "--dsn", cluster.dsn()]) == 0
         assert "distributed: hessra_authz.keys, hessra_authz.service_chains" in capsys.readouterr().out
         assert count(cluster, "orders", token, "alice") == 100  # the key registered before reached the worker
+
+
+def test_pg_stat_statements_keeps_set_local_tokens_unless_track_utility_is_off(
+        citus: CitusCluster, root: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented trade-off of the SET LOCAL transport, and its fix."""
+    role = f"stats_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(citus.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON public.orders TO {role}")
+
+    def kept(token: str) -> tuple[bool, bool]:
+        """Whether the coordinator's and the worker's pg_stat_statements hold the token."""
+        with psycopg.connect(citus.coordinator.dsn(citus.dbname, role)) as conn:
+            with hessra_transaction(conn, token=token, subject="alice", transport=SET_LOCAL):
+                assert conn.execute("SELECT count(*) FROM public.orders").fetchone()[0] == ROWS
+        found = []
+        for dsn in (citus.dsn(), citus.worker_dsn()):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                found.append(conn.execute("SELECT count(*) > 0 FROM pg_stat_statements WHERE strpos(query, %s) > 0",
+                                          (token,)).fetchone()[0])
+        return found[0], found[1]
+
+    assert kept(mint_authorization(root, "alice", "orders", "read")) == (True, True)  # the hazard is real
+    with psycopg.connect(citus.dsn(), autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE {role} SET pg_stat_statements.track_utility = off")  # propagated by Citus
+    assert kept(mint_authorization(root, "alice", "orders", "read")) == (False, False)
+    _, checks = _doctor(capsys, citus.coordinator.dsn(citus.dbname, role))
+    assert "citus transport" not in checks
