@@ -8,6 +8,58 @@
 -- ---------------------------------------------------------------------------
 
 -- ---------------------------------------------------------------------------
+-- Logical replication (issue 15 item 1)
+-- ---------------------------------------------------------------------------
+
+DO $$
+DECLARE
+    config record;
+BEGIN
+    FOR config IN
+        SELECT t.tgrelid::pg_catalog.regclass AS rel
+          FROM pg_catalog.pg_trigger AS t
+         WHERE t.tgname OPERATOR(pg_catalog.=) 'refresh_on_apply'
+           AND t.tgfoid OPERATOR(pg_catalog.=) 'hessra_authz._refresh_on_apply()'::pg_catalog.regprocedure
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER refresh_on_apply ON %s', config.rel);
+    END LOOP;
+END
+$$;
+DROP FUNCTION hessra_authz._refresh_on_apply();
+
+-- 0.4.0's _config_ddl.
+CREATE OR REPLACE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    origin_only record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+                WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                  AND c.objid IN ('hessra_authz.keys'::pg_catalog.regclass,
+                                  'hessra_authz.service_chains'::pg_catalog.regclass,
+                                  'hessra_authz.revocations'::pg_catalog.regclass,
+                                  'hessra_authz.capability_settings'::pg_catalog.regclass)) THEN
+        PERFORM hessra_authz._refresh_config_state();
+        -- (This ALTER fires the event trigger once more; the trigger is
+        -- then ALWAYS, so it stops there.)
+        FOR origin_only IN
+            SELECT t.tgrelid::pg_catalog.regclass AS rel
+              FROM pg_catalog.pg_trigger AS t
+             WHERE t.tgname = 'bump_generation' AND t.tgenabled = 'O'
+               AND t.tgrelid IN ('hessra_authz.keys'::pg_catalog.regclass,
+                                 'hessra_authz.service_chains'::pg_catalog.regclass,
+                                 'hessra_authz.revocations'::pg_catalog.regclass,
+                                 'hessra_authz.capability_settings'::pg_catalog.regclass)
+        LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bump_generation', origin_only.rel);
+        END LOOP;
+    END IF;
+END
+$$;
+
+
+-- ---------------------------------------------------------------------------
 -- Citus mode (issue 15 item 2)
 -- ---------------------------------------------------------------------------
 

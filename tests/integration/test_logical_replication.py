@@ -6,11 +6,11 @@ the extension created. The publisher publishes the configuration tables
 which each database derives from them). The subscriber's apply worker runs
 with session_replication_role = replica, where only ENABLE ALWAYS and
 ENABLE REPLICA triggers fire, and it fires ROW triggers only: the
-extension's bump_generation triggers (ALWAYS, but FOR EACH STATEMENT) fire
-for the initial copy and TRUNCATE, not for an applied INSERT, UPDATE or
-DELETE. Until the extension has a row trigger of its own, the subscriber
-needs SUBSCRIBER_TRIGGERS (docs/replicas.md); with them each applied change
-refreshes the subscriber's configuration, and backends already connected
+extension's bump_generation triggers (ALWAYS, FOR EACH STATEMENT) fire for
+the initial copy and TRUNCATE, not for an applied INSERT, UPDATE or DELETE.
+Since 0.5.0 the extension's refresh_on_apply (a deferred row trigger,
+ALWAYS, acting only in replica mode) refreshes the subscriber's
+configuration once per applied transaction, and backends already connected
 there enforce it at their next statement.
 """
 
@@ -34,13 +34,6 @@ DB = "hessra_logical"
 APP = "logical_app"
 CONFIG_TABLES = ("keys", "service_chains", "revocations", "capability_settings")
 
-# The recipe of docs/replicas.md, run on the subscriber (as a superuser).
-SUBSCRIBER_TRIGGERS = "".join(f"""
-CREATE TRIGGER bump_generation_on_apply
-    AFTER INSERT OR UPDATE OR DELETE ON hessra_authz.{table}
-    FOR EACH ROW EXECUTE FUNCTION hessra_authz._bump_generation();
-ALTER TABLE hessra_authz.{table} ENABLE REPLICA TRIGGER bump_generation_on_apply;
-""" for table in CONFIG_TABLES)
 
 
 @dataclass
@@ -118,7 +111,6 @@ def test_configuration_reaches_subscribers_and_is_enforced(pair: Pair) -> None:
             return states is not None and len(states) == len(CONFIG_TABLES) and set(states) == {"r"}
 
         eventually(synced)
-        sub.execute(SUBSCRIBER_TRIGGERS.encode())
         # The initial copy fired the triggers: the connected backend sees the key at its next statement.
         assert verify(app, token)
         assert app.execute("SELECT hessra_authz.verify_capability(%s, 'invoices', 'read', '{}')",
@@ -159,9 +151,10 @@ def test_configuration_reaches_subscribers_and_is_enforced(pair: Pair) -> None:
 def test_triggers_are_enable_always(pair: Pair) -> None:
     """What the subscriber's freshness rests on: the generation triggers fire in replica mode."""
     with pair.sub() as sub:
-        rows = sub.execute("SELECT tgrelid::regclass::text, tgenabled FROM pg_catalog.pg_trigger "
-                           "WHERE tgname = 'bump_generation' ORDER BY 1").fetchall()
-        assert rows == [(f"hessra_authz.{table}", "A") for table in sorted(CONFIG_TABLES)]
+        enabled = dict(sub.execute("SELECT tgrelid::regclass::text, tgenabled FROM pg_catalog.pg_trigger "
+                                   "WHERE tgname = 'bump_generation'").fetchall())
+        assert set(enabled.values()) == {"A"}
+        assert {f"hessra_authz.{table}" for table in CONFIG_TABLES} <= enabled.keys()
         # In replica mode (as the apply worker runs) a change still bumps the generation.
         before = sub.execute("SELECT generation FROM hessra_authz.config_state").fetchone()[0]
         with sub.transaction():
@@ -171,15 +164,57 @@ def test_triggers_are_enable_always(pair: Pair) -> None:
         assert after > before
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="extension gap: bump_generation is a statement trigger, which logical "
-                   "replication apply does not fire; a replicated revocation is not enforced on a subscriber "
-                   "without SUBSCRIBER_TRIGGERS (docs/replicas.md). Fix: a row trigger in the extension.")
-def test_applied_changes_refresh_without_the_recipe(pair: Pair) -> None:
-    """Fails today (xfail strict): once the extension refreshes the
-    configuration on apply by itself, this passes and the recipe goes."""
+def test_one_refresh_per_applied_transaction(pair: Pair) -> None:
+    """The extension alone refreshes the subscriber on apply (0.4.0 needed a
+    recipe), once per applied transaction however many rows it holds; on the
+    publisher a statement refreshes once, the row trigger adds nothing."""
     with pair.sub() as sub:
-        sub.execute("".join(f"DROP TRIGGER IF EXISTS bump_generation_on_apply ON hessra_authz.{table};"
-                            for table in CONFIG_TABLES).encode())
+        def state() -> tuple[int, str]:
+            return sub.execute("SELECT generation, revoked_ids::text FROM hessra_authz.config_state").fetchone()
+
+        before = state()
+        with pair.pub() as pub:
+            generation = pub.execute("SELECT generation FROM hessra_authz.config_state").fetchone()[0]
+            with pub.transaction():
+                for n in range(40):
+                    pub.execute("SELECT hessra_authz.revoke(%s)", (f"{n:02x}" * 32,))
+            # 40 statements, 40 refreshes on the publisher (each statement trigger once)
+            assert pub.execute("SELECT generation FROM hessra_authz.config_state").fetchone()[0] == generation + 40
+            pub.execute("INSERT INTO hessra_authz.revocations (identity) "
+                        "SELECT 'urn:bulk:' || n FROM generate_series(1, 50) AS n")
+            assert pub.execute("SELECT generation FROM hessra_authz.config_state").fetchone()[0] == generation + 41
+        eventually(lambda: sub.execute("SELECT count(*) = 50 FROM hessra_authz.revocations "
+                                       "WHERE identity LIKE 'urn:bulk:%'").fetchone()[0])
+        after = state()
+        # two applied transactions: two refreshes, not 90
+        assert after[0] == before[0] + 2, (before, after)
+        assert "27" * 32 in after[1]
+
+
+def test_refresh_on_apply_stays_always(pair: Pair) -> None:
+    """DISABLE/ENABLE TRIGGER ALL (pg_restore --disable-triggers) leaves the
+    triggers origin-only; the event trigger turns them back into ALWAYS."""
+    with pair.sub() as sub:
+        for table in CONFIG_TABLES:
+            sub.execute(f"ALTER TABLE hessra_authz.{table} DISABLE TRIGGER ALL")
+            sub.execute(f"ALTER TABLE hessra_authz.{table} ENABLE TRIGGER ALL")
+        enabled = dict(sub.execute("SELECT tgrelid::regclass::text, tgenabled FROM pg_catalog.pg_trigger "
+                                   "WHERE tgname = 'refresh_on_apply'").fetchall())
+        generation = dict(sub.execute("SELECT tgrelid::regclass::text, tgenabled FROM pg_catalog.pg_trigger "
+                                      "WHERE tgname = 'bump_generation'").fetchall())
+        # every configuration table has both, both ALWAYS again
+        assert enabled.keys() == generation.keys() and set(enabled.values()) == set(generation.values()) == {"A"}
+        assert {f"hessra_authz.{table}" for table in CONFIG_TABLES} <= enabled.keys()
+
+
+def test_applied_changes_refresh_by_themselves(pair: Pair) -> None:
+    """A revocation applied on the subscriber is in its configuration with
+    no trigger of the user's own."""
+    with pair.sub() as sub:
+        assert sub.execute("SELECT count(*) FROM pg_catalog.pg_trigger AS t "
+                           "JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid "
+                           "WHERE c.relnamespace = 'hessra_authz'::regnamespace AND NOT t.tgisinternal "
+                           "AND t.tgname NOT IN ('bump_generation', 'refresh_on_apply')").fetchone()[0] == 0
         before = sub.execute("SELECT generation, revoked_ids FROM hessra_authz.config_state").fetchone()
         with pair.pub() as pub:
             pub.execute("SELECT hessra_authz.revoke(repeat('cd', 16))")
