@@ -93,6 +93,253 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------
+-- Audit and stats (issue 16)
+-- ---------------------------------------------------------------------------
+
+-- Audit levels (hessra_pg.plpython.audit, docs/audit.md): one row for the
+-- database (role NULL) and one per role with its own level. Not a session
+-- setting: only administrators write it (set_audit), and it travels with
+-- the rest of the configuration (the generation bump; _sync() reads it with
+-- the statement's snapshot). regrole: dumped and restored by role name.
+CREATE TABLE hessra_authz.audit_settings (
+    role        pg_catalog.regrole,
+    level       text NOT NULL CHECK (level IN ('off', 'denied', 'all')),
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT audit_settings_role_key UNIQUE NULLS NOT DISTINCT (role)
+);
+COMMENT ON TABLE hessra_authz.audit_settings IS
+    'Audit levels (off, denied, all): the database''s (role NULL; no row means off) and roles'' own. Each audited decision writes one JSON line to the server log. Write through set_audit().';
+SELECT pg_catalog.pg_extension_config_dump('hessra_authz.audit_settings', '');
+REVOKE ALL ON hessra_authz.audit_settings FROM PUBLIC;
+CREATE TRIGGER bump_generation
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON hessra_authz.audit_settings
+    FOR EACH STATEMENT EXECUTE FUNCTION hessra_authz._bump_generation();
+ALTER TABLE hessra_authz.audit_settings ENABLE ALWAYS TRIGGER bump_generation;
+
+CREATE OR REPLACE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    origin_only record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+                WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                  AND c.objid IN ('hessra_authz.keys'::pg_catalog.regclass,
+                                  'hessra_authz.service_chains'::pg_catalog.regclass,
+                                  'hessra_authz.revocations'::pg_catalog.regclass,
+                                  'hessra_authz.capability_settings'::pg_catalog.regclass,
+                                  'hessra_authz.audit_settings'::pg_catalog.regclass)) THEN
+        PERFORM hessra_authz._refresh_config_state();
+        -- (This ALTER fires the event trigger once more; the trigger is
+        -- then ALWAYS, so it stops there.)
+        FOR origin_only IN
+            SELECT t.tgrelid::pg_catalog.regclass AS rel
+              FROM pg_catalog.pg_trigger AS t
+             WHERE t.tgname = 'bump_generation' AND t.tgenabled = 'O'
+               AND t.tgrelid IN ('hessra_authz.keys'::pg_catalog.regclass,
+                                 'hessra_authz.service_chains'::pg_catalog.regclass,
+                                 'hessra_authz.revocations'::pg_catalog.regclass,
+                                 'hessra_authz.capability_settings'::pg_catalog.regclass,
+                                 'hessra_authz.audit_settings'::pg_catalog.regclass)
+        LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bump_generation', origin_only.rel);
+        END LOOP;
+    END IF;
+END
+$$;
+
+-- The levels reach each backend's runtime with the configuration: read
+-- here, with the statement's snapshot, only when the version changed.
+CREATE FUNCTION hessra_authz._load_audit(version text, level text, role_oids oid[], role_levels text[])
+RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_5_audit
+return abi_0_5_audit.load_audit(version, level, role_oids, role_levels)
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz._sync(held text) RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    version text;
+    outcome text;
+BEGIN
+    SELECT c.generation::text || '/' || c.xmin::text INTO version FROM hessra_authz.config_state AS c;
+    IF version IS DISTINCT FROM _sync.held THEN
+        SELECT hessra_authz._load_config(
+                   version, c.kids, c.public_keys, c.not_before_us, c.not_after_us, c.node_chains, c.node_kinds,
+                   c.node_components, c.node_keys, c.revoked_ids, c.revoked_identities, d.oid, d.xmin::text, c.anchor,
+                   c.require_anchor, c.fallback)
+          INTO outcome
+          FROM hessra_authz.config_state AS c, pg_catalog.pg_database AS d
+         WHERE d.datname = pg_catalog.current_database();
+        IF outcome <> '' THEN
+            PERFORM hessra_authz._raise(outcome);
+        END IF;
+        SELECT hessra_authz._load_audit(
+                   version,
+                   (SELECT a.level FROM hessra_authz.audit_settings AS a WHERE a.role IS NULL),
+                   coalesce(pg_catalog.array_agg(a.role::pg_catalog.oid ORDER BY a.role::pg_catalog.oid)
+                                FILTER (WHERE a.role IS NOT NULL), '{}'),
+                   coalesce(pg_catalog.array_agg(a.level ORDER BY a.role::pg_catalog.oid)
+                                FILTER (WHERE a.role IS NOT NULL), '{}'))
+          INTO outcome
+          FROM hessra_authz.audit_settings AS a;
+        IF outcome <> '' THEN
+            PERFORM hessra_authz._raise(outcome);
+        END IF;
+    END IF;
+    RETURN version;
+END
+$$;
+
+CREATE FUNCTION hessra_authz.set_audit(level text, role name DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target pg_catalog.regrole;
+BEGIN
+    IF set_audit.level IS NULL AND set_audit.role IS NULL THEN
+        RAISE EXCEPTION 'hessra_authz: the database''s audit level must be off, denied or all'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF set_audit.level NOT IN ('off', 'denied', 'all') THEN
+        RAISE EXCEPTION 'hessra_authz: audit level must be off, denied or all'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'NULL with a role removes that role''s own level.';
+    END IF;
+    IF set_audit.role IS NOT NULL THEN
+        SELECT r.oid::pg_catalog.regrole INTO target FROM pg_catalog.pg_roles AS r WHERE r.rolname = set_audit.role;
+        IF target IS NULL THEN
+            RAISE EXCEPTION 'hessra_authz: role "%" does not exist', set_audit.role
+                USING ERRCODE = 'undefined_object';
+        END IF;
+    END IF;
+    IF set_audit.level IS NULL THEN
+        DELETE FROM hessra_authz.audit_settings AS a WHERE a.role = target;
+        RETURN;
+    END IF;
+    UPDATE hessra_authz.audit_settings AS a SET level = set_audit.level, updated_at = pg_catalog.now()
+     WHERE a.role IS NOT DISTINCT FROM target;
+    IF NOT FOUND THEN
+        INSERT INTO hessra_authz.audit_settings (role, level) VALUES (target, set_audit.level);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.set_audit(text, name) IS
+    'Set the audit level (off, denied, all) of this database, or with a role that role''s own level (NULL removes it). Each audited decision writes one JSON line to the server log (docs/audit.md). Admin only; enforced by every backend''s next statement.';
+
+CREATE FUNCTION hessra_authz._stats(admin boolean) RETURNS text
+LANGUAGE plpython3u VOLATILE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_5_audit
+return abi_0_5_audit.stats(admin)
+$$;
+
+CREATE FUNCTION hessra_authz.stats() RETURNS jsonb
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN hessra_authz._stats(hessra_authz._is_admin())::jsonb;
+END
+$$;
+COMMENT ON FUNCTION hessra_authz.stats() IS
+    'This backend''s verifier since its start or reset_stats(): decisions computed by kind, outcome and reason; verification time (count, sum, max, p50/p90/p99 in microseconds, histogram buckets); hits and misses of each cache and of the shared decision table; audit lines written and suppressed. Key reasons and audit levels for key administrators only. Counts only, never tokens.';
+
+-- No SQL, no arguments: any role may reset its own backend's counters.
+CREATE FUNCTION hessra_authz.reset_stats() RETURNS void
+LANGUAGE plpython3u VOLATILE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_5_audit
+abi_0_5_audit.reset_stats()
+$$;
+COMMENT ON FUNCTION hessra_authz.reset_stats() IS
+    'Zero this backend''s counters (stats()): decisions, verification times, cache hits and misses, audit line counts.';
+
+CREATE OR REPLACE FUNCTION hessra_authz._admin_functions() RETURNS pg_catalog.regprocedure[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT ARRAY[
+    'hessra_authz.add_key(text, integer, timestamp with time zone, timestamp with time zone, text)',
+    'hessra_authz.retire_key(integer, timestamp with time zone)',
+    'hessra_authz.set_service_chain(text, jsonb)',
+    'hessra_authz.drop_service_chain(text)',
+    'hessra_authz.revoke(text, text)',
+    'hessra_authz.revoke_token(text, text)',
+    'hessra_authz.revoke_identity(text, text)',
+    'hessra_authz.set_anchor(text)',
+    'hessra_authz.set_capability_options(boolean, text)',
+    'hessra_authz.set_audit(text, name)'
+]::pg_catalog.regprocedure[]
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.grant_admin(role name) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = grant_admin.role) THEN
+        RAISE EXCEPTION 'hessra_authz: role "%" does not exist', grant_admin.role
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    FOREACH f IN ARRAY hessra_authz._admin_functions() LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', f, grant_admin.role);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'GRANT SELECT ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revocations,
+        hessra_authz.capability_settings, hessra_authz.audit_settings TO %I',
+        grant_admin.role);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.revoke_admin(role name) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = revoke_admin.role) THEN
+        RAISE EXCEPTION 'hessra_authz: role "%" does not exist', revoke_admin.role
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    FOREACH f IN ARRAY hessra_authz._admin_functions() LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM %I', f, revoke_admin.role);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'REVOKE SELECT ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revocations,
+        hessra_authz.capability_settings, hessra_authz.audit_settings FROM %I',
+        revoke_admin.role);
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION
+    hessra_authz._load_audit(text, text, oid[], text[]),
+    hessra_authz._stats(boolean),
+    hessra_authz.set_audit(text, name)
+FROM PUBLIC;
+
+DO $grant$
+DECLARE
+    grantee name;
+BEGIN
+    -- Whoever may run add_key here may set the audit level and read it.
+    FOR grantee IN
+        SELECT a.grantee::pg_catalog.regrole::text
+          FROM pg_catalog.aclexplode((SELECT p.proacl FROM pg_catalog.pg_proc AS p
+                                       WHERE p.oid = 'hessra_authz.add_key(text, integer, timestamp with time zone, timestamp with time zone, text)'::pg_catalog.regprocedure)) AS a
+         WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0
+           AND a.grantee <> (SELECT p.proowner FROM pg_catalog.pg_proc AS p
+                              WHERE p.oid = 'hessra_authz.add_key(text, integer, timestamp with time zone, timestamp with time zone, text)'::pg_catalog.regprocedure)
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION hessra_authz.set_audit(text, name) TO %s', grantee);
+        EXECUTE pg_catalog.format('GRANT SELECT ON hessra_authz.audit_settings TO %s', grantee);
+    END LOOP;
+END
+$grant$;
+
+
+-- ---------------------------------------------------------------------------
 -- Citus mode (issue 15 item 2)
 -- ---------------------------------------------------------------------------
 

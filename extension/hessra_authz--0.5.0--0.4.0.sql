@@ -60,6 +60,132 @@ $$;
 
 
 -- ---------------------------------------------------------------------------
+-- Audit and stats (issue 16)
+-- ---------------------------------------------------------------------------
+
+-- The 0.4.0 _sync, _config_ddl and admin lists back; then the audit table
+-- (its rows are lost) and the stats functions go.
+CREATE OR REPLACE FUNCTION hessra_authz._sync(held text) RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    version text;
+    outcome text;
+BEGIN
+    SELECT c.generation::text || '/' || c.xmin::text INTO version FROM hessra_authz.config_state AS c;
+    IF version IS DISTINCT FROM _sync.held THEN
+        SELECT hessra_authz._load_config(
+                   version, c.kids, c.public_keys, c.not_before_us, c.not_after_us, c.node_chains, c.node_kinds,
+                   c.node_components, c.node_keys, c.revoked_ids, c.revoked_identities, d.oid, d.xmin::text, c.anchor,
+                   c.require_anchor, c.fallback)
+          INTO outcome
+          FROM hessra_authz.config_state AS c, pg_catalog.pg_database AS d
+         WHERE d.datname = pg_catalog.current_database();
+        IF outcome <> '' THEN
+            PERFORM hessra_authz._raise(outcome);
+        END IF;
+    END IF;
+    RETURN version;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    origin_only record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+                WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                  AND c.objid IN ('hessra_authz.keys'::pg_catalog.regclass,
+                                  'hessra_authz.service_chains'::pg_catalog.regclass,
+                                  'hessra_authz.revocations'::pg_catalog.regclass,
+                                  'hessra_authz.capability_settings'::pg_catalog.regclass)) THEN
+        PERFORM hessra_authz._refresh_config_state();
+        -- (This ALTER fires the event trigger once more; the trigger is
+        -- then ALWAYS, so it stops there.)
+        FOR origin_only IN
+            SELECT t.tgrelid::pg_catalog.regclass AS rel
+              FROM pg_catalog.pg_trigger AS t
+             WHERE t.tgname = 'bump_generation' AND t.tgenabled = 'O'
+               AND t.tgrelid IN ('hessra_authz.keys'::pg_catalog.regclass,
+                                 'hessra_authz.service_chains'::pg_catalog.regclass,
+                                 'hessra_authz.revocations'::pg_catalog.regclass,
+                                 'hessra_authz.capability_settings'::pg_catalog.regclass)
+        LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bump_generation', origin_only.rel);
+        END LOOP;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz._admin_functions() RETURNS pg_catalog.regprocedure[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT ARRAY[
+    'hessra_authz.add_key(text, integer, timestamp with time zone, timestamp with time zone, text)',
+    'hessra_authz.retire_key(integer, timestamp with time zone)',
+    'hessra_authz.set_service_chain(text, jsonb)',
+    'hessra_authz.drop_service_chain(text)',
+    'hessra_authz.revoke(text, text)',
+    'hessra_authz.revoke_token(text, text)',
+    'hessra_authz.revoke_identity(text, text)',
+    'hessra_authz.set_anchor(text)',
+    'hessra_authz.set_capability_options(boolean, text)'
+]::pg_catalog.regprocedure[]
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.grant_admin(role name) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = grant_admin.role) THEN
+        RAISE EXCEPTION 'hessra_authz: role "%" does not exist', grant_admin.role
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    FOREACH f IN ARRAY hessra_authz._admin_functions() LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', f, grant_admin.role);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'GRANT SELECT ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revocations,
+        hessra_authz.capability_settings TO %I',
+        grant_admin.role);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.revoke_admin(role name) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = revoke_admin.role) THEN
+        RAISE EXCEPTION 'hessra_authz: role "%" does not exist', revoke_admin.role
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    FOREACH f IN ARRAY hessra_authz._admin_functions() LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM %I', f, revoke_admin.role);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'REVOKE SELECT ON hessra_authz.keys, hessra_authz.service_chains, hessra_authz.revocations,
+        hessra_authz.capability_settings FROM %I',
+        revoke_admin.role);
+END
+$$;
+
+DROP FUNCTION hessra_authz.reset_stats();
+DROP FUNCTION hessra_authz.stats();
+DROP FUNCTION hessra_authz._stats(boolean);
+DROP FUNCTION hessra_authz.set_audit(text, name);
+DROP FUNCTION hessra_authz._load_audit(text, text, oid[], text[]);
+DROP TABLE hessra_authz.audit_settings;
+-- A new generation: every backend reloads (and stops auditing).
+SELECT hessra_authz._refresh_config_state();
+
+
+-- ---------------------------------------------------------------------------
 -- Citus mode (issue 15 item 2)
 -- ---------------------------------------------------------------------------
 

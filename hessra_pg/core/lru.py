@@ -27,19 +27,29 @@ ENTRY_OVERHEAD = 256
 class ByteBoundedLRU:
     """LRU mapping whose summed entry weights stay within `bound` bytes."""
 
-    __slots__ = ("bound", "bytes", "_items")
+    __slots__ = ("bound", "bytes", "_items", "hits", "misses")
 
     def __init__(self, bound: int) -> None:
         self.bound = bound
         self.bytes = 0
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        #: Lookups that found an entry / none (hessra_authz.stats()).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, key: Hashable) -> Any:
         item = self._items.get(key)
         if item is None:
+            self.misses += 1
             return None
+        self.hits += 1
         self._items.move_to_end(key)
         return item[0]
+
+    def peek(self, key: Hashable) -> Any:
+        """The value under `key` without counting a lookup or refreshing it."""
+        item = self._items.get(key)
+        return None if item is None else item[0]
 
     def put(self, key: Hashable, value: Any, weight: int) -> bool:
         """Keep `value` under `key`, charged `weight` bytes; False if it is too

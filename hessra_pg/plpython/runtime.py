@@ -55,6 +55,8 @@ from ..errors import (
     UnknownChainError,
 )
 from .shared_decisions import SharedDecisions, blake2b
+from .audit import Audit
+from .stats import Counters
 from ..core.verifier import (
     ChainNode,
     Decision,
@@ -209,6 +211,9 @@ class Runtime:
         self.internal_errors: dict[str, int] = {}
         #: Whether a token (by digest) is a capability token; at most TOKEN_KINDS_MAX entries.
         self.token_kinds: dict[bytes, bool] = {}
+        #: Audit levels and line budget (hessra_pg.plpython.audit); decision counters (.stats).
+        self.audit = Audit()
+        self.counters = Counters()
 
     # -- configuration ------------------------------------------------------
 
@@ -371,8 +376,10 @@ class Statement:
         decisions whose caller needs only `valid`), positive ones are also
         shared with the database's other backends.
         """
+        if self.runtime.audit.active and not self.runtime.audit.busy:  # audit off: this one test
+            return self.runtime.audit.remembered(self, token, args, compute, keep, shared)
         if token is None:
-            return compute()
+            return self.runtime.counters.computed(args, compute)
         runtime, now = self.runtime, self.now
         token_digest = self.digest(token)
         key = (self.config.version, token_digest, args)
@@ -387,7 +394,7 @@ class Statement:
                 result: Any = Decision(True, "ok")
                 runtime.decisions.put(key, (result, until), text_size(args) + result.weight())
                 return result
-        result = compute()
+        result = runtime.counters.computed(args, compute)
         until = self._valid_until(token_digest)
         if until is not None and keep(result):
             runtime.decisions.put(key, (result, until), text_size(args) + result_size(result))
