@@ -116,37 +116,18 @@ CREATE TRIGGER bump_generation
     FOR EACH STATEMENT EXECUTE FUNCTION hessra_authz._bump_generation();
 ALTER TABLE hessra_authz.audit_settings ENABLE ALWAYS TRIGGER bump_generation;
 
-CREATE OR REPLACE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    origin_only record;
+-- Refreshed on a logical-replication subscriber too (refresh_on_apply,
+-- the section above; _config_ddl finds this table by name).
+DO $refresh$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-                WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                  AND c.objid IN ('hessra_authz.keys'::pg_catalog.regclass,
-                                  'hessra_authz.service_chains'::pg_catalog.regclass,
-                                  'hessra_authz.revocations'::pg_catalog.regclass,
-                                  'hessra_authz.capability_settings'::pg_catalog.regclass,
-                                  'hessra_authz.audit_settings'::pg_catalog.regclass)) THEN
-        PERFORM hessra_authz._refresh_config_state();
-        -- (This ALTER fires the event trigger once more; the trigger is
-        -- then ALWAYS, so it stops there.)
-        FOR origin_only IN
-            SELECT t.tgrelid::pg_catalog.regclass AS rel
-              FROM pg_catalog.pg_trigger AS t
-             WHERE t.tgname = 'bump_generation' AND t.tgenabled = 'O'
-               AND t.tgrelid IN ('hessra_authz.keys'::pg_catalog.regclass,
-                                 'hessra_authz.service_chains'::pg_catalog.regclass,
-                                 'hessra_authz.revocations'::pg_catalog.regclass,
-                                 'hessra_authz.capability_settings'::pg_catalog.regclass,
-                                 'hessra_authz.audit_settings'::pg_catalog.regclass)
-        LOOP
-            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bump_generation', origin_only.rel);
-        END LOOP;
+    -- (Guarded: this section does not depend on the order of the sections.)
+    IF pg_catalog.to_regprocedure('hessra_authz._refresh_on_apply()') IS NOT NULL THEN
+        CREATE CONSTRAINT TRIGGER refresh_on_apply AFTER INSERT OR UPDATE OR DELETE ON hessra_authz.audit_settings
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hessra_authz._refresh_on_apply();
+        ALTER TABLE hessra_authz.audit_settings ENABLE ALWAYS TRIGGER refresh_on_apply;
     END IF;
 END
-$$;
+$refresh$;
 
 -- The levels reach each backend's runtime with the configuration: read
 -- here, with the statement's snapshot, only when the version changed.

@@ -63,7 +63,8 @@ $$;
 -- Audit and stats (issue 16)
 -- ---------------------------------------------------------------------------
 
--- The 0.4.0 _sync, _config_ddl and admin lists back; then the audit table
+-- The 0.4.0 _sync and admin lists back (_config_ddl: the logical
+-- replication section above); then the audit table
 -- (its rows are lost) and the stats functions go.
 CREATE OR REPLACE FUNCTION hessra_authz._sync(held text) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
@@ -86,36 +87,6 @@ BEGIN
         END IF;
     END IF;
     RETURN version;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    origin_only record;
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-                WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                  AND c.objid IN ('hessra_authz.keys'::pg_catalog.regclass,
-                                  'hessra_authz.service_chains'::pg_catalog.regclass,
-                                  'hessra_authz.revocations'::pg_catalog.regclass,
-                                  'hessra_authz.capability_settings'::pg_catalog.regclass)) THEN
-        PERFORM hessra_authz._refresh_config_state();
-        -- (This ALTER fires the event trigger once more; the trigger is
-        -- then ALWAYS, so it stops there.)
-        FOR origin_only IN
-            SELECT t.tgrelid::pg_catalog.regclass AS rel
-              FROM pg_catalog.pg_trigger AS t
-             WHERE t.tgname = 'bump_generation' AND t.tgenabled = 'O'
-               AND t.tgrelid IN ('hessra_authz.keys'::pg_catalog.regclass,
-                                 'hessra_authz.service_chains'::pg_catalog.regclass,
-                                 'hessra_authz.revocations'::pg_catalog.regclass,
-                                 'hessra_authz.capability_settings'::pg_catalog.regclass)
-        LOOP
-            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bump_generation', origin_only.rel);
-        END LOOP;
-    END IF;
 END
 $$;
 
