@@ -53,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 import hessra_pg
 from hessra_pg.admin.doctor_replica import check_replica
 from hessra_pg.admin.doctor_citus import check_citus
+from hessra_pg.admin.doctor_logs import CAPTURE_SETTINGS, SET_CONFIG, SET_LOCAL, capture_risks
+from hessra_pg.admin.doctor_production import check_test_helpers, run_production_checks
 from hessra_pg.errors import DoctorConnectionError, DoctorRequirementError, HessraError, PolicyExpressionError
 from hessra_pg.rls.policies import intends_per_row
 
@@ -115,6 +117,8 @@ class Report:
     role: str
     server_version: str
     checks: list[Check] = field(default_factory=list)
+    #: The production checklist (production mode only): one line per item.
+    checklist: list[Check] | None = None
 
     @property
     def failures(self) -> list[Check]:
@@ -142,6 +146,7 @@ class Report:
             "checks": [check.as_dict() for check in self.checks],
             "failures": len(self.failures),
             "warnings": len(self.warnings),
+            **({} if self.checklist is None else {"checklist": [item.as_dict() for item in self.checklist]}),
         }
 
     def lines(self) -> list[str]:
@@ -152,6 +157,9 @@ class Report:
             out.append(f"  {_LABELS[check.status]:<4}  {check.name}: {check.message}")
             if check.hint and check.status in (WARN, FAIL):
                 out.append(f"        fix: {check.hint}")
+        if self.checklist is not None:
+            out.append("production checklist:")
+            out.extend(f"  {_LABELS[item.status]:<4}  {item.name}: {item.message}" for item in self.checklist)
         failures, warnings = len(self.failures), len(self.warnings)
         if failures:
             verdict = f"UNSAFE: {_plural(failures, 'failure')}, {_plural(warnings, 'warning')}"
@@ -203,18 +211,24 @@ def _db_message(error: Any) -> str:
 
 
 def diagnose(dsn: str, *, admin_dsn: str | None = None, authority: Authority | None = None,
-             key_horizon: timedelta = EXPIRY_WARNING) -> Report:
+             key_horizon: timedelta = EXPIRY_WARNING, production: bool = False,
+             transport: str | None = None) -> Report:
     """Connect with `dsn` (the application's role) and run every check.
-    `admin_dsn`, if given, is used only to read hessra_authz.keys.
-    `authority`: compare the database's newest active key with the one the
-    authority publishes. `key_horizon`: how far ahead the keys check looks.
-    DoctorRequirementError, before connecting, without pglast."""
+    `admin_dsn`, if given, is used only to read hessra_authz.keys (and the
+    audit levels). `authority`: compare the database's newest active key
+    with the one the authority publishes. `key_horizon`: how far ahead the
+    keys check looks. `production`: also the production checks and the
+    checklist (:mod:`hessra_pg.admin.doctor_production`). `transport`: how
+    the application sends its token, ``set_config`` or ``set_local``
+    (default: set_local in a Citus database). DoctorRequirementError,
+    before connecting, without pglast."""
     require_parser()
+    options = dict(authority=authority, key_horizon=key_horizon, production=production, transport=transport)
     with connect(dsn) as conn:
         if admin_dsn is None:
-            return run_checks(conn, authority=authority, key_horizon=key_horizon)
+            return run_checks(conn, **options)  # type: ignore[arg-type]
         with connect(admin_dsn) as admin:
-            return run_checks(conn, admin_conn=admin, authority=authority, key_horizon=key_horizon)
+            return run_checks(conn, admin_conn=admin, **options)  # type: ignore[arg-type]
 
 
 # -- the checks ------------------------------------------------------------
@@ -232,11 +246,14 @@ def _catalog_search_path(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 
 def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[Any] | None = None,
-               authority: Authority | None = None, key_horizon: timedelta = EXPIRY_WARNING) -> Report:
+               authority: Authority | None = None, key_horizon: timedelta = EXPIRY_WARNING,
+               production: bool = False, transport: str | None = None) -> Report:
     """Run every check on an autocommit connection of the role to judge."""
     require_parser()
     if key_horizon <= timedelta(0):
         raise ValueError("key_horizon must be positive")
+    if transport not in (None, SET_CONFIG, SET_LOCAL):
+        raise ValueError(f"transport must be {SET_CONFIG!r} or {SET_LOCAL!r}")
     with _catalog_search_path(conn):
         role, database, version, superuser, bypassrls = conn.execute(
             "SELECT r.rolname, current_database(), current_setting('server_version'), r.rolsuper, r.rolbypassrls "
@@ -246,18 +263,23 @@ def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[
         plpython = _check_plpython(conn, report)
         extension = _check_extension(conn, report)
         check_replica(conn, report, admin_conn)
-        if extension:
-            check_citus(conn, report, admin_conn)
+        citus = extension and check_citus(conn, report, admin_conn)
+        # Citus forwards only SET LOCAL: the token travels in statement text.
+        transport = transport or (SET_LOCAL if citus else SET_CONFIG)
         _check_server_python(conn, report, superuser=superuser, plpython=plpython, extension=extension)
         keys = _check_keys(conn, report, admin_conn=admin_conn, extension=extension, horizon=key_horizon)
         if authority is not None:
             _check_authority(report, authority, keys, extension=extension, admin_conn_given=admin_conn is not None)
-        _check_server_log(conn, report)
+        log_settings = _check_server_log(conn, report, transport)
         tables = _check_tables(conn, report)
         if tables:
             _check_bound_objects(conn, report, tables, superuser=superuser)
             _check_views(conn, report, tables)
         _check_role(conn, report, role=role, superuser=superuser, bypassrls=bypassrls, tables=tables)
+        check_test_helpers(conn, report, production=production)
+        if production:
+            run_production_checks(conn, report, admin_conn, extension=extension, log_settings=log_settings,
+                                  transport=transport, horizon=key_horizon)
     return report
 
 
@@ -597,6 +619,7 @@ class LogRisk:
     status: str
     message: str
     setting: str
+    value: str = "0"  # the value that stops it
 
 
 def _statement_logging(settings: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -651,36 +674,44 @@ def log_risks(settings: Mapping[str, str]) -> list[LogRisk]:
     return risks
 
 
-def _check_server_log(conn: psycopg.Connection[Any], report: Report) -> None:
+def _check_server_log(conn: psycopg.Connection[Any], report: Report,
+                      transport: str = SET_CONFIG) -> dict[str, str | None] | None:
+    """The server log check; returns the settings it read (None if it
+    couldn't), for the role settings check to start from."""
     # The values of this session are the application's: they include what
     # ALTER DATABASE / ALTER ROLE ... SET give this role in this database.
     rows = conn.execute("SELECT name, setting, source FROM pg_settings WHERE name = ANY (%s)",
-                        (list(LOG_SETTINGS),)).fetchall()
-    settings = {name: setting for name, setting, _ in rows}
+                        (list(LOG_SETTINGS + CAPTURE_SETTINGS),)).fetchall()
+    settings: dict[str, str | None] = {name: setting for name, setting, _ in rows}
     sources = {name: source for name, _, source in rows}
     missing = [name for name in LOG_SETTINGS if name not in settings]
     if missing:
         report.checks.append(Check("server log", SKIP, f"not checked: this role can't read {', '.join(missing)}"))
-        return
-    risks = log_risks(settings)
+        return None
+    for name in CAPTURE_SETTINGS:  # a module's settings are in pg_settings only while it is loaded
+        settings.setdefault(name, None)
+    risks = log_risks(settings) + capture_risks(settings, transport)  # type: ignore[arg-type]
+    if any(check.name == "citus transport" for check in report.checks):
+        risks = [risk for risk in risks if risk.setting != "pg_stat_statements.track_utility"]  # said there
     if not risks:
         report.checks.append(Check("server log", OK, (
             f"no setting logs this role's bound parameters (log_statement = '{settings['log_statement']}', "
             f"log_min_duration_statement = {settings['log_min_duration_statement']}, "
             f"log_parameter_max_length = {settings['log_parameter_max_length']}, "
             f"log_parameter_max_length_on_error = {settings['log_parameter_max_length_on_error']})")))
-        return
+        return settings
     role, database = conn.execute("SELECT quote_ident(current_user), quote_ident(current_database())").fetchone()
     fixes = []
     for risk in risks:
-        if sources[risk.setting] in ("client", "session"):
+        if sources.get(risk.setting) in ("client", "session"):
             fixes.append(f"remove {risk.setting} from the connection's options")
         else:
             # ROLE IN DATABASE wins over the database, role and server values.
-            fixes.append(f"ALTER ROLE {role} IN DATABASE {database} SET {risk.setting} = 0")
+            fixes.append(f"ALTER ROLE {role} IN DATABASE {database} SET {risk.setting} = {risk.value}")
     status = FAIL if any(risk.status == FAIL for risk in risks) else WARN
     report.checks.append(Check("server log", status, "; ".join(risk.message for risk in risks),
-                               "; ".join(fixes) + " (as a superuser; new sessions pick it up)"))
+                               "; ".join(_unique(fixes)) + " (as a superuser; new sessions pick it up)"))
+    return settings
 
 
 # -- policies --------------------------------------------------------------

@@ -42,6 +42,7 @@ def register(subparsers: Any) -> None:
         examples=(
             "  hessra-pg doctor --dsn 'host=db.internal dbname=shop user=app'\n"
             "  hessra-pg doctor --dsn postgresql://app@db/shop --admin-dsn postgresql://dba@db/shop --json\n"
+            "  hessra-pg doctor --dsn postgresql://app@db/shop --admin-dsn postgresql://dba@db/shop --production\n"
             "  hessra-pg doctor --dsn postgresql://app@db/shop --admin-dsn postgresql://dba@db/shop \\\n"
             "      --authority authority.internal:8443 --ca hessra-ca.pem --key-horizon 14"
         ),
@@ -53,6 +54,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--key-horizon", metavar="DAYS", type=_days, default=7,
                         help="report keys that end within DAYS days, and any moment within them at which no "
                              "key is active (default: %(default)s)")
+    parser.add_argument("--production", "--checklist", dest="production", action="store_true",
+                        help="also check, as this role, that explain(), errors and messages it can trigger reveal "
+                             "nothing it shouldn't; list key administrators, the audit levels (with --admin-dsn) "
+                             "and other roles' log settings; and print the production checklist at the end")
+    parser.add_argument("--transport", choices=("set_config", "set_local"),
+                        help="how the application sends its token: set_config() with bound parameters, or "
+                             "SET LOCAL (its text holds the token; the default in a Citus database)")
     add_json_argument(parser)
     add_authority_arguments(parser, required=False)
     parser.set_defaults(func=guarded(_doctor))
@@ -80,7 +88,8 @@ def _doctor(args: argparse.Namespace) -> int:
     elif args.ca or args.mtls_cert or args.mtls_key or args.authority_timeout:
         raise CliInputError("--ca, --mtls-cert, --mtls-key and --authority-timeout go with --authority")
     report = diagnose(args.dsn, admin_dsn=args.admin_dsn, authority=authority,
-                      key_horizon=timedelta(days=args.key_horizon))
+                      key_horizon=timedelta(days=args.key_horizon), production=args.production,
+                      transport=args.transport)
     if args.json:
         print_json(report.as_dict())
     else:
