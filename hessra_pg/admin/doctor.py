@@ -19,7 +19,9 @@ One report of checks, each ``ok``, ``warn``, ``FAIL`` or ``skip``:
   is not registered or not active: every token it issues now is refused;
   warn when a newer key is registered, or the authority can't be reached);
 - the server log: no setting writes the application's bound parameters
-  (the token it binds into ``set_config()``) to it;
+  (the token it binds into ``set_config()``) to it, nor the token by other
+  ways (:mod:`hessra_pg.admin.doctor_logs`: plan dumps, auto_explain, the
+  statement text of the SET LOCAL transport);
 - every table with a policy that calls ``hessra_authz``: RLS enabled and
   FORCED, every such call evaluated once per statement (inside an
   uncorrelated ``(SELECT ...)``), no permissive policy that applies to the
@@ -29,7 +31,12 @@ One report of checks, each ``ok``, ``warn``, ``FAIL`` or ``skip``:
   use reads those tables with another role's rights;
 - the connecting role: not superuser, no BYPASSRLS, not (a member of) the
   owner of those tables, cannot SET ROLE to a role that bypasses RLS, not a
-  member of ``hessra_admin``.
+  member of ``hessra_admin``;
+- no schema ``hessra_test`` (test helpers, with a stored signing key);
+- with ``production=True`` (:mod:`hessra_pg.admin.doctor_production`): what
+  the role can trigger reveals nothing it shouldn't, the key
+  administrators, the audit levels, other roles' log settings, and the
+  production checklist (``Report.checklist``).
 
 Run it with the application's DSN: the role checks are about the role that
 connects. A FAIL means something is unsafe (exit status 1). psycopg is
