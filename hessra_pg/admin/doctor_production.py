@@ -151,6 +151,7 @@ def check_disclosure(conn: psycopg.Connection[Any], report: Report, *, extension
     conn.add_notice_handler(notices.append)
     # A LOG-level message sent to the client (an audit line written with
     # plpy.log, say) would reach this role: ask for every one.
+    previous = conn.execute("SELECT pg_catalog.current_setting('client_min_messages')").fetchone()[0]
     conn.execute("SELECT pg_catalog.set_config('client_min_messages', 'log', false)")
     tried = 0
     try:
@@ -183,7 +184,7 @@ def check_disclosure(conn: psycopg.Connection[Any], report: Report, *, extension
                 tried += 1
                 problems.extend(_error_problems(error, what, probes))
     finally:
-        conn.execute("SELECT pg_catalog.set_config('client_min_messages', 'notice', false)")
+        conn.execute("SELECT pg_catalog.set_config('client_min_messages', %s, false)", (previous,))
         conn.remove_notice_handler(notices.append)
     for notice in notices:
         texts = (notice.message_primary, notice.message_detail, notice.message_hint, notice.context)
@@ -353,9 +354,10 @@ def checklist(report: Report, horizon_days: float) -> list[Check]:
         items.append(Check("keys", OK, keys.message.split(";")[0]))
         rotation = [keys] + ([by_name["authority"]] if "authority" in by_name else [])
         items.append(_item("rotation horizon", rotation, f"no key ends within {horizon_days:g} days"))
+    admins = by_name.get("key administrators")
     items.append(_item("roles", named("role ", "key administrators"),
-                       f"{report.role} is not superuser, has no BYPASSRLS, owns no token table; "
-                       + (by_name["key administrators"].message if "key administrators" in by_name else "")))
+                       f"{report.role} is not superuser, has no BYPASSRLS, owns no token table"
+                       + (f"; {admins.message}" if admins and admins.status == OK else "")))
     tables = named("table ")
     items.append(_item("RLS forced", tables or named("tables"),
                        f"enabled and forced on all {len(tables)} tables with token policies"))
