@@ -7,6 +7,76 @@
 -- Per-row calls (issue 15 item 3)
 -- ---------------------------------------------------------------------------
 
+-- The 0.4.0 definitions, back; then the per-row helpers go.
+CREATE OR REPLACE FUNCTION hessra_authz.verify_token(
+    token text, subject text, resource text, operation text,
+    domain text DEFAULT NULL, prefix text DEFAULT NULL
+) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    outcome text := hessra_authz._verify_token(
+        hessra_authz._context(), NULL,
+        verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
+        verify_token.domain, verify_token.prefix);
+BEGIN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
+        outcome := hessra_authz._verify_token(
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)),
+            verify_token.token, verify_token.subject, verify_token.resource, verify_token.operation,
+        verify_token.domain, verify_token.prefix);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    END IF;
+    PERFORM hessra_authz._raise(outcome);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    outcome text := hessra_authz._authorized(
+        hessra_authz._context(), NULL, NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
+        authorized.resource, authorized.operation);
+BEGIN
+    IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    IF pg_catalog.left(outcome, 1) = 's' THEN  -- the configuration must be read first
+        outcome := hessra_authz._authorized(
+            hessra_authz._context(), hessra_authz._sync(pg_catalog.substr(outcome, 2)), NULLIF(pg_catalog.current_setting('hessra.token', true), ''), NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
+            authorized.resource, authorized.operation);
+        IF outcome = 't' THEN RETURN true; ELSIF outcome = 'f' THEN RETURN false; END IF;
+    END IF;
+    PERFORM hessra_authz._raise(outcome);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.current_token() RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN NULLIF(pg_catalog.current_setting('hessra.token', true), ''); END $$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.current_subject() RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN NULLIF(pg_catalog.current_setting('hessra.subject', true), ''); END $$;
+
+CREATE OR REPLACE FUNCTION hessra_authz._authorized(
+    context text, version text, token text, subject text, resource text, operation text
+) RETURNS text
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_4
+return abi_0_4.authorized(context, version, token, subject, resource, operation)
+$$;
+
+DROP FUNCTION hessra_authz._authorized_fast(bigint, text, text, text, text, text);
+DROP FUNCTION hessra_authz._verify_token_fast(bigint, text, text, text, text, text, text, text);
+DROP FUNCTION hessra_authz._authorized_slow(text, text);
+DROP FUNCTION hessra_authz._verify_token_slow();
+DROP FUNCTION hessra_authz._verify_token_pending(text, text);
+
+
 -- ---------------------------------------------------------------------------
 -- Logical replication (issue 15 item 1)
 -- ---------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from ..errors import (
     StaleSnapshotError,
     UnknownChainError,
 )
+from .row_answers import RowAnswers
 from .shared_decisions import SharedDecisions, blake2b
 from .audit import Audit
 from .stats import Counters
@@ -214,6 +215,8 @@ class Runtime:
         #: Audit levels and line budget (hessra_pg.plpython.audit); decision counters (.stats).
         self.audit = Audit()
         self.counters = Counters()
+        #: Answers of per-row calls under the latest snapshot (hessra_pg.plpython.row_answers).
+        self.rows = RowAnswers()
 
     # -- configuration ------------------------------------------------------
 
@@ -227,6 +230,7 @@ class Runtime:
         snapshot comparison)."""
         self.changing_xid = xid
         self.confirmed_snapshot = None
+        self.rows.clear()
 
     def load_config(self, version: str, keys: tuple[RootKey, ...], chains: dict[str, Any],
                     revocations: Revocations, database: int | None = None, database_tag: str = "",
@@ -238,10 +242,12 @@ class Runtime:
         if database is not None and (database, database_tag) != self.shared_database:
             self.shared = SharedDecisions.for_database(database, database_tag)
             self.shared_database = (database, database_tag)
+            self.rows.published = None if self.shared is None else self.shared.generation_view()
         if self.config is not None and generation < self.committed_generation:
             return
         self.config = Config(version, generation, keys, parse_chains(chains), revocations, capability)
         self.confirmed_snapshot = None
+        self.rows.clear()
         self.tokens.clear()
         self.decisions.clear()
         self.results.clear()
@@ -250,7 +256,7 @@ class Runtime:
         return self.shared.published_generation() if self.shared is not None else 0
 
     def statement(self, statement_us: int | None, snapshot: str | None, xid: str | None,
-                  version: str | None) -> "Statement":
+                  version: str | None, row_snapshot: str | None = None) -> "Statement":
         """The context of one call, with the configuration current for it.
 
         `version` None (the wrapper's first attempt): the configuration held,
@@ -286,7 +292,12 @@ class Runtime:
             # standby's, see snapshot_names_visibility).
             self.confirmed_snapshot = None if changing or not snapshot_names_visibility(snapshot, xid) else snapshot
         assert config is not None
-        return Statement(self, config, statement_us)
+        statement = Statement(self, config, statement_us)
+        if snapshot is not None and snapshot == self.confirmed_snapshot:
+            # Confirmed for this snapshot, outside a changing transaction:
+            # per-row answers may be recorded under it (row_answers).
+            statement.row_snapshot = row_snapshot
+        return statement
 
     def call(self, context: str | None, version: str | None) -> "Statement":
         """statement() from the context text hessra_authz._context() builds:
@@ -300,7 +311,10 @@ class Runtime:
             statement_us = None
         snapshot = fields[1] if len(fields) > 1 else None
         xid = fields[2] if len(fields) > 2 else None
-        return self.statement(statement_us, snapshot, xid, version)
+        # The snapshot and transaction id as the per-row wrappers pass them
+        # (concat_ws(' ', snapshot, xid)): the key of recorded row answers.
+        row_snapshot = None if snapshot is None else snapshot if xid is None else f"{snapshot} {xid}"
+        return self.statement(statement_us, snapshot, xid, version, row_snapshot)
 
     def stats(self, admin: bool) -> dict[str, Any]:
         """Sizes and bounds of the caches (hessra_authz.cache_stats()); the
@@ -316,6 +330,7 @@ class Runtime:
             "shared_decisions": None if self.shared is None else {"hits": self.shared.hits,
                                                                   "misses": self.shared.misses},
             "internal_errors": dict(self.internal_errors),
+            "row_answers": self.rows.stats(),
         }
 
 
@@ -323,7 +338,7 @@ class Statement:
     """One call: the runtime, the configuration current for it, the
     verification time, and the token digest (computed once per call)."""
 
-    __slots__ = ("runtime", "config", "now", "statement_us", "_token", "_digest")
+    __slots__ = ("runtime", "config", "now", "statement_us", "_token", "_digest", "row_snapshot", "kept_until")
 
     def __init__(self, runtime: Runtime, config: Config, statement_us: int | None) -> None:
         self.runtime = runtime
@@ -333,6 +348,10 @@ class Statement:
         self.now = max(self.statement_us, clock_us) / 1_000_000
         self._token: str | None = None
         self._digest = b""
+        #: The key under which this call may record per-row answers (None: it may not).
+        self.row_snapshot: str | None = None
+        #: Until when the latest remembered() result is kept (None: not kept).
+        self.kept_until: float | None = None
 
     def digest(self, token: str) -> bytes:
         if token is not self._token:
@@ -378,6 +397,7 @@ class Statement:
         """
         if self.runtime.audit.active and not self.runtime.audit.busy:  # audit off: this one test
             return self.runtime.audit.remembered(self, token, args, compute, keep, shared)
+        self.kept_until = None
         if token is None:
             return self.runtime.counters.computed(args, compute)
         runtime, now = self.runtime, self.now
@@ -385,6 +405,7 @@ class Statement:
         key = (self.config.version, token_digest, args)
         hit = runtime.decisions.get(key)
         if hit is not None and now < hit[1]:
+            self.kept_until = hit[1]
             return hit[0]
         shared_digest = None
         if shared and runtime.shared is not None:
@@ -393,14 +414,30 @@ class Statement:
             if until is not None:
                 result: Any = Decision(True, "ok")
                 runtime.decisions.put(key, (result, until), text_size(args) + result.weight())
+                self.kept_until = until
                 return result
         result = runtime.counters.computed(args, compute)
         until = self._valid_until(token_digest)
         if until is not None and keep(result):
             runtime.decisions.put(key, (result, until), text_size(args) + result_size(result))
+            self.kept_until = until
             if shared_digest is not None and runtime.shared is not None:
                 runtime.shared.record(shared_digest, until)
         return result
+
+    def keep_row_answer(self, token: str | None, kind: str,
+                        arguments: tuple[str | None, str | None, str | None, str | None, str | None],
+                        valid: bool) -> None:
+        """Record a yes/no answer for the next rows of this statement
+        (row_answers), if this call may: its snapshot is confirmed, and a yes
+        only while the decision caches keep it. Not while auditing is on
+        anywhere in the database: the audit writes a line per statement,
+        and recorded answers would serve later statements without one."""
+        rows = self.runtime.rows
+        rows.trusted_calls += 1
+        if self.row_snapshot is not None and not self.runtime.audit.active:
+            rows.record(self.row_snapshot, self.config.generation, self.statement_us, token, kind, arguments, valid,
+                        self.kept_until)
 
     def _valid_until(self, token_digest: bytes) -> float | None:
         """Until when results about a verified token hold (its expiry or its

@@ -81,6 +81,7 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz._verify_capability('', NULL, 't', 'r', 'o', '{}', NULL)", ()),
             ("SELECT hessra_authz._explain_capability('', NULL, true, 't', 'r', 'o', '{}', NULL)", ()),
             ("SELECT hessra_authz._authorized('', NULL, 't', 's', 'r', 'o')", ()),
+            ("SELECT hessra_authz._verify_token_pending('0 forged', NULL)", ()),
             ("SELECT hessra_authz._capability_rows('', NULL, 't', 's', 'r', 'o', '{l}', '{}', 'l', 'values')", ()),
             ("SELECT hessra_authz._capability_rows_slow('r', 'o', '{l}', '{}', 'l', 'values')", ()),
             ("SELECT hessra_authz._designation_row_slow('r', 'o', '{}', '{}')", ()),
@@ -150,12 +151,22 @@ def test_function_attributes(admin):
     for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "authorized",
                  "current_token", "current_subject", "verify_identity", "verify_bearer", "token_identity",
                  "current_identity"):
-        for volatile, secdef, config, *_ in by_name[name]:
+        for volatile, secdef, config, language, source, standard_body in by_name[name]:
             assert volatile == "s", name  # STABLE, never IMMUTABLE
-            assert "search_path=pg_catalog, pg_temp" in config, name
-    for name in ("verify_token", "verify_capability", "verify_service_chain", "explain", "verify_identity",
-                 "verify_bearer", "token_identity", "add_key", "retire_key", "set_service_chain"):
+            # Pinned, or a SQL-standard body (names bound at CREATE time, inlined; 0.5.0).
+            assert "search_path=pg_catalog, pg_temp" in config or (standard_body and not secdef), name
+    for name in ("verify_capability", "verify_service_chain", "explain", "verify_identity",
+                 "verify_bearer", "token_identity", "add_key", "retire_key", "set_service_chain",
+                 # The whole way of the inlined verify_token() and authorized() (0.5.0).
+                 "_verify_token_slow", "_authorized_slow"):
         assert all(entry[1] for entry in by_name[name]), name
+    # verify_token() and authorized() read no table themselves: a recorded
+    # answer (any role may ask, it can only miss) or the SECURITY DEFINER way.
+    for name, calls in (("verify_token", ("_verify_token_fast", "_verify_token_slow")),
+                        ("authorized", ("_authorized_fast", "_authorized_slow"))):
+        body = admin.execute("SELECT pg_get_functiondef(p.oid) FROM pg_proc AS p "
+                             "WHERE p.oid = %s::regproc", (f"hessra_authz.{name}",)).fetchone()[0]
+        assert set(re.findall(r"hessra_authz\.(\w+)\(", body)) == {name, *calls}, body
     for name, entries in by_name.items():
         entries = [entry[2:] for entry in entries]
         for config, language, source, standard_body in entries:

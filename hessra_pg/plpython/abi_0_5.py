@@ -1,0 +1,63 @@
+"""PL/Python entry points that extension version 0.5.0 adds or changes
+(per-row calls, issue 15 item 3); its other functions keep calling
+hessra_pg.plpython.abi_0_3 and abi_0_4, whose conventions these share.
+
+`authorized()` and `verify_token()` are SQL functions that PostgreSQL
+inlines into the calling query. A policy evaluated once per row then costs
+one call of a `*_fast` function per row: it answers from what a trusted
+call recorded for this snapshot (hessra_pg.plpython.row_answers) or returns
+None, and only then does the query call the SECURITY DEFINER wrapper,
+which verifies through `authorized`/`verify_token` below and
+records the answer. The `*_fast` functions may be called by any role with
+any arguments: they only read (verify_token_fast also keeps the arguments
+of a miss for the call that follows), never raise, and a forged argument
+can only miss.
+"""
+
+from __future__ import annotations
+
+from .abi_0_3 import _bool, _entry
+from .runtime import RUNTIME
+
+# -- per-row fast paths (any role may call them; RUNTIME.rows lives as long as the backend) --
+
+#: authorized_fast(statement_us, snapshot, token, subject, resource, operation): the token
+#: and subject as the trusted wrapper passes them (NULLIF(..., '')); no domain or prefix.
+authorized_fast = RUNTIME.rows.reader("authorized")
+#: verify_token_fast(statement_us, snapshot, token, subject, resource, operation, domain, prefix):
+#: a miss keeps the arguments for verify_token() below (the query passes them once).
+verify_token_fast = RUNTIME.rows.reader("verify_token", stash=True)
+
+
+# -- trusted entry points (revoked from PUBLIC; their wrappers compute the context) --
+
+@_entry("f")
+def authorized(context: str, version: str | None, token: str | None, subject: str | None, resource: str | None,
+               operation: str | None) -> str:
+    """abi_0_4.authorized, and the answer recorded for the next rows."""
+    call = RUNTIME.call(context, version)
+    if call.is_capability(token):
+        valid = call.capability(token, resource, operation, (), subject).valid
+    else:
+        valid = call.decide(token, subject=subject, resource=resource, operation=operation).valid
+    call.keep_row_answer(token, "authorized", (subject, resource, operation, None, None), valid)
+    return _bool(valid)
+
+
+@_entry("f")
+def verify_token(context: str, version: str | None) -> str:
+    """verify_token() when its per-row fast path missed
+    (hessra_authz._verify_token_pending): the arguments that miss kept
+    (none: false), verified as abi_0_3.verify_token does, and the answer
+    recorded for the next rows. The arguments are the caller's own, as in
+    any verify_token() call; the context is the wrapper's. (Named as the
+    SQL function it answers for: the audit reads the name.)"""
+    call = RUNTIME.call(context, version)  # STALE keeps the arguments for the call after _sync()
+    pending = RUNTIME.rows.take_pending()
+    if pending is None:
+        return "f"
+    token, subject, resource, operation, domain, prefix = pending
+    valid = call.decide(token, subject=subject, resource=resource, operation=operation, domain=domain,
+                        prefix=prefix).valid
+    call.keep_row_answer(token, "verify_token", (subject, resource, operation, domain, prefix), valid)
+    return _bool(valid)
