@@ -53,34 +53,34 @@ REVOKE EXECUTE ON FUNCTION hessra_authz._verify_token_pending(text, text) FROM P
 -- policy's estimate doubles and crosses the JIT thresholds that the same
 -- query stayed under with 0.4.0 (LLVM's optimizer holds ~15 MiB after).
 CREATE FUNCTION hessra_authz._authorized_fast(
-    snapshot pg_catalog.pg_snapshot, token text, subject text, resource text, operation text
+    statement_us bigint, snapshot text, token text, subject text, resource text, operation text
 ) RETURNS boolean
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED COST 1
 AS $$
 global _fast
 try:
-    return _fast(snapshot, token, subject, resource, operation)
+    return _fast(statement_us, snapshot, token, subject, resource, operation)
 except NameError:
     from hessra_pg.plpython.abi_0_5 import authorized_fast as _fast
-return _fast(snapshot, token, subject, resource, operation)
+return _fast(statement_us, snapshot, token, subject, resource, operation)
 $$;
-COMMENT ON FUNCTION hessra_authz._authorized_fast(pg_catalog.pg_snapshot, text, text, text, text) IS
+COMMENT ON FUNCTION hessra_authz._authorized_fast(bigint, text, text, text, text, text) IS
     'Internal (authorized() per row): the answer a trusted call recorded for this snapshot, else NULL.';
 
 CREATE FUNCTION hessra_authz._verify_token_fast(
-    snapshot pg_catalog.pg_snapshot, token text, subject text, resource text, operation text, domain text,
+    statement_us bigint, snapshot text, token text, subject text, resource text, operation text, domain text,
     prefix text
 ) RETURNS boolean
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED COST 1
 AS $$
 global _fast
 try:
-    return _fast(snapshot, token, subject, resource, operation, domain, prefix)
+    return _fast(statement_us, snapshot, token, subject, resource, operation, domain, prefix)
 except NameError:
     from hessra_pg.plpython.abi_0_5 import verify_token_fast as _fast
-return _fast(snapshot, token, subject, resource, operation, domain, prefix)
+return _fast(statement_us, snapshot, token, subject, resource, operation, domain, prefix)
 $$;
-COMMENT ON FUNCTION hessra_authz._verify_token_fast(pg_catalog.pg_snapshot, text, text, text, text, text, text) IS
+COMMENT ON FUNCTION hessra_authz._verify_token_fast(bigint, text, text, text, text, text, text, text) IS
     'Internal (verify_token() per row): the answer a trusted call recorded for this snapshot, else NULL (and the arguments kept for _verify_token_slow).';
 
 -- The whole way, as 0.4.0's public functions went.
@@ -127,16 +127,18 @@ $$;
 COMMENT ON FUNCTION hessra_authz._verify_token_slow() IS
     'Internal (verify_token() when no answer is recorded): verifies the arguments _verify_token_fast kept and records the answer.';
 
--- The bodies are small on purpose: PostgreSQL reads an inlined body from
--- its stored tree every time it plans a query that calls it, so each node
--- costs planning time in every statement (the snapshot goes as it is, and
--- '' becomes NULL in Python). The snapshot's text is what _context() gives
--- the trusted path: the two agree on it.
+-- The statement context of the per-row calls: what _context() gives the
+-- trusted path, split (statement start; snapshot and transaction id), so
+-- that the two agree on the snapshot text.
 CREATE OR REPLACE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL RESTRICTED
 RETURN coalesce(
-    hessra_authz._authorized_fast(pg_catalog.pg_current_snapshot(), pg_catalog.current_setting('hessra.token', true),
-                                  pg_catalog.current_setting('hessra.subject', true), resource, operation),
+    hessra_authz._authorized_fast(
+        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::pg_catalog.int8,
+        pg_catalog.concat_ws(' ', pg_catalog.pg_current_snapshot(), pg_catalog.pg_current_xact_id_if_assigned()),
+        NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
+        NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
+        resource, operation),
     hessra_authz._authorized_slow(resource, operation));
 
 CREATE OR REPLACE FUNCTION hessra_authz.verify_token(
@@ -145,8 +147,10 @@ CREATE OR REPLACE FUNCTION hessra_authz.verify_token(
 ) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL RESTRICTED
 RETURN coalesce(
-    hessra_authz._verify_token_fast(pg_catalog.pg_current_snapshot(), token, subject, resource, operation, domain,
-                                    prefix),
+    hessra_authz._verify_token_fast(
+        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::pg_catalog.int8,
+        pg_catalog.concat_ws(' ', pg_catalog.pg_current_snapshot(), pg_catalog.pg_current_xact_id_if_assigned()),
+        token, subject, resource, operation, domain, prefix),
     hessra_authz._verify_token_slow());
 
 CREATE OR REPLACE FUNCTION hessra_authz.current_token() RETURNS text
@@ -467,6 +471,172 @@ BEGIN
 END
 $grant$;
 
+
+-- ---------------------------------------------------------------------------
+-- Designation fast path (issue 13)
+-- ---------------------------------------------------------------------------
+
+-- A designation policy calls designation_values/_floor/_nulls/_fallback
+-- once per statement each (InitPlans; a one-row lookup of a matching row
+-- runs one). They become SQL functions with a SQL-standard body, which
+-- PostgreSQL inlines into the calling query: one PL/Python call
+-- (_designation_values_fast/_designation_flag_fast) answers from what a
+-- trusted call of this backend recorded for this snapshot
+-- (hessra_pg.plpython.designation_answers) or returns NULL; only then does
+-- the query call the SECURITY DEFINER way (_designation_values_slow,
+-- _designation_flag_slow: 0.4.0's wrappers' slow path), which computes the
+-- statement's context itself, verifies (or finds the sets in the runtime's
+-- caches) and records the
+-- answers of every label of the policy at once. Unpinned, as authorized()
+-- (Per-row calls, above): a SQL-standard body binds every name when it is
+-- created, and a SET clause would forbid the inlining.
+
+-- The trusted computation (the helpers' slow path and capability_rows())
+-- records the answers for the next calls.
+CREATE OR REPLACE FUNCTION hessra_authz._capability_rows(
+    context text, version text, token text, subject text, resource text, operation text, row_labels text[], fixed jsonb,
+    label text, want text
+) RETURNS text[]
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_5_designation
+return abi_0_5_designation.capability_rows(context, version, token, subject, resource, operation, row_labels, fixed,
+                                           label, want)
+$$;
+
+-- The recorded answers: any role may call these (the inlined bodies run as
+-- the caller). They run no SQL, so no search_path pin; they only read what
+-- a trusted call of this backend recorded, answer NULL for anything else
+-- and never raise, so forged arguments can at most miss. The function is
+-- kept in the procedure's globals (an import per call costs more than the
+-- rest of the call); COST 1 as the per-row fast functions.
+CREATE FUNCTION hessra_authz._designation_values_fast(
+    snapshot pg_catalog.pg_snapshot, token text, subject text, resource text, operation text, row_labels text[],
+    fixed jsonb, label text
+) RETURNS text[]
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED COST 1
+AS $$
+global _fast
+try:
+    return _fast(snapshot, token, subject, resource, operation, row_labels, fixed, label)
+except NameError:
+    from hessra_pg.plpython.abi_0_5_designation import values_fast as _fast
+return _fast(snapshot, token, subject, resource, operation, row_labels, fixed, label)
+$$;
+COMMENT ON FUNCTION hessra_authz._designation_values_fast(pg_catalog.pg_snapshot, text, text, text, text, text[], jsonb, text) IS
+    'Internal (designation_values()): the answer a trusted call recorded for this snapshot, else NULL.';
+
+CREATE FUNCTION hessra_authz._designation_flag_fast(
+    snapshot pg_catalog.pg_snapshot, token text, subject text, resource text, operation text, row_labels text[],
+    fixed jsonb, label text, want text
+) RETURNS boolean
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED COST 1
+AS $$
+global _fast
+try:
+    return _fast(snapshot, token, subject, resource, operation, row_labels, fixed, label, want)
+except NameError:
+    from hessra_pg.plpython.abi_0_5_designation import flag_fast as _fast
+return _fast(snapshot, token, subject, resource, operation, row_labels, fixed, label, want)
+$$;
+COMMENT ON FUNCTION hessra_authz._designation_flag_fast(pg_catalog.pg_snapshot, text, text, text, text, text[], jsonb, text, text) IS
+    'Internal (designation_floor/_nulls/_fallback()): the flag a trusted call recorded for this snapshot, else NULL.';
+
+-- The whole way (the configuration read first when it must be; errors
+-- raised), answering in the helpers' own types: an inlined body then holds
+-- one node for it, which every statement initializes even when unused.
+-- Each records every label's answers.
+CREATE FUNCTION hessra_authz._designation_values_slow(
+    resource text, operation text, row_labels text[], fixed jsonb, label text
+) RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r text[] := hessra_authz._capability_rows(
+        hessra_authz._context(), NULL, pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+        _designation_values_slow.resource, _designation_values_slow.operation, _designation_values_slow.row_labels,
+        _designation_values_slow.fixed, _designation_values_slow.label, 'values');
+BEGIN
+    IF r[1] = 's' THEN  -- the configuration must be read first
+        r := hessra_authz._capability_rows(
+            hessra_authz._context(), hessra_authz._sync(r[2]), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            _designation_values_slow.resource, _designation_values_slow.operation, _designation_values_slow.row_labels,
+            _designation_values_slow.fixed, _designation_values_slow.label, 'values');
+    END IF;
+    IF r[1] <> 'ok' THEN
+        PERFORM hessra_authz._raise(r[2]);
+    END IF;
+    RETURN r[2:];
+END
+$$;
+COMMENT ON FUNCTION hessra_authz._designation_values_slow(text, text, text[], jsonb, text) IS
+    'Internal (designation_values() when no answer is recorded): computes the sets for the current token and records every label''s answers.';
+
+CREATE FUNCTION hessra_authz._designation_flag_slow(
+    resource text, operation text, row_labels text[], fixed jsonb, label text, want text
+) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r text[] := hessra_authz._capability_rows(
+        hessra_authz._context(), NULL, pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+        _designation_flag_slow.resource, _designation_flag_slow.operation, _designation_flag_slow.row_labels,
+        _designation_flag_slow.fixed, _designation_flag_slow.label, _designation_flag_slow.want);
+BEGIN
+    IF r[1] = 's' THEN  -- the configuration must be read first
+        r := hessra_authz._capability_rows(
+            hessra_authz._context(), hessra_authz._sync(r[2]), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            _designation_flag_slow.resource, _designation_flag_slow.operation, _designation_flag_slow.row_labels,
+            _designation_flag_slow.fixed, _designation_flag_slow.label, _designation_flag_slow.want);
+    END IF;
+    IF r[1] <> 'ok' THEN
+        PERFORM hessra_authz._raise(r[2]);
+    END IF;
+    RETURN r[2]::pg_catalog.bool;
+END
+$$;
+COMMENT ON FUNCTION hessra_authz._designation_flag_slow(text, text, text[], jsonb, text, text) IS
+    'Internal (designation_floor/_nulls/_fallback() when no answer is recorded): computes the sets for the current token and records every label''s answers.';
+
+-- Same names, arguments and answers as 0.4.0 (the policies already written
+-- call them); the snapshot goes as it is and '' becomes NULL in Python,
+-- keeping the inlined bodies small (they are planned in every statement).
+CREATE OR REPLACE FUNCTION hessra_authz.designation_values(
+    resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}'
+) RETURNS text[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+RETURN coalesce(
+    hessra_authz._designation_values_fast(pg_catalog.pg_current_snapshot(), pg_catalog.current_setting('hessra.token', true),
+        pg_catalog.current_setting('hessra.subject', true), resource, operation, row_labels, fixed, label),
+    hessra_authz._designation_values_slow(resource, operation, row_labels, fixed, label));
+
+CREATE OR REPLACE FUNCTION hessra_authz.designation_floor(
+    resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}'
+) RETURNS text
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+RETURN CASE WHEN coalesce(
+    hessra_authz._designation_flag_fast(pg_catalog.pg_current_snapshot(), pg_catalog.current_setting('hessra.token', true),
+        pg_catalog.current_setting('hessra.subject', true), resource, operation, row_labels, fixed, label, 'floor'),
+    hessra_authz._designation_flag_slow(resource, operation, row_labels, fixed, label, 'floor'))
+    THEN ''::pg_catalog.text END;
+
+CREATE OR REPLACE FUNCTION hessra_authz.designation_nulls(
+    resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}'
+) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+RETURN coalesce(
+    hessra_authz._designation_flag_fast(pg_catalog.pg_current_snapshot(), pg_catalog.current_setting('hessra.token', true),
+        pg_catalog.current_setting('hessra.subject', true), resource, operation, row_labels, fixed, label, 'nulls'),
+    hessra_authz._designation_flag_slow(resource, operation, row_labels, fixed, label, 'nulls'));
+
+CREATE OR REPLACE FUNCTION hessra_authz.designation_fallback(
+    resource text, operation text, row_labels text[], fixed jsonb DEFAULT '{}'
+) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+RETURN coalesce(
+    hessra_authz._designation_flag_fast(pg_catalog.pg_current_snapshot(), pg_catalog.current_setting('hessra.token', true),
+        pg_catalog.current_setting('hessra.subject', true), resource, operation, row_labels, fixed, NULL, 'fallback'),
+    hessra_authz._designation_flag_slow(resource, operation, row_labels, fixed, NULL, 'fallback'));
 
 -- ---------------------------------------------------------------------------
 -- Citus mode (issue 15 item 2)

@@ -70,8 +70,8 @@ from hessra_pg.plpython import abi_0_4
 return abi_0_4.authorized(context, version, token, subject, resource, operation)
 $$;
 
-DROP FUNCTION hessra_authz._authorized_fast(pg_catalog.pg_snapshot, text, text, text, text);
-DROP FUNCTION hessra_authz._verify_token_fast(pg_catalog.pg_snapshot, text, text, text, text, text, text);
+DROP FUNCTION hessra_authz._authorized_fast(bigint, text, text, text, text, text);
+DROP FUNCTION hessra_authz._verify_token_fast(bigint, text, text, text, text, text, text, text);
 DROP FUNCTION hessra_authz._authorized_slow(text, text);
 DROP FUNCTION hessra_authz._verify_token_slow();
 DROP FUNCTION hessra_authz._verify_token_pending(text, text);
@@ -225,6 +225,75 @@ DROP TABLE hessra_authz.audit_settings;
 -- A new generation: every backend reloads (and stops auditing).
 SELECT hessra_authz._refresh_config_state();
 
+
+-- ---------------------------------------------------------------------------
+-- Designation fast path (issue 13)
+-- ---------------------------------------------------------------------------
+
+-- 0.4.0's helpers back (SECURITY DEFINER PL/pgSQL with a Python fast path
+-- of their own); then the recorded answers' functions go.
+CREATE OR REPLACE FUNCTION hessra_authz.designation_values(resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}') RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN coalesce(
+        hessra_authz._designation_set(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_values.resource, designation_values.operation, designation_values.row_labels, designation_values.fixed, designation_values.label),
+        (hessra_authz._capability_rows_slow(designation_values.resource, designation_values.operation, designation_values.row_labels, designation_values.fixed, designation_values.label, 'values'))[2:]);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.designation_floor(resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}') RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN CASE WHEN coalesce(
+        hessra_authz._designation_flag(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_floor.resource, designation_floor.operation, designation_floor.row_labels, designation_floor.fixed, designation_floor.label, 'floor'),
+        (hessra_authz._capability_rows_slow(designation_floor.resource, designation_floor.operation, designation_floor.row_labels, designation_floor.fixed, designation_floor.label, 'floor'))[2]::pg_catalog.bool) THEN ''::pg_catalog.text END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.designation_nulls(resource text, operation text, row_labels text[], label text, fixed jsonb DEFAULT '{}') RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN coalesce(
+        hessra_authz._designation_flag(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_nulls.resource, designation_nulls.operation, designation_nulls.row_labels, designation_nulls.fixed, designation_nulls.label, 'nulls'),
+        (hessra_authz._capability_rows_slow(designation_nulls.resource, designation_nulls.operation, designation_nulls.row_labels, designation_nulls.fixed, designation_nulls.label, 'nulls'))[2]::pg_catalog.bool);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz.designation_fallback(resource text, operation text, row_labels text[], fixed jsonb DEFAULT '{}') RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- One expression: each PL/pgSQL expression costs its setup once per transaction.
+    RETURN coalesce(
+        hessra_authz._designation_flag(hessra_authz._context(), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
+            designation_fallback.resource, designation_fallback.operation, designation_fallback.row_labels, designation_fallback.fixed, NULL::pg_catalog.text, 'fallback'),
+        (hessra_authz._capability_rows_slow(designation_fallback.resource, designation_fallback.operation, designation_fallback.row_labels, designation_fallback.fixed, NULL::pg_catalog.text, 'fallback'))[2]::pg_catalog.bool);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hessra_authz._capability_rows(
+    context text, version text, token text, subject text, resource text, operation text, row_labels text[], fixed jsonb,
+    label text, want text
+) RETURNS text[]
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_4
+return abi_0_4.capability_rows(context, version, token, subject, resource, operation, row_labels, fixed, label, want)
+$$;
+
+DROP FUNCTION hessra_authz._designation_values_fast(pg_catalog.pg_snapshot, text, text, text, text, text[], jsonb, text);
+DROP FUNCTION hessra_authz._designation_flag_fast(pg_catalog.pg_snapshot, text, text, text, text, text[], jsonb, text, text);
+DROP FUNCTION hessra_authz._designation_values_slow(text, text, text[], jsonb, text);
+DROP FUNCTION hessra_authz._designation_flag_slow(text, text, text[], jsonb, text, text);
 
 -- ---------------------------------------------------------------------------
 -- Citus mode (issue 15 item 2)

@@ -55,6 +55,7 @@ from ..errors import (
     UnknownChainError,
 )
 from .row_answers import RowAnswers
+from .designation_answers import DesignationAnswers
 from .shared_decisions import SharedDecisions, blake2b
 from .audit import Audit
 from .stats import Counters
@@ -217,6 +218,8 @@ class Runtime:
         self.counters = Counters()
         #: Answers of per-row calls under the latest snapshot (hessra_pg.plpython.row_answers).
         self.rows = RowAnswers()
+        #: Answers of designation-policy helpers under the latest snapshot (.designation_answers).
+        self.designations = DesignationAnswers(lambda: self.rows.published)
 
     # -- configuration ------------------------------------------------------
 
@@ -231,6 +234,7 @@ class Runtime:
         self.changing_xid = xid
         self.confirmed_snapshot = None
         self.rows.clear()
+        self.designations.clear()
 
     def load_config(self, version: str, keys: tuple[RootKey, ...], chains: dict[str, Any],
                     revocations: Revocations, database: int | None = None, database_tag: str = "",
@@ -248,6 +252,7 @@ class Runtime:
         self.config = Config(version, generation, keys, parse_chains(chains), revocations, capability)
         self.confirmed_snapshot = None
         self.rows.clear()
+        self.designations.clear()
         self.tokens.clear()
         self.decisions.clear()
         self.results.clear()
@@ -311,8 +316,10 @@ class Runtime:
             statement_us = None
         snapshot = fields[1] if len(fields) > 1 else None
         xid = fields[2] if len(fields) > 2 else None
-        # The snapshot text is the key of recorded row answers (row_answers).
-        return self.statement(statement_us, snapshot, xid, version, snapshot)
+        # The snapshot and transaction id as the per-row wrappers pass them
+        # (concat_ws(' ', snapshot, xid)): the key of recorded row answers.
+        row_snapshot = None if snapshot is None else snapshot if xid is None else f"{snapshot} {xid}"
+        return self.statement(statement_us, snapshot, xid, version, row_snapshot)
 
     def stats(self, admin: bool) -> dict[str, Any]:
         """Sizes and bounds of the caches (hessra_authz.cache_stats()); the
@@ -329,6 +336,7 @@ class Runtime:
                                                                   "misses": self.shared.misses},
             "internal_errors": dict(self.internal_errors),
             "row_answers": self.rows.stats(),
+            "designation_answers": self.designations.stats(),
         }
 
 
@@ -434,7 +442,7 @@ class Statement:
         rows = self.runtime.rows
         rows.trusted_calls += 1
         if self.row_snapshot is not None and not self.runtime.audit.active:
-            rows.record(self.row_snapshot, self.config.generation, self.now, token, kind, arguments, valid,
+            rows.record(self.row_snapshot, self.config.generation, self.statement_us, token, kind, arguments, valid,
                         self.kept_until)
 
     def _valid_until(self, token_digest: bytes) -> float | None:
