@@ -53,34 +53,34 @@ REVOKE EXECUTE ON FUNCTION hessra_authz._verify_token_pending(text, text) FROM P
 -- policy's estimate doubles and crosses the JIT thresholds that the same
 -- query stayed under with 0.4.0 (LLVM's optimizer holds ~15 MiB after).
 CREATE FUNCTION hessra_authz._authorized_fast(
-    statement_us bigint, snapshot text, token text, subject text, resource text, operation text
+    snapshot pg_catalog.pg_snapshot, token text, subject text, resource text, operation text
 ) RETURNS boolean
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED COST 1
 AS $$
 global _fast
 try:
-    return _fast(statement_us, snapshot, token, subject, resource, operation)
+    return _fast(snapshot, token, subject, resource, operation)
 except NameError:
     from hessra_pg.plpython.abi_0_5 import authorized_fast as _fast
-return _fast(statement_us, snapshot, token, subject, resource, operation)
+return _fast(snapshot, token, subject, resource, operation)
 $$;
-COMMENT ON FUNCTION hessra_authz._authorized_fast(bigint, text, text, text, text, text) IS
+COMMENT ON FUNCTION hessra_authz._authorized_fast(pg_catalog.pg_snapshot, text, text, text, text) IS
     'Internal (authorized() per row): the answer a trusted call recorded for this snapshot, else NULL.';
 
 CREATE FUNCTION hessra_authz._verify_token_fast(
-    statement_us bigint, snapshot text, token text, subject text, resource text, operation text, domain text,
+    snapshot pg_catalog.pg_snapshot, token text, subject text, resource text, operation text, domain text,
     prefix text
 ) RETURNS boolean
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED COST 1
 AS $$
 global _fast
 try:
-    return _fast(statement_us, snapshot, token, subject, resource, operation, domain, prefix)
+    return _fast(snapshot, token, subject, resource, operation, domain, prefix)
 except NameError:
     from hessra_pg.plpython.abi_0_5 import verify_token_fast as _fast
-return _fast(statement_us, snapshot, token, subject, resource, operation, domain, prefix)
+return _fast(snapshot, token, subject, resource, operation, domain, prefix)
 $$;
-COMMENT ON FUNCTION hessra_authz._verify_token_fast(bigint, text, text, text, text, text, text, text) IS
+COMMENT ON FUNCTION hessra_authz._verify_token_fast(pg_catalog.pg_snapshot, text, text, text, text, text, text) IS
     'Internal (verify_token() per row): the answer a trusted call recorded for this snapshot, else NULL (and the arguments kept for _verify_token_slow).';
 
 -- The whole way, as 0.4.0's public functions went.
@@ -127,18 +127,16 @@ $$;
 COMMENT ON FUNCTION hessra_authz._verify_token_slow() IS
     'Internal (verify_token() when no answer is recorded): verifies the arguments _verify_token_fast kept and records the answer.';
 
--- The statement context of the per-row calls: what _context() gives the
--- trusted path, split (statement start; snapshot and transaction id), so
--- that the two agree on the snapshot text.
+-- The bodies are small on purpose: PostgreSQL reads an inlined body from
+-- its stored tree every time it plans a query that calls it, so each node
+-- costs planning time in every statement (the snapshot goes as it is, and
+-- '' becomes NULL in Python). The snapshot's text is what _context() gives
+-- the trusted path: the two agree on it.
 CREATE OR REPLACE FUNCTION hessra_authz.authorized(resource text, operation text) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL RESTRICTED
 RETURN coalesce(
-    hessra_authz._authorized_fast(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::pg_catalog.int8,
-        pg_catalog.concat_ws(' ', pg_catalog.pg_current_snapshot(), pg_catalog.pg_current_xact_id_if_assigned()),
-        NULLIF(pg_catalog.current_setting('hessra.token', true), ''),
-        NULLIF(pg_catalog.current_setting('hessra.subject', true), ''),
-        resource, operation),
+    hessra_authz._authorized_fast(pg_catalog.pg_current_snapshot(), pg_catalog.current_setting('hessra.token', true),
+                                  pg_catalog.current_setting('hessra.subject', true), resource, operation),
     hessra_authz._authorized_slow(resource, operation));
 
 CREATE OR REPLACE FUNCTION hessra_authz.verify_token(
@@ -147,10 +145,8 @@ CREATE OR REPLACE FUNCTION hessra_authz.verify_token(
 ) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL RESTRICTED
 RETURN coalesce(
-    hessra_authz._verify_token_fast(
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::pg_catalog.int8,
-        pg_catalog.concat_ws(' ', pg_catalog.pg_current_snapshot(), pg_catalog.pg_current_xact_id_if_assigned()),
-        token, subject, resource, operation, domain, prefix),
+    hessra_authz._verify_token_fast(pg_catalog.pg_current_snapshot(), token, subject, resource, operation, domain,
+                                    prefix),
     hessra_authz._verify_token_slow());
 
 CREATE OR REPLACE FUNCTION hessra_authz.current_token() RETURNS text

@@ -70,8 +70,8 @@ from hessra_pg.plpython import abi_0_4
 return abi_0_4.authorized(context, version, token, subject, resource, operation)
 $$;
 
-DROP FUNCTION hessra_authz._authorized_fast(bigint, text, text, text, text, text);
-DROP FUNCTION hessra_authz._verify_token_fast(bigint, text, text, text, text, text, text, text);
+DROP FUNCTION hessra_authz._authorized_fast(pg_catalog.pg_snapshot, text, text, text, text);
+DROP FUNCTION hessra_authz._verify_token_fast(pg_catalog.pg_snapshot, text, text, text, text, text, text);
 DROP FUNCTION hessra_authz._authorized_slow(text, text);
 DROP FUNCTION hessra_authz._verify_token_slow();
 DROP FUNCTION hessra_authz._verify_token_pending(text, text);

@@ -21,10 +21,10 @@ from .runtime import RUNTIME
 
 # -- per-row fast paths (any role may call them; RUNTIME.rows lives as long as the backend) --
 
-#: authorized_fast(statement_us, snapshot, token, subject, resource, operation): the token
-#: and subject as the trusted wrapper passes them (NULLIF(..., '')); no domain or prefix.
-authorized_fast = RUNTIME.rows.reader("authorized")
-#: verify_token_fast(statement_us, snapshot, token, subject, resource, operation, domain, prefix):
+#: authorized_fast(snapshot, token, subject, resource, operation): the settings as they
+#: are ('' is none, as the trusted wrapper's NULLIF says); no domain or prefix.
+authorized_fast = RUNTIME.rows.reader("authorized", blank_is_none=True)
+#: verify_token_fast(snapshot, token, subject, resource, operation, domain, prefix):
 #: a miss keeps the arguments for verify_token() below (the query passes them once).
 verify_token_fast = RUNTIME.rows.reader("verify_token", stash=True)
 

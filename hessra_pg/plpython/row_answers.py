@@ -16,16 +16,17 @@ path, hessra_pg.plpython.runtime):
 
 - the configuration: answers are recorded only by calls whose snapshot the
   runtime confirmed its configuration with, outside a transaction that
-  changed it, and are kept under that snapshot text and transaction id
-  (`pg_current_snapshot()` and `pg_current_xact_id_if_assigned()`). A
-  snapshot shows the same configuration for ever, and the runtime clears
-  these answers when it loads another configuration or this backend changes
-  it. Like the fast path, an answer is not used once a newer generation has
-  been published by another backend (REPEATABLE READ, imported snapshots).
+  changed it, and are kept under that snapshot's text
+  (`pg_current_snapshot()`). A snapshot shows the same configuration for
+  ever; the runtime clears these answers when it loads another
+  configuration or this backend changes it (and records none until that
+  transaction ends), so the transaction id adds nothing here. Like the fast
+  path, an answer is not used once a newer generation has been published
+  by another backend (REPEATABLE READ, imported snapshots).
 - time: a yes holds until the token's expiry or its key's end (what the
-  decision caches keep it for), checked against the clock bounded below by
-  the statement's start; a no holds for the statement that computed it only
-  (a key's not_before may pass: fail closed until the next statement).
+  decision caches keep it for), checked against the clock (never going
+  back within this backend); a no for NO_SECONDS (a key's not_before may
+  pass: fail closed for at most that long).
 
 Memory: at most ROW_ANSWERS_BYTES (estimated), tokens and arguments up to
 8 KiB only; when full, everything is dropped and recording starts again.
@@ -53,13 +54,16 @@ _LONGEST_TEXT = 8 * 1024
 
 #: Never equal to a snapshot text: marks a kind's latest answer as gone.
 _GONE = object()
+#: How long a no is kept (seconds): time can turn a no into a yes (a key's
+#: not_before), and a denied per-row scan re-verifies this often.
+NO_SECONDS = 0.1
 
 
 class RowAnswers:
     """The answers recorded under one snapshot, by token and arguments.
 
     A yes is stored as the time (seconds) until which it holds; a no as
-    minus the start (microseconds) of the statement that computed it. Each
+    minus the time until which it holds (NO_SECONDS after it was made). Each
     kind of call (authorized, verify_token) also keeps its latest answer,
     compared without hashing: most rows ask for the same one."""
 
@@ -89,11 +93,12 @@ class RowAnswers:
         for latest in self._latest.values():
             latest[0] = _GONE
 
-    def record(self, snapshot: str, generation: int, statement_us: int, token: str | None, kind: str,
+    def record(self, snapshot: str, generation: int, now: float, token: str | None, kind: str,
                arguments: tuple[str | None, str | None, str | None, str | None, str | None], valid: bool,
                until: float | None) -> None:
         """Keep a trusted call's answer (a yes only with the time it holds
-        until). `arguments`: subject, resource, operation, domain, prefix."""
+        until; a no for NO_SECONDS from `now`). `arguments`: subject,
+        resource, operation, domain, prefix."""
         if valid and until is None:
             return
         if (token is not None and len(token) > _LONGEST_TEXT) or text_size(arguments) > _LONGEST_TEXT:
@@ -110,32 +115,38 @@ class RowAnswers:
             answers = None
         if answers is None:
             answers = self.tokens[token] = {}
-        stored = until if valid else -float(statement_us)
+        stored = until if valid else -(now + NO_SECONDS)
         answers[key] = stored  # type: ignore[assignment]
         self.size += cost
         self.recorded += 1
-        self._latest.setdefault(kind, [_GONE] * 9)[:] = [snapshot, token, *arguments, stored]
+        self._latest.setdefault(kind, [_GONE] * 8)[:] = [snapshot, token, *arguments, stored]
 
     def take_pending(self) -> tuple[str | None, ...] | None:
         """The arguments a stashing reader kept at its latest miss (once)."""
         pending, self.pending = self.pending, None
         return pending
 
-    def reader(self, kind: str, stash: bool = False) -> Callable[..., bool | None]:
-        """The per-row fast path of one kind of call: `read(statement_us,
-        snapshot, token, subject, resource, operation[, domain, prefix])` is
-        the answer recorded for this statement, or None (ask the trusted
-        path). Never raises. With `stash`, a miss keeps the arguments for
-        the trusted call that comes next in the same row (take_pending), so
-        that the query evaluates and converts them once, not twice (a
-        megabyte argument would be held twice at once)."""
+    def reader(self, kind: str, stash: bool = False, blank_is_none: bool = False) -> Callable[..., bool | None]:
+        """The per-row fast path of one kind of call: `read(snapshot, token,
+        subject, resource, operation[, domain, prefix])` is the answer
+        recorded for this snapshot, or None (ask the trusted path). Never
+        raises. `blank_is_none`: '' token or subject means none (the GUCs).
+        With `stash`, a miss keeps the arguments for the trusted call that
+        comes next in the same row (take_pending), so that the query
+        evaluates and converts them once, not twice (a megabyte argument
+        would be held twice at once)."""
         # [snapshot, token, subject, resource, operation, domain, prefix, stored answer]
-        latest = self._latest.setdefault(kind, [_GONE] * 9)
+        latest = self._latest.setdefault(kind, [_GONE] * 8)
         clock = time.time
+        highest = 0.0  # the clock as this backend last read it: time never goes back here
 
-        def read(statement_us: int, snapshot: str, token: str | None, subject: str | None, resource: str | None,
+        def read(snapshot: str, token: str | None, subject: str | None, resource: str | None,
                  operation: str | None, domain: str | None = None, prefix: str | None = None) -> bool | None:
+            nonlocal highest
             try:
+                if blank_is_none:
+                    token = token or None
+                    subject = subject or None
                 # Compared, not hashed: most rows ask what the previous one did.
                 if (snapshot == latest[0] and token == latest[1] and subject == latest[2] and resource == latest[3]
                         and operation == latest[4] and domain == latest[5] and prefix == latest[6]):
@@ -146,26 +157,23 @@ class RowAnswers:
                         answers = self.tokens.get(token)
                         if answers is not None:
                             stored = answers.get((kind, subject, resource, operation, domain, prefix))
-                    if stored is None:
-                        if stash:
-                            self.pending = (token, subject, resource, operation, domain, prefix)
-                        return None
-                    latest[:] = [snapshot, token, subject, resource, operation, domain, prefix, stored]
-                published = self.published
-                if published is not None:
-                    generation = published[0]
-                    if generation > self.generation or published[1] != ~generation:
-                        # A newer configuration is in force (or the value is torn
-                        # or unset): the trusted path decides, and refuses old snapshots.
-                        stored = None
+                    if stored is not None:
+                        latest[:] = [snapshot, token, subject, resource, operation, domain, prefix, stored]
                 if stored is not None:
-                    if stored < 0.0:
-                        if -stored == statement_us:
-                            return False
-                    else:
+                    published = self.published
+                    generation = 0 if published is None else published[0]
+                    # A newer configuration in force (or a torn or unset value):
+                    # the trusted path decides, and refuses old snapshots.
+                    if published is None or (generation <= self.generation and published[1] == ~generation):
                         now = clock()
-                        floor = statement_us * 1e-6
-                        if (now if now > floor else floor) < stored:
+                        if now < highest:
+                            now = highest
+                        else:
+                            highest = now
+                        if stored < 0.0:
+                            if now < -stored:
+                                return False
+                        elif now < stored:
                             return True
             except Exception:  # noqa: BLE001 (never raise: the trusted path answers and reports)
                 pass

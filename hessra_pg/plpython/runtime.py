@@ -316,10 +316,8 @@ class Runtime:
             statement_us = None
         snapshot = fields[1] if len(fields) > 1 else None
         xid = fields[2] if len(fields) > 2 else None
-        # The snapshot and transaction id as the per-row wrappers pass them
-        # (concat_ws(' ', snapshot, xid)): the key of recorded row answers.
-        row_snapshot = None if snapshot is None else snapshot if xid is None else f"{snapshot} {xid}"
-        return self.statement(statement_us, snapshot, xid, version, row_snapshot)
+        # The snapshot text is the key of recorded row answers (row_answers).
+        return self.statement(statement_us, snapshot, xid, version, snapshot)
 
     def stats(self, admin: bool) -> dict[str, Any]:
         """Sizes and bounds of the caches (hessra_authz.cache_stats()); the
@@ -442,7 +440,7 @@ class Statement:
         rows = self.runtime.rows
         rows.trusted_calls += 1
         if self.row_snapshot is not None and not self.runtime.audit.active:
-            rows.record(self.row_snapshot, self.config.generation, self.statement_us, token, kind, arguments, valid,
+            rows.record(self.row_snapshot, self.config.generation, self.now, token, kind, arguments, valid,
                         self.kept_until)
 
     def _valid_until(self, token_digest: bytes) -> float | None:

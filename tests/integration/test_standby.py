@@ -276,17 +276,16 @@ PUBLIC_CALLS: dict[str, tuple[str | None, str | None, str, object]] = {
     "hessra_authz._is_admin()": (None, None, "SELECT hessra_authz._is_admin()", False),
     # authorized() and verify_token() inline these (0.5.0): a forged context
     # finds no recorded answer; the whole way answers.
-    "hessra_authz._authorized_fast(bigint,text,text,text,text,text)":
-        ("orders_token", "alice", "SELECT hessra_authz._authorized_fast(0, '100:100:', "
-                                  "current_setting('hessra.token'), 'alice', 'orders', 'read') IS NULL", True),
+    "hessra_authz._authorized_fast(pg_snapshot,text,text,text,text)":
+        ("orders_token", "alice", "SELECT hessra_authz._authorized_fast('100:100:', current_setting('hessra.token'), "
+                                  "'alice', 'orders', 'read') IS NULL", True),
     "hessra_authz._authorized_slow(text,text)":
         ("orders_token", "alice", "SELECT hessra_authz._authorized_slow('orders', 'read')", True),
-    "hessra_authz._verify_token_fast(bigint,text,text,text,text,text,text,text)":
-        ("orders_token", None, "SELECT hessra_authz._verify_token_fast(0, '100:100:', "
-                               "current_setting('hessra.token'), 'alice', 'orders', 'read', NULL, NULL) IS NULL",
-         True),
+    "hessra_authz._verify_token_fast(pg_snapshot,text,text,text,text,text,text)":
+        ("orders_token", None, "SELECT hessra_authz._verify_token_fast('100:100:', current_setting('hessra.token'), "
+                               "'alice', 'orders', 'read', NULL, NULL) IS NULL", True),
     "hessra_authz._verify_token_slow()":
-        ("orders_token", None, "SELECT coalesce(hessra_authz._verify_token_fast(0, '100:100:', "
+        ("orders_token", None, "SELECT coalesce(hessra_authz._verify_token_fast('100:100:', "
                                "current_setting('hessra.token'), 'alice', 'orders', 'read', NULL, NULL), "
                                "hessra_authz._verify_token_slow())", True),
     # The designation helpers inline these (0.5.0): a forged snapshot finds
