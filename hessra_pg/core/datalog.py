@@ -25,12 +25,12 @@ by their bytes, so a fresh JIT token over known blocks costs ~20 us.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from enum import IntEnum
-from typing import Iterable, Union
-
 from ..errors import TokenFormatError, TokenShapeError
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing at run time: capability tokens and authorized() import this in a new backend
+    from typing import Iterable, Union
 
 #: Largest serialized token decoded (decode_token already caps the base64
 #: text at 32 KiB, i.e. 24 KiB of bytes).
@@ -81,7 +81,58 @@ _ALGORITHMS = {0: "ed25519", 1: "secp256r1"}
 _UNKNOWN_KEY = "<unknown public key id>"  # what biscuit prints for a dangling scope key index
 
 
-class UnaryKind(IntEnum):
+class _KindType(type):
+    """A small IntEnum (the enum module, with typing and dataclasses, cost
+    ~20 ms in a new backend): the int attributes of a class body become
+    its members, int instances with a name; the class iterates over them,
+    and calling it with a value returns that member."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, object]) -> "_KindType":
+        values = {key: value for key, value in namespace.items() if type(value) is int and not key.startswith("_")}
+        for key in values:
+            del namespace[key]
+        cls = super().__new__(mcs, name, bases, namespace)
+        members = []
+        for key, value in values.items():
+            member = int.__new__(cls, value)
+            member.name = key  # type: ignore[attr-defined]
+            type.__setattr__(cls, key, member)
+            members.append(member)
+        type.__setattr__(cls, "_members", tuple(members))
+        type.__setattr__(cls, "_by_value", {int(member): member for member in members})
+        return cls
+
+    def __iter__(cls):  # type: ignore[no-untyped-def]
+        return iter(cls._members)  # type: ignore[attr-defined]
+
+    def __len__(cls) -> int:
+        return len(cls._members)  # type: ignore[attr-defined]
+
+    def __call__(cls, value):  # type: ignore[no-untyped-def]
+        try:
+            return cls._by_value[value]  # type: ignore[attr-defined]
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid {cls.__name__}") from None
+
+    def __setattr__(cls, name: str, value: object) -> None:
+        raise AttributeError(f"cannot reassign member {name!r}")
+
+
+class _Kind(int, metaclass=_KindType):
+    name: str
+
+    @property
+    def value(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}: {int(self)}>"
+
+    __str__ = int.__repr__
+    __format__ = int.__format__
+
+
+class UnaryKind(_Kind):
     NEGATE = 0
     PARENS = 1
     LENGTH = 2
@@ -89,7 +140,7 @@ class UnaryKind(IntEnum):
     FFI = 4
 
 
-class BinaryKind(IntEnum):
+class BinaryKind(_Kind):
     LESS_THAN = 0
     GREATER_THAN = 1
     LESS_OR_EQUAL = 2
@@ -121,7 +172,7 @@ class BinaryKind(IntEnum):
     FFI = 28
 
 
-class CheckKind(IntEnum):
+class CheckKind(_Kind):
     IF = 0  # `check if` (also the meaning of an absent kind)
     ALL = 1  # `check all`
     REJECT = 2  # `reject if`
@@ -129,76 +180,140 @@ class CheckKind(IntEnum):
 
 # -- the structure -----------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Variable:
+_set = object.__setattr__
+
+
+class _Frozen(Record):
+    """A Record whose fields are set once, by its __init__ (as a frozen
+    dataclass: decoded blocks are cached and shared between tokens).
+    Hand-written rather than dataclasses, whose imports and generated
+    methods cost ~20 ms in a new backend."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+
+class Variable(_Frozen):
     name: str
 
+    __slots__ = ("name",)
 
-@dataclass(frozen=True, slots=True)
-class Date:
+    def __init__(self, name: str) -> None:
+        _set(self, "name", name)
+
+
+class Date(_Frozen):
     """A Datalog date: seconds since the Unix epoch (Hessra uses integers instead)."""
 
     seconds: int
 
+    __slots__ = ("seconds",)
 
-@dataclass(frozen=True, slots=True)
-class SetTerm:
+    def __init__(self, seconds: int) -> None:
+        _set(self, "seconds", seconds)
+
+
+class SetTerm(_Frozen):
     items: tuple["Term", ...]  # wire order (biscuit itself keeps a sorted set)
 
+    __slots__ = ("items",)
 
-@dataclass(frozen=True, slots=True)
-class ArrayTerm:
+    def __init__(self, items: tuple["Term", ...]) -> None:
+        _set(self, "items", items)
+
+
+class ArrayTerm(_Frozen):
     items: tuple["Term", ...]
 
+    __slots__ = ("items",)
 
-@dataclass(frozen=True, slots=True)
-class MapTerm:
+    def __init__(self, items: tuple["Term", ...]) -> None:
+        _set(self, "items", items)
+
+
+class MapTerm(_Frozen):
     entries: tuple[tuple[Union[int, str], "Term"], ...]
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: tuple[tuple[Union[int, str], "Term"], ...]) -> None:
+        _set(self, "entries", entries)
 
 
 #: A term: Python `str` (string), `int` (integer), `bool`, `bytes`, None
 #: (null), or one of the classes above. Test bools with `type(t) is bool`
-#: (bool is an int subclass).
-Term = Union[Variable, int, str, bool, bytes, None, Date, SetTerm, ArrayTerm, MapTerm]
+#: (bool is an int subclass). (`Term` and `Op` are typing aliases, built on
+#: first use by __getattr__ at the end of this module.)
+if TYPE_CHECKING:
+    Term = Union[Variable, int, str, bool, bytes, None, Date, SetTerm, ArrayTerm, MapTerm]
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
+class Value(_Frozen):
     term: Term
 
+    __slots__ = ("term",)
 
-@dataclass(frozen=True, slots=True)
-class Unary:
+    def __init__(self, term: Term) -> None:
+        _set(self, "term", term)
+
+
+class Unary(_Frozen):
     kind: UnaryKind
-    ffi: str | None = None
+    ffi: str | None
+
+    __slots__ = ("kind", "ffi")
+
+    def __init__(self, kind: UnaryKind, ffi: str | None = None) -> None:
+        _set(self, "kind", kind)
+        _set(self, "ffi", ffi)
 
 
-@dataclass(frozen=True, slots=True)
-class Binary:
+class Binary(_Frozen):
     kind: BinaryKind
-    ffi: str | None = None
+    ffi: str | None
+
+    __slots__ = ("kind", "ffi")
+
+    def __init__(self, kind: BinaryKind, ffi: str | None = None) -> None:
+        _set(self, "kind", kind)
+        _set(self, "ffi", ffi)
 
 
-@dataclass(frozen=True, slots=True)
-class Closure:
+class Closure(_Frozen):
     """Right side of a lazy `&&`/`||` (no params) or of `.all`/`.any` (one)."""
 
     params: tuple[str, ...]
     ops: tuple["Op", ...]
 
+    __slots__ = ("params", "ops")
+
+    def __init__(self, params: tuple[str, ...], ops: tuple["Op", ...]) -> None:
+        _set(self, "params", params)
+        _set(self, "ops", ops)
+
 
 #: An expression is a tuple of ops in postfix (stack) order.
-Op = Union[Value, Unary, Binary, Closure]
+if TYPE_CHECKING:
+    Op = Union[Value, Unary, Binary, Closure]
 
 
-@dataclass(frozen=True, slots=True)
-class Predicate:
+class Predicate(_Frozen):
     name: str
     terms: tuple[Term, ...]
 
+    __slots__ = ("name", "terms")
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+    def __init__(self, name: str, terms: tuple[Term, ...]) -> None:
+        _set(self, "name", name)
+        _set(self, "terms", terms)
+
+
+class Rule(_Frozen):
     """A rule, or a check query (whose head carries no meaning)."""
 
     head: Predicate
@@ -207,15 +322,28 @@ class Rule:
     #: "authority", "previous" or a public key "ed25519/<hex>" / "secp256r1/<hex>"
     scopes: tuple[str, ...]
 
+    __slots__ = ("head", "body", "expressions", "scopes")
 
-@dataclass(frozen=True, slots=True)
-class Check:
+    def __init__(self, head: Predicate, body: tuple[Predicate, ...], expressions: tuple[tuple[Op, ...], ...],
+                 scopes: tuple[str, ...]) -> None:
+        _set(self, "head", head)
+        _set(self, "body", body)
+        _set(self, "expressions", expressions)
+        _set(self, "scopes", scopes)
+
+
+class Check(_Frozen):
     kind: CheckKind
     queries: tuple[Rule, ...]
 
+    __slots__ = ("kind", "queries")
 
-@dataclass(frozen=True, slots=True)
-class Block:
+    def __init__(self, kind: CheckKind, queries: tuple[Rule, ...]) -> None:
+        _set(self, "kind", kind)
+        _set(self, "queries", queries)
+
+
+class Block(_Frozen):
     #: the block's own `symbols` field (a first-party block resolves against
     #: the token's table, of which these are a part; see decode)
     symbols: tuple[str, ...]
@@ -230,12 +358,34 @@ class Block:
     scopes: tuple[str, ...]
     public_keys: tuple[str, ...]
 
+    __slots__ = ("symbols", "third_party", "external_key", "version", "context", "facts", "rules", "checks", "scopes",
+                 "public_keys")
 
-@dataclass(frozen=True, slots=True)
-class Token:
+    def __init__(self, symbols: tuple[str, ...], third_party: bool, external_key: str | None, version: int | None,
+                 context: str | None, facts: tuple[Predicate, ...], rules: tuple[Rule, ...], checks: tuple[Check, ...],
+                 scopes: tuple[str, ...], public_keys: tuple[str, ...]) -> None:
+        _set(self, "symbols", symbols)
+        _set(self, "third_party", third_party)
+        _set(self, "external_key", external_key)
+        _set(self, "version", version)
+        _set(self, "context", context)
+        _set(self, "facts", facts)
+        _set(self, "rules", rules)
+        _set(self, "checks", checks)
+        _set(self, "scopes", scopes)
+        _set(self, "public_keys", public_keys)
+
+
+class Token(_Frozen):
     root_key_id: int | None
     #: the authority block first, then the appended blocks in order
     blocks: tuple[Block, ...]
+
+    __slots__ = ("root_key_id", "blocks")
+
+    def __init__(self, root_key_id: int | None, blocks: tuple[Block, ...]) -> None:
+        _set(self, "root_key_id", root_key_id)
+        _set(self, "blocks", blocks)
 
 
 # -- protobuf reading ---------------------------------------------------------
@@ -700,8 +850,7 @@ _CHECK_KINDS = tuple(CheckKind)
 
 # -- blocks ------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class _RawBlock:
+class _RawBlock(Record):
     """A SignedBlock read up to its symbol tables; its Datalog is decoded
     once the table it resolves against is known."""
 
@@ -713,6 +862,18 @@ class _RawBlock:
     #: decoded Block by the token table it was resolved against (None: its
     #: own table, for a third-party block)
     decoded: dict[object, Block]
+
+    __slots__ = ("payload", "fields", "external_key", "symbols", "public_keys", "decoded")
+    __hash__ = None  # type: ignore[assignment]  (mutable)
+
+    def __init__(self, payload: bytes, fields: list[tuple[int, int, int]], external_key: str | None,
+                 symbols: tuple[str, ...], public_keys: tuple[str, ...], decoded: dict[object, Block]) -> None:
+        self.payload = payload
+        self.fields = fields
+        self.external_key = external_key
+        self.symbols = symbols
+        self.public_keys = public_keys
+        self.decoded = decoded
 
 
 #: Blocks by their SignedBlock bytes, shared across tokens: a JIT or newly
@@ -926,6 +1087,8 @@ def term_source(term: Term) -> str:
         return f"hex:{term.hex()}"
     if isinstance(term, Date):
         try:
+            from datetime import datetime, timezone  # only when printing a date
+
             return datetime.fromtimestamp(term.seconds, timezone.utc).isoformat().replace("+00:00", "Z")
         except (OverflowError, OSError, ValueError):
             return "<invalid date>"
@@ -994,8 +1157,7 @@ def block_source(block: Block) -> str:
 ACTOR = "actor"
 
 
-@dataclass(frozen=True, slots=True)
-class ActorScope:
+class ActorScope(_Frozen):
     """Which identities `actor({identity})` can be, as far as the token's
     actor checks say.
 
@@ -1012,6 +1174,15 @@ class ActorScope:
     identity: str | None
     descendants: bool
     constrained: bool
+
+    __slots__ = ("exact", "identity", "descendants", "constrained")
+
+    def __init__(self, exact: bool, identity: str | None, descendants: bool, constrained: bool) -> None:
+        _set(self, "exact", exact)
+        _set(self, "identity", identity)
+        _set(self, "descendants", descendants)
+        _set(self, "constrained", constrained)
+
 
     def allows(self, identity: str) -> bool:
         """Whether `identity` is in the set (a superset when not exact)."""
@@ -1161,3 +1332,16 @@ def _prefix(ops: tuple[Op, ...], name: str) -> str | None:
     if left is None or right is None or not _is_binary(ops[3], BinaryKind.ADD):
         return None
     return left + right
+
+
+def __getattr__(name: str) -> object:
+    """The typing aliases `Term` and `Op`, built on first use (typing is
+    not imported by a backend's verification)."""
+    if name in ("Term", "Op"):
+        from typing import Union
+
+        aliases = {"Term": Union[Variable, int, str, bool, bytes, None, Date, SetTerm, ArrayTerm, MapTerm],
+                   "Op": Union[Value, Unary, Binary, Closure]}
+        globals().update(aliases)
+        return aliases[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -757,3 +757,38 @@ def test_eager_or_agrees_with_the_engine(x, literal):
         except biscuit_auth.AuthorizationError:
             real = False
         assert result.allows(identity) == real, identity
+
+
+# -- what a backend's first authorized() call imports (issue 12 item 5) -------------
+
+def test_reading_a_token_imports_no_heavy_standard_module() -> None:
+    """authorized() reads every token's Datalog (is it a capability token?)
+    in each new backend: with dataclasses, enum, typing and datetime that
+    first call imported ~20 ms more than the rest of the verification."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hessra_pg.tokens.capability import mint_capability
+
+    root = Path(__file__).resolve().parents[2]
+    tokens = [mint_authorization(ROOT, "alice", "orders", "read"), mint_identity(ROOT, "alice"),
+              mint_capability(ROOT, "alice", "orders", "read", designations=[("tenant_id", "t-1")])]
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "before = set(sys.modules)\n"
+        "from hessra_pg.plpython import abi_0_5\n"
+        "from hessra_pg.core.capability import is_capability_token\n"
+        "from hessra_pg.core.datalog import actor_scope, decode\n"
+        "from hessra_pg.core.encoding import decode_token\n"
+        "for token in sys.stdin.read().split():\n"
+        "    structure = decode(decode_token(token))\n"
+        "    is_capability_token(structure), actor_scope(structure)\n"
+        "heavy = ('dataclasses', 'enum', 'typing', 'datetime', 'inspect', 're', 'json')\n"
+        "print(' '.join(name for name in heavy if name in set(sys.modules) - before))\n"
+    )
+    # A new interpreter; only what our imports and decoding bring in counts.
+    result = subprocess.run([sys.executable, "-I", "-c", code], input="\n".join(tokens), capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == []
