@@ -9,6 +9,12 @@ Sections (all against one throwaway cluster, after installing this checkout):
            same kind of token, CPU time per verification, no cache hit;
   warm     the same token again in a new statement vs a PL/Python function
            returning true (backend CPU per statement);
+  per-row  policies evaluated once per row (Citus mode, the bare form):
+           `authorized(...)` and `verify_token(current_token(), ...)` per call
+           vs a PL/Python function returning true called per row with the
+           same token and subject (backend CPU per row over a table without
+           RLS; also vs the same function with the two literal arguments
+           only, and a denied token);
   scan     SELECT count(*) over 1,000,000 rows as a non-owner role under the
            table-resource, row-resource and identity-owner policies vs
            `owner = (SELECT current_setting('app.user_id'))`;
@@ -232,6 +238,91 @@ def section_warm(conn, results: Results, quick: bool) -> None:
     case, base = alternate(timed(case_q), timed(base_q), rounds)
     results.add("warm verify (same token, new statement) vs PL/Python `return True`",
                 f"{case * 1e6:.0f} us", f"{base * 1e6:.0f} us", case / base, verdict(case / base, 2.0))
+
+
+PER_ROW_SETUP = """
+DROP TABLE IF EXISTS perrow_none, perrow_base, perrow_base2, perrow_auth, perrow_verify, perrow_denied;
+CREATE TABLE perrow_none (id int PRIMARY KEY, total numeric);
+INSERT INTO perrow_none SELECT g, g FROM generate_series(1, {rows}) g;
+CREATE TABLE perrow_base AS SELECT * FROM perrow_none;
+CREATE TABLE perrow_base2 AS SELECT * FROM perrow_none;
+CREATE TABLE perrow_auth AS SELECT * FROM perrow_none;
+CREATE TABLE perrow_verify AS SELECT * FROM perrow_none;
+CREATE TABLE perrow_denied AS SELECT * FROM perrow_none;
+CREATE OR REPLACE FUNCTION public.bench_true(t text, s text, r text, o text) RETURNS boolean
+    LANGUAGE plpython3u STABLE AS $$ return True $$;
+CREATE OR REPLACE FUNCTION public.bench_true2(r text, o text) RETURNS boolean
+    LANGUAGE plpython3u STABLE AS $$ return True $$;
+GRANT EXECUTE ON FUNCTION public.bench_true(text, text, text, text), public.bench_true2(text, text) TO {app};
+"""
+
+# Bare per-row policies (what Citus accepts; no `(SELECT ...)`), and the
+# baselines: the same PL/Python `return True` given the same token and
+# subject from the settings, and given the two literals only.
+PER_ROW_POLICIES = (
+    ("perrow_base", "public.bench_true(pg_catalog.current_setting('hessra.token', true), "
+                    "pg_catalog.current_setting('hessra.subject', true), 'orders', 'read')"),
+    ("perrow_base2", "public.bench_true2('orders', 'read')"),
+    ("perrow_auth", "hessra_authz.authorized('orders', 'read')"),
+    ("perrow_verify", "hessra_authz.verify_token(hessra_authz.current_token(), hessra_authz.current_subject(), "
+                      "'orders', 'read')"),
+    ("perrow_denied", "hessra_authz.authorized('invoices', 'read')"),
+)
+
+
+def section_per_row(cluster: LocalCluster, results: Results, quick: bool, root) -> None:
+    """Issue 15 item 3: a policy evaluated once per row, per call, against a
+    PL/Python function returning true called per row with the same token.
+    Backend CPU time of count(*) over the table, minus the same scan
+    without RLS, divided by the rows: the cost of one call."""
+    rows = 20_000 if quick else 100_000
+    print(f"per-row calls ({rows:,} rows)", flush=True)
+    with psycopg.connect(cluster.dsn("bench"), autocommit=True) as admin:
+        setup_app(admin)
+        admin.execute(PER_ROW_SETUP.format(rows=rows, app=APP))
+        for table, using in PER_ROW_POLICIES:
+            admin.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+            admin.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+            admin.execute(f"CREATE POLICY p ON {table} FOR SELECT USING ({using})")
+        for table in ("perrow_none", *(t for t, _ in PER_ROW_POLICIES)):
+            admin.execute(f"GRANT SELECT ON {table} TO {APP}")
+            admin.execute(f"VACUUM ANALYZE {table}")
+    token = mint_authorization(root, "alice", "orders", "read", time_config=fresh(7))
+    rounds = 3 if quick else 9
+    with psycopg.connect(cluster.dsn("bench", APP), autocommit=True) as app:
+        app.execute("SELECT set_config('hessra.token', %s, false), set_config('hessra.subject', 'alice', false)",
+                    (token,))
+        pid = app.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        def scan(table: str, expected: int) -> Callable[[], float]:
+            def run() -> float:
+                before = backend_cpu(pid)
+                n = app.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                spent = (backend_cpu(pid) - before) / 1e9
+                assert n == expected, (table, n)
+                return spent
+            return run
+
+        tables = {"perrow_none": rows, "perrow_base": rows, "perrow_base2": rows, "perrow_auth": rows,
+                  "perrow_verify": rows, "perrow_denied": 0}
+        for table, expected in tables.items():
+            scan(table, expected)()
+        spent: dict[str, list[float]] = {table: [] for table in tables}
+        for _ in range(rounds):  # every table in each round: the same load on each
+            for table, expected in tables.items():
+                spent[table].append(scan(table, expected)())
+        per_call = {table: (statistics.median(times) - statistics.median(spent["perrow_none"])) / rows
+                    for table, times in spent.items()}
+    base, base2 = per_call["perrow_base"], per_call["perrow_base2"]
+    for label, table in (("authorized('orders', 'read')", "perrow_auth"),
+                         ("verify_token(current_token(), current_subject(), ...)", "perrow_verify"),
+                         ("authorized(), a token for another resource (denied)", "perrow_denied")):
+        case = per_call[table]
+        results.add(f"per row: {label} vs PL/Python `return True` (same token)", f"{case * 1e6:.2f} us",
+                    f"{base * 1e6:.2f} us", case / base, verdict(case / base, 4.0))
+    case = per_call["perrow_auth"]
+    results.add("per row: authorized('orders', 'read') vs `return True` (2 literals)", f"{case * 1e6:.2f} us",
+                f"{base2 * 1e6:.2f} us", case / base2)
 
 
 SCAN_SETUP = """
@@ -616,10 +707,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rows and rounds (a smoke run)")
     parser.add_argument("--plot", default="benchmarks/out/scaling.png", help="PNG for the scaling plot ('' for none)")
     parser.add_argument("--only", nargs="*", help="run only these sections")
+    parser.add_argument("--extension-version", metavar="VERSION",
+                        help="create this version of hessra_authz (e.g. 0.4.0, to compare with the newest in one "
+                             "hour; the server-side package is this checkout's either way)")
     args = parser.parse_args(argv)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-    sections = args.only or ["cold", "warm", "scan", "lookup", "designation", "pgbench", "connect", "scaling"]
+    sections = args.only or ["cold", "warm", "per-row", "scan", "lookup", "designation", "pgbench", "connect",
+                             "scaling"]
 
     install()
     results = Results()
@@ -628,7 +723,12 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench")
         with psycopg.connect(cluster.dsn("bench"), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION hessra_authz CASCADE")
+            if args.extension_version:
+                conn.execute(psycopg.sql.SQL("CREATE EXTENSION hessra_authz VERSION {} CASCADE").format(
+                    psycopg.sql.Literal(args.extension_version)))
+            else:
+                conn.execute("CREATE EXTENSION hessra_authz CASCADE")
+            version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'hessra_authz'").fetchone()[0]
             if "cold" in sections:
                 section_cold(conn, results, args.quick)
             if "warm" in sections:
@@ -637,14 +737,15 @@ def main(argv: list[str] | None = None) -> int:
                 section_scaling(conn, results, args.quick, args.plot or None)
             conn.execute("DELETE FROM hessra_authz.keys")
             conn.execute("SELECT hessra_authz.add_key(%s)", (str(root.public_key),))
-        for name, section in (("scan", section_scan), ("lookup", section_lookup),
+        for name, section in (("per-row", section_per_row), ("scan", section_scan), ("lookup", section_lookup),
                               ("designation", section_designation), ("pgbench", section_pgbench),
                               ("connect", section_connect)):
             if name in sections:
                 section(cluster, results, args.quick, root)
 
-    print(f"\nhessra-pg performance ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{'quick' if args.quick else 'full'} run; baselines measured in the same run)\n")
+    print(f"\nhessra-pg performance (hessra_authz {version}, {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {'quick' if args.quick else 'full'} run; baselines measured in the "
+          f"same run)\n")
     print(results.table())
     return 0
 
