@@ -164,10 +164,13 @@ RETURN NULLIF(pg_catalog.current_setting('hessra.subject', true), '');
 -- A subscriber's apply worker fires ROW triggers only, so the statement
 -- triggers bump_generation never ran for an applied change and a replicated
 -- revocation was never enforced there. refresh_on_apply is a deferred row
--- trigger on every configuration table: in replica mode (the apply worker;
--- a role needs superuser to enter it) it refreshes config_state once per
--- transaction, at commit, when every applied row is in. Elsewhere the
--- statement triggers refresh and this one returns at once.
+-- trigger on every configuration table, ENABLE REPLICA: it fires only in
+-- replica mode (the apply worker; a role needs superuser to enter it), where
+-- it refreshes config_state once per transaction, at commit, when every
+-- applied row is in. Elsewhere it is not fired at all and queues nothing (a
+-- deferred ALWAYS trigger would leave pending trigger events that make a
+-- later ALTER TABLE or DROP EXTENSION in the same transaction fail); the
+-- statement triggers refresh there.
 CREATE FUNCTION hessra_authz._refresh_on_apply() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -201,12 +204,12 @@ BEGIN
             'CREATE CONSTRAINT TRIGGER refresh_on_apply AFTER INSERT OR UPDATE OR DELETE ON %s '
             'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hessra_authz._refresh_on_apply()',
             config.rel);
-        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER refresh_on_apply', config.rel);
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE REPLICA TRIGGER refresh_on_apply', config.rel);
     END LOOP;
 END
 $$;
 
--- _config_ddl also turns refresh_on_apply back into ENABLE ALWAYS after a
+-- _config_ddl also turns refresh_on_apply back into ENABLE REPLICA after a
 -- plain ENABLE (which makes a trigger origin-only); the configuration
 -- tables by name, so that the list holds with or without those added later.
 CREATE OR REPLACE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
@@ -223,7 +226,7 @@ BEGIN
                                          'revocations', 'capability_settings', 'audit_settings']))) THEN
         PERFORM hessra_authz._refresh_config_state();
         -- (This ALTER fires the event trigger once more; the triggers are
-        -- then ALWAYS, so it stops there.)
+        -- then ALWAYS or REPLICA, so it stops there.)
         FOR origin_only IN
             SELECT t.tgrelid::pg_catalog.regclass AS rel, t.tgname
               FROM pg_catalog.pg_trigger AS t
@@ -234,7 +237,9 @@ BEGIN
                AND r.relname OPERATOR(pg_catalog.=) ANY (ARRAY['keys', 'service_chains', 'revocations',
                                                                'capability_settings', 'audit_settings'])
         LOOP
-            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', origin_only.rel, origin_only.tgname);
+            EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE %s TRIGGER %I', origin_only.rel,
+                                      CASE WHEN origin_only.tgname OPERATOR(pg_catalog.=) 'refresh_on_apply'
+                                           THEN 'REPLICA' ELSE 'ALWAYS' END, origin_only.tgname);
         END LOOP;
     END IF;
 END
@@ -272,7 +277,7 @@ BEGIN
     IF pg_catalog.to_regprocedure('hessra_authz._refresh_on_apply()') IS NOT NULL THEN
         CREATE CONSTRAINT TRIGGER refresh_on_apply AFTER INSERT OR UPDATE OR DELETE ON hessra_authz.audit_settings
             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hessra_authz._refresh_on_apply();
-        ALTER TABLE hessra_authz.audit_settings ENABLE ALWAYS TRIGGER refresh_on_apply;
+        ALTER TABLE hessra_authz.audit_settings ENABLE REPLICA TRIGGER refresh_on_apply;
     END IF;
 END
 $refresh$;

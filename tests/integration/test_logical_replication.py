@@ -9,7 +9,7 @@ ENABLE REPLICA triggers fire, and it fires ROW triggers only: the
 extension's bump_generation triggers (ALWAYS, FOR EACH STATEMENT) fire for
 the initial copy and TRUNCATE, not for an applied INSERT, UPDATE or DELETE.
 Since 0.5.0 the extension's refresh_on_apply (a deferred row trigger,
-ALWAYS, acting only in replica mode) refreshes the subscriber's
+ENABLE REPLICA: fired in replica mode only) refreshes the subscriber's
 configuration once per applied transaction, and backends already connected
 there enforce it at their next statement.
 """
@@ -191,9 +191,10 @@ def test_one_refresh_per_applied_transaction(pair: Pair) -> None:
         assert "27" * 32 in after[1]
 
 
-def test_refresh_on_apply_stays_always(pair: Pair) -> None:
+def test_refresh_on_apply_stays_replica(pair: Pair) -> None:
     """DISABLE/ENABLE TRIGGER ALL (pg_restore --disable-triggers) leaves the
-    triggers origin-only; the event trigger turns them back into ALWAYS."""
+    triggers origin-only; the event trigger turns them back into ALWAYS
+    (bump_generation) and REPLICA (refresh_on_apply)."""
     with pair.sub() as sub:
         for table in CONFIG_TABLES:
             sub.execute(f"ALTER TABLE hessra_authz.{table} DISABLE TRIGGER ALL")
@@ -202,8 +203,9 @@ def test_refresh_on_apply_stays_always(pair: Pair) -> None:
                                    "WHERE tgname = 'refresh_on_apply'").fetchall())
         generation = dict(sub.execute("SELECT tgrelid::regclass::text, tgenabled FROM pg_catalog.pg_trigger "
                                       "WHERE tgname = 'bump_generation'").fetchall())
-        # every configuration table has both, both ALWAYS again
-        assert enabled.keys() == generation.keys() and set(enabled.values()) == set(generation.values()) == {"A"}
+        # every configuration table has both, ALWAYS and REPLICA again
+        assert enabled.keys() == generation.keys()
+        assert set(generation.values()) == {"A"} and set(enabled.values()) == {"R"}
         assert {f"hessra_authz.{table}" for table in CONFIG_TABLES} <= enabled.keys()
 
 
@@ -222,3 +224,15 @@ def test_applied_changes_refresh_by_themselves(pair: Pair) -> None:
                                        "WHERE revocation_id = repeat('cd', 16)").fetchone()[0])
         after = sub.execute("SELECT generation, revoked_ids FROM hessra_authz.config_state").fetchone()
         assert after[0] > before[0] and "cd" * 16 in after[1], (before, after)
+
+
+def test_no_pending_trigger_events_outside_replica_mode(pair: Pair) -> None:
+    """refresh_on_apply queues nothing in an ordinary transaction: a
+    configuration change followed by ALTER TABLE of the same table (or DROP
+    EXTENSION, as an Alembic downgrade does) in one transaction works."""
+    with pair.pub() as pub:
+        with pub.transaction():
+            pub.execute("SELECT hessra_authz.revoke(repeat('ef', 16))")
+            pub.execute("INSERT INTO hessra_authz.revocations (identity) VALUES ('urn:pending:check')")
+            pub.execute("ALTER TABLE hessra_authz.revocations ALTER COLUMN reason SET STATISTICS 100")
+            pub.execute("ALTER TABLE hessra_authz.revocations ALTER COLUMN reason SET STATISTICS -1")
