@@ -390,6 +390,50 @@ $$;
 COMMENT ON FUNCTION hessra_authz.reset_stats() IS
     'Zero this backend''s counters (stats()): decisions, verification times, cache hits and misses, audit line counts.';
 
+-- The numbers of every backend of this database (hessra_pg.plpython.db_stats,
+-- docs/audit.md): each backend writes a snapshot of its counters at most once
+-- a second, and at exit, into files next to the shared decision table's (the
+-- server's OS user only); this sums those of the backends pg_stat_activity
+-- lists (pid and backend start) and of those that exited. No table, no
+-- write: works on a hot standby. For administrators and pg_monitor.
+CREATE FUNCTION hessra_authz._read_database_stats(admin boolean, database oid, database_tag text, pids integer[],
+                                                  starts bigint[], reset boolean) RETURNS text
+LANGUAGE plpython3u VOLATILE PARALLEL RESTRICTED
+AS $$
+from hessra_pg.plpython import abi_0_5_audit
+return abi_0_5_audit.database_stats(admin, database, database_tag, pids, starts, reset)
+$$;
+
+CREATE FUNCTION hessra_authz._database_stats(reset boolean) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT hessra_authz._read_database_stats(hessra_authz._is_admin(), d.oid, d.xmin::text, s.pids, s.starts,
+                                         _database_stats.reset)::jsonb
+  FROM pg_catalog.pg_database AS d,
+       LATERAL (SELECT pg_catalog.array_agg(a.pid ORDER BY a.pid) AS pids,
+                       pg_catalog.array_agg((EXTRACT(epoch FROM a.backend_start) * 1000000)::bigint
+                                            ORDER BY a.pid) AS starts
+                  FROM pg_catalog.pg_stat_activity AS a
+                 WHERE a.datid = d.oid AND a.backend_start IS NOT NULL) AS s
+ WHERE d.datname = pg_catalog.current_database()
+$$;
+
+CREATE FUNCTION hessra_authz.database_stats() RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT hessra_authz._database_stats(false)
+$$;
+COMMENT ON FUNCTION hessra_authz.database_stats() IS
+    'This database''s verifier across its backends (live ones and those that exited) since reset_database_stats(): decisions computed by kind, outcome and reason; verification time histogram and p50/p90/p99; hits and misses of each cache; the shared decision table''s hit rate; audit lines written and suppressed. A backend''s numbers arrive at most once a second and at its exit. Administrators and pg_monitor; counts only, never tokens.';
+
+CREATE FUNCTION hessra_authz.reset_database_stats() RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT hessra_authz._database_stats(true)
+$$;
+COMMENT ON FUNCTION hessra_authz.reset_database_stats() IS
+    'Start database_stats() afresh for every backend of this database (their own stats() are unchanged); returns the numbers before the reset. Administrators only.';
+
 CREATE OR REPLACE FUNCTION hessra_authz._admin_functions() RETURNS pg_catalog.regprocedure[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -403,7 +447,9 @@ SELECT ARRAY[
     'hessra_authz.revoke_identity(text, text)',
     'hessra_authz.set_anchor(text)',
     'hessra_authz.set_capability_options(boolean, text)',
-    'hessra_authz.set_audit(text, name)'
+    'hessra_authz.set_audit(text, name)',
+    'hessra_authz.database_stats()',
+    'hessra_authz.reset_database_stats()'
 ]::pg_catalog.regprocedure[]
 $$;
 
@@ -450,8 +496,13 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     hessra_authz._load_audit(text, text, oid[], text[]),
     hessra_authz._stats(boolean),
-    hessra_authz.set_audit(text, name)
+    hessra_authz.set_audit(text, name),
+    hessra_authz._read_database_stats(boolean, oid, text, integer[], bigint[], boolean),
+    hessra_authz._database_stats(boolean),
+    hessra_authz.database_stats(),
+    hessra_authz.reset_database_stats()
 FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hessra_authz.database_stats() TO pg_monitor;
 
 DO $grant$
 DECLARE
@@ -467,6 +518,8 @@ BEGIN
                               WHERE p.oid = 'hessra_authz.add_key(text, integer, timestamp with time zone, timestamp with time zone, text)'::pg_catalog.regprocedure)
     LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION hessra_authz.set_audit(text, name) TO %s', grantee);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION hessra_authz.database_stats(), '
+                                  'hessra_authz.reset_database_stats() TO %s', grantee);
         EXECUTE pg_catalog.format('GRANT SELECT ON hessra_authz.audit_settings TO %s', grantee);
     END LOOP;
 END

@@ -216,6 +216,10 @@ BEGIN
 END
 $$;
 
+DROP FUNCTION hessra_authz.reset_database_stats();
+DROP FUNCTION hessra_authz.database_stats();
+DROP FUNCTION hessra_authz._database_stats(boolean);
+DROP FUNCTION hessra_authz._read_database_stats(boolean, oid, text, integer[], bigint[], boolean);
 DROP FUNCTION hessra_authz.reset_stats();
 DROP FUNCTION hessra_authz.stats();
 DROP FUNCTION hessra_authz._stats(boolean);

@@ -40,7 +40,25 @@ def stats(admin: bool) -> str:
 
 @_entry(None)
 def reset_stats() -> str:
+    from .db_stats import PUBLISHER
+
+    PUBLISHER.absorb(RUNTIME)  # the database's numbers keep what this backend zeroes
     RUNTIME.counters.reset()
     reset_caches(RUNTIME)
     RUNTIME.audit.reset()
     return ""
+
+
+@_entry(None)
+def database_stats(admin: bool, database: int, database_tag: str, pids: list[int] | None,
+                   starts: list[int] | None, reset: bool) -> str:
+    """The numbers of every backend of this database (hessra_authz.database_stats()):
+    the backends pg_stat_activity lists (`pids`, `starts`: backend_start in
+    microseconds since 1970) and those that exited; with `reset`, start afresh."""
+    import json
+
+    from .db_stats import PUBLISHER, read
+
+    PUBLISHER.publish(RUNTIME)  # this backend's own numbers, now
+    live = list(zip(pids or (), starts or ()))
+    return json.dumps(read(int(database), str(database_tag), live, bool(admin), bool(reset)))

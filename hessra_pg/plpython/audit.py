@@ -118,6 +118,15 @@ def _token_facts(statement: Any, token: str | None, result: Any) -> tuple[int | 
     kid = getattr(result, "kid", None)
     ids: tuple[str, ...] = tuple(getattr(result, "revocation_ids", ()) or ())
     verified = statement.runtime.tokens.peek((statement.digest(token), statement.config.version))
+    if verified is None and getattr(result, "valid", False):
+        # Allowed by another backend's answer (the shared decision table:
+        # a parallel worker, a pool's other connections): this backend has
+        # not checked the signature, so the kid is unknown here. Check it
+        # once (the token cache keeps it): the line names the right key.
+        try:
+            verified = statement.load(token, statement.now)
+        except Exception:  # noqa: BLE001 (the line then has no kid; the decision stands)
+            verified = None
     key = getattr(verified, "key", None)
     if key is not None:
         kid = key.kid if kid is None else kid

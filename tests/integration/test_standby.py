@@ -308,6 +308,10 @@ PUBLIC_CALLS: dict[str, tuple[str | None, str | None, str, object]] = {
         ("orders_token", "alice", "SELECT hessra_authz.authorized('orders', 'read')", True),
     "hessra_authz.authorized_resources(text)":
         ("c1_token", "bob", "SELECT hessra_authz.authorized_resources('read')", ["customer_orders/c1"]),
+    "hessra_authz.stats()":
+        ("orders_token", "alice", "SELECT hessra_authz.authorized('orders', 'read') "
+                                  "AND hessra_authz.stats() ? 'decisions'", True),
+    "hessra_authz.reset_stats()": (None, None, "SELECT hessra_authz.reset_stats()::text = ''", True),
     "hessra_authz.cache_stats()":
         ("orders_token", "alice", "SELECT hessra_authz.authorized('orders', 'read') "
                                   "AND hessra_authz.cache_stats() ? 'shared_decisions'", True),
@@ -419,9 +423,23 @@ ADMIN_CALLS: dict[str, str] = {
     "hessra_authz.drop_service_chain(text)": "SELECT hessra_authz.drop_service_chain('svc')",
     "hessra_authz.set_anchor(text)": "SELECT hessra_authz.set_anchor('db:other')",
     "hessra_authz.set_capability_options(boolean,text)": "SELECT hessra_authz.set_capability_options(true, 'deny')",
+    "hessra_authz.set_audit(text,name)": "SELECT hessra_authz.set_audit('all')",
     "hessra_authz.grant_admin(name)": "SELECT hessra_authz.grant_admin(%(role)s)",
     "hessra_authz.revoke_admin(name)": "SELECT hessra_authz.revoke_admin(%(role)s)",
 }
+
+
+# Not for the application role, but reading only: they work on the standby.
+MONITOR_CALLS: dict[str, str] = {
+    "hessra_authz.database_stats()": "SELECT hessra_authz.database_stats() ? 'decisions'",
+    "hessra_authz.reset_database_stats()": "SELECT hessra_authz.reset_database_stats() ? 'decisions'",
+}
+
+
+def test_monitoring_functions_work_on_the_standby(env: Env) -> None:
+    with env.standby("postgres") as conn:
+        for name, query in sorted(MONITOR_CALLS.items()):
+            assert conn.execute(query).fetchone()[0] is True, name
 
 
 def test_admin_functions_fail_with_a_read_only_error(env: Env) -> None:
@@ -429,7 +447,7 @@ def test_admin_functions_fail_with_a_read_only_error(env: Env) -> None:
     with env.standby("postgres") as conn:
         admin = {name for name in functions(conn, executable_by=APP, public=False)
                  if not name.startswith("hessra_authz._")}
-        assert admin == ADMIN_CALLS.keys()
+        assert admin == ADMIN_CALLS.keys() | MONITOR_CALLS.keys()
         for name, query in sorted(ADMIN_CALLS.items()):
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as raised:
                 conn.execute(query, {"key": key, "token": env.orders_token, "nodes": Jsonb(env.chain_nodes),
