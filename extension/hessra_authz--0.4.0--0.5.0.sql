@@ -216,26 +216,25 @@ CREATE OR REPLACE FUNCTION hessra_authz._config_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    config_tables pg_catalog.oid[] := ARRAY(
+        SELECT r.oid FROM pg_catalog.pg_class AS r
+         WHERE r.relnamespace OPERATOR(pg_catalog.=) 'hessra_authz'::pg_catalog.regnamespace
+           AND r.relname OPERATOR(pg_catalog.=) ANY (ARRAY['keys', 'service_chains', 'revocations',
+                                                           'capability_settings', 'audit_settings']));
     origin_only record;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
                 WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
-                  AND c.objid IN (SELECT r.oid FROM pg_catalog.pg_class AS r
-                                   WHERE r.relnamespace OPERATOR(pg_catalog.=) 'hessra_authz'::pg_catalog.regnamespace
-                                     AND r.relname OPERATOR(pg_catalog.=) ANY (ARRAY['keys', 'service_chains',
-                                         'revocations', 'capability_settings', 'audit_settings']))) THEN
+                  AND c.objid OPERATOR(pg_catalog.=) ANY (config_tables)) THEN
         PERFORM hessra_authz._refresh_config_state();
         -- (This ALTER fires the event trigger once more; the triggers are
         -- then ALWAYS or REPLICA, so it stops there.)
         FOR origin_only IN
             SELECT t.tgrelid::pg_catalog.regclass AS rel, t.tgname
               FROM pg_catalog.pg_trigger AS t
-              JOIN pg_catalog.pg_class AS r ON r.oid OPERATOR(pg_catalog.=) t.tgrelid
              WHERE t.tgname OPERATOR(pg_catalog.=) ANY (ARRAY['bump_generation', 'refresh_on_apply']::name[])
                AND t.tgenabled OPERATOR(pg_catalog.=) 'O'
-               AND r.relnamespace OPERATOR(pg_catalog.=) 'hessra_authz'::pg_catalog.regnamespace
-               AND r.relname OPERATOR(pg_catalog.=) ANY (ARRAY['keys', 'service_chains', 'revocations',
-                                                               'capability_settings', 'audit_settings'])
+               AND t.tgrelid OPERATOR(pg_catalog.=) ANY (config_tables)
         LOOP
             EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE %s TRIGGER %I', origin_only.rel,
                                       CASE WHEN origin_only.tgname OPERATOR(pg_catalog.=) 'refresh_on_apply'

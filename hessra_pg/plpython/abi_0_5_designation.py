@@ -40,7 +40,7 @@ def capability_rows(context: str, version: str | None, token: str | None, subjec
     answers = RUNTIME.designations
     answers.trusted_calls += 1
     snapshot = call.row_snapshot
-    if snapshot is not None and not RUNTIME.audit.active:
+    if snapshot is not None:  # may record (Runtime.statement: confirmed, no audit)
         # The sets _helper_answer just computed (a hit in the statement's cache).
         token, subject = token or None, subject or None
         labels = _labels(row_labels)

@@ -150,7 +150,7 @@ def _token_facts(statement: Any, token: str | None, result: Any) -> tuple[int | 
 class Audit:
     """Audit levels and the line budget of one backend."""
 
-    __slots__ = ("active", "busy", "database_level", "roles", "any_all", "version", "seen", "seen_statement",
+    __slots__ = ("active", "busy", "database_level", "roles", "version", "seen", "seen_statement",
                  "allowance", "refilled", "suppressed", "suppressed_total", "written", "errors", "sequence",
                  "prefix")
 
@@ -162,7 +162,6 @@ class Audit:
         self.database_level = "off"
         #: role OID -> level, for the roles with their own level
         self.roles: dict[int, str] = {}
-        self.any_all = False
         self.version: str | None = None
         self.seen: set[Any] = set()
         self.seen_statement: int | None = None
@@ -185,7 +184,6 @@ class Audit:
         self.database_level = level or "off"
         self.roles = dict(zip((int(oid) for oid in role_oids or ()), role_levels or ()))
         self.active = any(item != "off" for item in levels)
-        self.any_all = "all" in levels
         self.seen.clear()
 
     def level(self) -> str:
@@ -203,10 +201,6 @@ class Audit:
             result = statement.remembered(token, args, compute, keep, shared)
         finally:
             self.busy = False
-        if self.any_all and getattr(statement, "row_snapshot", None) is not None:
-            # Per-row answers would serve later statements without asking
-            # again (unaudited): with level all anywhere, none are recorded.
-            statement.row_snapshot = None
         try:
             self.decided(statement, token, args, result)
         except Exception as error:  # noqa: BLE001 (an audit failure never changes a decision)

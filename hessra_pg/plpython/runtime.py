@@ -264,7 +264,7 @@ class Runtime:
         return self.shared.published_generation() if self.shared is not None else 0
 
     def statement(self, statement_us: int | None, snapshot: str | None, xid: str | None,
-                  version: str | None, row_snapshot: str | None = None) -> "Statement":
+                  version: str | None) -> "Statement":
         """The context of one call, with the configuration current for it.
 
         `version` None (the wrapper's first attempt): the configuration held,
@@ -303,10 +303,14 @@ class Runtime:
         if time.monotonic() >= self.stats_due:  # database_stats(): a snapshot at most once a second
             publish_stats(self)
         statement = Statement(self, config, statement_us)
-        if snapshot is not None and snapshot == self.confirmed_snapshot:
+        if snapshot is not None and snapshot == self.confirmed_snapshot and not self.audit.active:
             # Confirmed for this snapshot, outside a changing transaction:
-            # per-row answers may be recorded under it (row_answers).
-            statement.row_snapshot = row_snapshot
+            # per-row and designation answers may be recorded under it
+            # (row_answers, designation_answers). Not while auditing is on
+            # anywhere in the database: the audit writes a line per
+            # statement, and recorded answers would serve later statements
+            # without one.
+            statement.row_snapshot = snapshot
         return statement
 
     def call(self, context: str | None, version: str | None) -> "Statement":
@@ -321,8 +325,7 @@ class Runtime:
             statement_us = None
         snapshot = fields[1] if len(fields) > 1 else None
         xid = fields[2] if len(fields) > 2 else None
-        # The snapshot text is the key of recorded row answers (row_answers).
-        return self.statement(statement_us, snapshot, xid, version, snapshot)
+        return self.statement(statement_us, snapshot, xid, version)
 
     def stats(self, admin: bool) -> dict[str, Any]:
         """Sizes and bounds of the caches (hessra_authz.cache_stats()); the
@@ -438,13 +441,11 @@ class Statement:
                         arguments: tuple[str | None, str | None, str | None, str | None, str | None],
                         valid: bool) -> None:
         """Record a yes/no answer for the next rows of this statement
-        (row_answers), if this call may: its snapshot is confirmed, and a yes
-        only while the decision caches keep it. Not while auditing is on
-        anywhere in the database: the audit writes a line per statement,
-        and recorded answers would serve later statements without one."""
+        (row_answers), if this call may (a row_snapshot, see statement()),
+        and a yes only while the decision caches keep it."""
         rows = self.runtime.rows
         rows.trusted_calls += 1
-        if self.row_snapshot is not None and not self.runtime.audit.active:
+        if self.row_snapshot is not None:
             rows.record(self.row_snapshot, self.config.generation, self.now, token, kind, arguments, valid,
                         self.kept_until)
 
