@@ -281,15 +281,95 @@ BEGIN
 END
 $refresh$;
 
--- The levels reach each backend's runtime with the configuration: read
--- here, with the statement's snapshot, only when the version changed.
-CREATE FUNCTION hessra_authz._load_audit(version text, level text, role_oids oid[], role_levels text[])
-RETURNS text
+-- The levels reach each backend's runtime with the rest of the
+-- configuration: config_state keeps them (the same refresh, the same
+-- generation), so _sync() reads one row and calls into Python once, which
+-- is what a new connection's first verification pays for (issue 12).
+ALTER TABLE hessra_authz.config_state
+    ADD COLUMN audit_level text,
+    ADD COLUMN audit_role_oids pg_catalog.oid[] NOT NULL DEFAULT '{}',
+    ADD COLUMN audit_role_levels text[] NOT NULL DEFAULT '{}';
+
+CREATE OR REPLACE FUNCTION hessra_authz._refresh_config_state() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Concurrent changes serialise here. The arrays are read by the next
+    -- statement, whose snapshot (READ COMMITTED) sees every change committed
+    -- before this lock was granted: computing them first, with an older
+    -- snapshot, would let the later committer overwrite the earlier one's
+    -- change (a lost revocation). REPEATABLE READ and SERIALIZABLE writers
+    -- get a serialization failure here instead, and retry.
+    PERFORM 1 FROM hessra_authz.config_state FOR UPDATE;
+    UPDATE hessra_authz.config_state AS s
+       SET generation = s.generation + 1,
+           kids = coalesce(k.kids, '{}'), public_keys = coalesce(k.public_keys, '{}'),
+           not_before_us = coalesce(k.not_before_us, '{}'), not_after_us = coalesce(k.not_after_us, '{}'),
+           node_chains = coalesce(n.node_chains, '{}'), node_kinds = coalesce(n.node_kinds, '{}'),
+           node_components = coalesce(n.node_components, '{}'), node_keys = coalesce(n.node_keys, '{}'),
+           revoked_ids = coalesce(r.revoked_ids, '{}'), revoked_identities = coalesce(r.revoked_identities, '{}'),
+           anchor = settings.anchor, require_anchor = coalesce(settings.require_anchor, false),
+           fallback = coalesce(settings.fallback, 'per_row'),
+           audit_level = a.level, audit_role_oids = coalesce(a.role_oids, '{}'),
+           audit_role_levels = coalesce(a.role_levels, '{}')
+      FROM (SELECT pg_catalog.array_agg(k.kid ORDER BY k.kid) AS kids,
+                   pg_catalog.array_agg(k.public_key ORDER BY k.kid) AS public_keys,
+                   pg_catalog.array_agg(CASE WHEN k.not_before = '-infinity' THEN NULL
+                                             ELSE (pg_catalog.extract('epoch', k.not_before) * 1000000)::int8 END
+                                        ORDER BY k.kid) AS not_before_us,
+                   pg_catalog.array_agg(CASE WHEN k.not_after IS NULL OR k.not_after = 'infinity' THEN NULL
+                                             WHEN k.not_after = '-infinity' THEN -9223372036854775807
+                                             ELSE (pg_catalog.extract('epoch', k.not_after) * 1000000)::int8 END
+                                        ORDER BY k.kid) AS not_after_us
+              FROM hessra_authz.keys AS k) AS k,
+           (SELECT pg_catalog.array_agg(c.name ORDER BY c.name, e.position) AS node_chains,
+                   pg_catalog.array_agg(pg_catalog.jsonb_typeof(e.node) ORDER BY c.name, e.position) AS node_kinds,
+                   pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'component') = 'string'
+                                             THEN e.node ->> 'component' END
+                                        ORDER BY c.name, e.position) AS node_components,
+                   pg_catalog.array_agg(CASE WHEN pg_catalog.jsonb_typeof(e.node -> 'public_key') = 'string'
+                                             THEN e.node ->> 'public_key' END
+                                        ORDER BY c.name, e.position) AS node_keys
+              FROM hessra_authz.service_chains AS c
+              LEFT JOIN LATERAL pg_catalog.jsonb_array_elements(c.nodes) WITH ORDINALITY AS e(node, position)
+                ON true) AS n,
+           (SELECT pg_catalog.array_agg(r.revocation_id ORDER BY r.revocation_id)
+                       FILTER (WHERE r.revocation_id IS NOT NULL) AS revoked_ids,
+                   pg_catalog.array_agg(r.identity ORDER BY r.identity)
+                       FILTER (WHERE r.identity IS NOT NULL) AS revoked_identities
+              FROM hessra_authz.revocations AS r) AS r,
+           (SELECT pg_catalog.max(a.level) FILTER (WHERE a.role IS NULL) AS level,
+                   pg_catalog.array_agg(a.role::pg_catalog.oid ORDER BY a.role::pg_catalog.oid)
+                       FILTER (WHERE a.role IS NOT NULL) AS role_oids,
+                   pg_catalog.array_agg(a.level ORDER BY a.role::pg_catalog.oid)
+                       FILTER (WHERE a.role IS NOT NULL) AS role_levels
+              FROM hessra_authz.audit_settings AS a) AS a
+      LEFT JOIN hessra_authz.capability_settings AS settings ON true;
+    -- This backend's verifier must not trust its snapshot comparison while
+    -- this transaction is open (hessra_pg.plpython.runtime explains why).
+    PERFORM hessra_authz._config_changed(pg_catalog.pg_current_xact_id()::text);
+END
+$$;
+
+DROP FUNCTION hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[], text[], text[],
+                                        text[], oid, text, text, boolean, text);
+CREATE FUNCTION hessra_authz._load_config(
+    version text, kids integer[], public_keys text[], not_before_us int8[], not_after_us int8[],
+    node_chains text[], node_kinds text[], node_components text[], node_keys text[],
+    revoked_ids text[], revoked_identities text[], database oid, database_tag text,
+    anchor text, require_anchor boolean, fallback text,
+    audit_level text, audit_role_oids pg_catalog.oid[], audit_role_levels text[]
+) RETURNS text
 LANGUAGE plpython3u STABLE PARALLEL RESTRICTED
 AS $$
-from hessra_pg.plpython import abi_0_5_audit
-return abi_0_5_audit.load_audit(version, level, role_oids, role_levels)
+from hessra_pg.plpython import abi_0_5
+return abi_0_5.load_config(version, kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds,
+                           node_components, node_keys, revoked_ids, revoked_identities, database, database_tag,
+                           anchor, require_anchor, fallback, audit_level, audit_role_oids, audit_role_levels)
 $$;
+REVOKE EXECUTE ON FUNCTION hessra_authz._load_config(text, integer[], text[], int8[], int8[], text[], text[], text[],
+                                                     text[], text[], text[], oid, text, text, boolean, text, text,
+                                                     pg_catalog.oid[], text[]) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION hessra_authz._sync(held text) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
@@ -303,22 +383,10 @@ BEGIN
         SELECT hessra_authz._load_config(
                    version, c.kids, c.public_keys, c.not_before_us, c.not_after_us, c.node_chains, c.node_kinds,
                    c.node_components, c.node_keys, c.revoked_ids, c.revoked_identities, d.oid, d.xmin::text, c.anchor,
-                   c.require_anchor, c.fallback)
+                   c.require_anchor, c.fallback, c.audit_level, c.audit_role_oids, c.audit_role_levels)
           INTO outcome
           FROM hessra_authz.config_state AS c, pg_catalog.pg_database AS d
          WHERE d.datname = pg_catalog.current_database();
-        IF outcome <> '' THEN
-            PERFORM hessra_authz._raise(outcome);
-        END IF;
-        SELECT hessra_authz._load_audit(
-                   version,
-                   (SELECT a.level FROM hessra_authz.audit_settings AS a WHERE a.role IS NULL),
-                   coalesce(pg_catalog.array_agg(a.role::pg_catalog.oid ORDER BY a.role::pg_catalog.oid)
-                                FILTER (WHERE a.role IS NOT NULL), '{}'),
-                   coalesce(pg_catalog.array_agg(a.level ORDER BY a.role::pg_catalog.oid)
-                                FILTER (WHERE a.role IS NOT NULL), '{}'))
-          INTO outcome
-          FROM hessra_authz.audit_settings AS a;
         IF outcome <> '' THEN
             PERFORM hessra_authz._raise(outcome);
         END IF;
@@ -493,7 +561,6 @@ END
 $$;
 
 REVOKE EXECUTE ON FUNCTION
-    hessra_authz._load_audit(text, text, oid[], text[]),
     hessra_authz._stats(boolean),
     hessra_authz.set_audit(text, name),
     hessra_authz._read_database_stats(boolean, oid, text, integer[], bigint[], boolean),

@@ -23,12 +23,10 @@ verifier, and why:
 
 from __future__ import annotations
 
-import biscuit_auth
-
 from ..errors import ArgumentError, TokenFormatError
+from .biscuit import biscuit_auth, errors as biscuit_errors
 from .record import Record
 from .verifier import (
-    BISCUIT_ERRORS,
     NO_REVOCATIONS,
     Decision,
     Revocations,
@@ -258,7 +256,7 @@ def _authorize(verified: VerifiedToken, structure: Token, *, now: int, resource:
     try:
         authorizer.authorize()
         return verified.decision(True, "ok")
-    except BISCUIT_ERRORS as error:
+    except biscuit_errors() as error:
         message = str(error)
     if not diagnose:
         return verified.decision(False, "denied", "not diagnosed")

@@ -6,17 +6,17 @@ what biscuit prints: `ed25519/<64 hex>` or `secp256r1/<66 hex>` (spec §1.4).
 
 from __future__ import annotations
 
-import biscuit_auth
-
 from ..errors import KeyFormatError
+from .biscuit import biscuit_auth
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the core stays off typing at run time (first-call imports)
     from typing import Mapping
 
+#: Algorithm name -> (biscuit_auth.Algorithm member name, public key bytes).
 _ALGORITHMS = {
-    "ed25519": (biscuit_auth.Algorithm.Ed25519, 32),
-    "secp256r1": (biscuit_auth.Algorithm.Secp256r1, 33),
+    "ed25519": ("Ed25519", 32),
+    "secp256r1": ("Secp256r1", 33),
 }
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _PEM_PUBLIC = r"-----BEGIN PUBLIC KEY-----\s*[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----"
@@ -85,11 +85,11 @@ def _parse_public_key(text: str) -> biscuit_auth.PublicKey:
             "public key must be PEM or 'ed25519/<64 hex>' / 'secp256r1/<66 hex>'"
         )
     alg_name, hex_text = split
-    algorithm, size = _ALGORITHMS[alg_name]
+    member, size = _ALGORITHMS[alg_name]
     if len(hex_text) != 2 * size:
         raise KeyFormatError(f"{alg_name} public key must be {2 * size} hex digits, got {len(hex_text)}")
     try:
-        return biscuit_auth.PublicKey.from_bytes(bytes.fromhex(hex_text), algorithm)
+        return biscuit_auth.PublicKey.from_bytes(bytes.fromhex(hex_text), getattr(biscuit_auth.Algorithm, member))
     except Exception:
         raise KeyFormatError(f"{alg_name} public key bytes are not a valid curve point") from None
 

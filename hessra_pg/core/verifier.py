@@ -10,8 +10,6 @@ Nothing here touches a database; callers pass the keys, chains and time.
 
 from __future__ import annotations
 
-import biscuit_auth
-
 from ..errors import (
     ChainFormatError,
     ConfigurationError,
@@ -21,16 +19,12 @@ from ..errors import (
     TokenShapeError,
     UnknownComponentError,
 )
+from .biscuit import biscuit_auth, errors as biscuit_errors
 from .encoding import decode_token
 from .keys import parse_public_key
 from .lru import ByteBoundedLRU, text_size
 from .record import Record
 from .shape import check_shape, read_shape
-
-try:  # datetime.py only re-exports _datetime; it costs ~1.5 ms in a new backend
-    from _datetime import timedelta
-except ImportError:  # pragma: no cover (other Pythons)
-    from datetime import timedelta
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the core stays off typing at run time (first-call imports)
@@ -38,7 +32,7 @@ if TYPE_CHECKING:  # the core stays off typing at run time (first-call imports)
 
 #: Biscuit's default max_time (1 ms) denies valid tokens on a busy machine
 #: (design §3). The shape limits bound the work; this is only a backstop.
-RUN_LIMIT_TIME = timedelta(seconds=1)
+RUN_LIMIT_SECONDS = 1
 RUN_LIMIT_FACTS = 1000
 RUN_LIMIT_ITERATIONS = 100
 
@@ -70,18 +64,26 @@ REDACTED_DETAIL = "details are shown to hessra_authz administrators only"
 
 _POLICY = "allow if subject($sub), resource($res), operation($op), right($sub, $res, $op);"
 _RIGHTS_QUERY = "data($s, $r, $o) <- right($s, $r, $o)"
-#: Every exception biscuit-python raises for a bad token or a failed check.
-BISCUIT_ERRORS: tuple[type[BaseException], ...] = tuple(
-    getattr(biscuit_auth, name)
-    for name in (
-        "AuthorizationError",
-        "BiscuitBlockError",
-        "BiscuitBuildError",
-        "BiscuitSerializationError",
-        "BiscuitValidationError",
-        "DataLogError",
-    )
-)
+def __getattr__(name: str) -> Any:
+    """Names that load biscuit-python or datetime, made when first read
+    (hessra_pg.core.biscuit): BISCUIT_ERRORS, every exception
+    biscuit-python raises for a bad token or a failed check; RUN_LIMIT_TIME,
+    the authorizers' max_time."""
+    if name == "BISCUIT_ERRORS":
+        return biscuit_errors()
+    if name == "RUN_LIMIT_TIME":
+        return _run_limit_time()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _run_limit_time() -> Any:
+    # datetime.py costs ~1.5 ms in a new backend and only re-exports
+    # _datetime; a backend needs it only when it builds an authorizer.
+    try:
+        from _datetime import timedelta
+    except ImportError:  # pragma: no cover (other Pythons)
+        from datetime import timedelta
+    return timedelta(seconds=RUN_LIMIT_SECONDS)
 
 
 class RootKey(Record):
@@ -313,7 +315,7 @@ def load_token(token: str | None, keys: Iterable[RootKey], now: float) -> Verifi
     for key in candidates:
         try:
             biscuit = biscuit_auth.Biscuit.from_bytes(data, parse_public_key(key.public_key))
-        except BISCUIT_ERRORS:
+        except biscuit_errors():
             continue
         sources = tuple(biscuit.block_source(i) for i in range(biscuit.block_count()))
         expires_at, expiry_known = _time_checks(sources)
@@ -411,7 +413,7 @@ def _authorizer(source: list[str], params: dict[str, Any],
     builder = biscuit_auth.AuthorizerBuilder(
         "\n".join(source), params, {name: parse_public_key(key) for name, key in (scope or {}).items()})
     limits = builder.limits()
-    limits.max_time = RUN_LIMIT_TIME
+    limits.max_time = _run_limit_time()
     limits.max_facts = RUN_LIMIT_FACTS
     limits.max_iterations = RUN_LIMIT_ITERATIONS
     builder.set_limits(limits)
@@ -470,7 +472,7 @@ def authorize(
     try:
         authorizer.authorize()
         return decision(True, "ok")
-    except BISCUIT_ERRORS as error:
+    except biscuit_errors() as error:
         message = str(error)
     if not diagnose:
         return decision(False, "denied", "not diagnosed")
@@ -479,7 +481,7 @@ def authorize(
     def granted() -> list[tuple[object, ...]]:
         try:
             return [tuple(fact.terms) for fact in authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))]
-        except BISCUIT_ERRORS:
+        except biscuit_errors():
             return []
 
     reason, detail = authorization_reason(
@@ -569,7 +571,7 @@ def rights_holders(verified: VerifiedToken, resource: str, operation: str) -> li
     authorizer = _authorizer(["allow if true;"], {}).build(verified.biscuit)  # our run limits, not 1 ms
     try:
         rights = authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))
-    except BISCUIT_ERRORS:
+    except biscuit_errors():
         return []
     return [fact.terms[0] for fact in rights
             if fact.terms[1:] == [resource, operation] and isinstance(fact.terms[0], str)]
@@ -612,7 +614,7 @@ def authorize_identity(
     try:
         builder.build(verified.biscuit).authorize()
         return decision(True, "ok")
-    except BISCUIT_ERRORS as error:
+    except biscuit_errors() as error:
         message = str(error)
     from .diagnosis import Failure, identity_reason
 
@@ -687,7 +689,7 @@ def identity_candidates(verified: VerifiedToken) -> list[str]:
     authorizer = _authorizer(["allow if true;"], {}).build(verified.biscuit)  # our run limits, not 1 ms
     try:
         subjects = [fact.terms[0] for fact in authorizer.query(biscuit_auth.Rule("data($s) <- subject($s)"))]
-    except BISCUIT_ERRORS:
+    except biscuit_errors():
         return []
     found = [subject for subject in subjects if isinstance(subject, str)][:1]
     for source in verified.block_sources[1:]:
@@ -797,7 +799,7 @@ def authorized_resources(
     authorizer = _authorizer(["allow if true;"], {}).build(verified.biscuit)  # our run limits, not 1 ms
     try:
         rights = authorizer.query(biscuit_auth.Rule(_RIGHTS_QUERY))
-    except BISCUIT_ERRORS:
+    except biscuit_errors():
         return []
     candidates = sorted({
         fact.terms[1] for fact in rights

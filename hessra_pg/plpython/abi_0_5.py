@@ -16,8 +16,8 @@ can only miss.
 
 from __future__ import annotations
 
-from .abi_0_3 import _bool, _entry
-from .runtime import RUNTIME
+from .abi_0_3 import _bool, _entry, config_parts
+from .runtime import RUNTIME, CapabilitySettings
 
 # -- per-row fast paths (any role may call them; RUNTIME.rows lives as long as the backend) --
 
@@ -61,3 +61,27 @@ def verify_token(context: str, version: str | None) -> str:
                         prefix=prefix).valid
     call.keep_row_answer(token, "verify_token", (subject, resource, operation, domain, prefix), valid)
     return _bool(valid)
+
+
+# -- configuration ----------------------------------------------------------------------
+
+@_entry(None)
+def load_config(version: str, kids: list[int] | None, public_keys: list[str] | None,
+                not_before_us: list[int | None] | None, not_after_us: list[int | None] | None,
+                node_chains: list[str] | None, node_kinds: list[str | None] | None,
+                node_components: list[str | None] | None, node_keys: list[str | None] | None,
+                revoked_ids: list[str] | None, revoked_identities: list[str] | None, database: int | None,
+                database_tag: str | None, anchor: str | None, require_anchor: bool | None,
+                fallback: str | None, audit_level: str | None, audit_role_oids: list[int] | None,
+                audit_role_levels: list[str] | None) -> str:
+    """abi_0_4.load_config, plus the audit levels (config_state keeps them
+    since 0.5.0: one call per configuration change). The levels are taken
+    with the configuration, and not when the runtime refuses an older one
+    (the statement then fails)."""
+    keys, chains, revocations = config_parts(kids, public_keys, not_before_us, not_after_us, node_chains,
+                                             node_kinds, node_components, node_keys, revoked_ids, revoked_identities)
+    settings = CapabilitySettings(anchor, bool(require_anchor), fallback or "per_row")
+    RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "", settings)
+    if RUNTIME.config_version() == version:
+        RUNTIME.audit.load(version, audit_level, audit_role_oids, audit_role_levels)
+    return ""

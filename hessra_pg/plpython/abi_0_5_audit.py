@@ -10,17 +10,6 @@ from .stats import cache_counts, reset_caches
 
 
 @_entry(None)
-def load_audit(version: str, level: str | None, role_oids: list[int] | None,
-               role_levels: list[str] | None) -> str:
-    """Take the audit levels _sync() read with configuration `version`,
-    if the runtime took that configuration (it refuses an older one, and
-    the statement then fails)."""
-    if RUNTIME.config_version() == version:
-        RUNTIME.audit.load(version, level, role_oids, role_levels)
-    return ""
-
-
-@_entry(None)
 def stats(admin: bool) -> str:
     """This backend's decisions, verification times, cache hits and misses,
     and audit lines (hessra_authz.stats())."""

@@ -50,14 +50,14 @@ import struct
 import time
 
 from .shared_decisions import blake2b
-from .stats import BUCKETS, _KEY_REASONS
+from .stats import BUCKETS, SNAPSHOT_INTERVAL, _KEY_REASONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 #: Seconds between two snapshots of one backend (at most).
-INTERVAL = 1.0
+INTERVAL = SNAPSHOT_INTERVAL
 #: Decision rows kept in a snapshot (kinds x outcomes x reasons: a few dozen in practice).
 SNAPSHOT_KEYS = 256
 #: Files in a database's directory above which a backend folds those of dead processes.

@@ -58,8 +58,7 @@ from .row_answers import RowAnswers
 from .designation_answers import DesignationAnswers
 from .shared_decisions import SharedDecisions, blake2b
 from .audit import Audit
-from .stats import Counters
-from .db_stats import INTERVAL as STATS_INTERVAL, publish as publish_stats
+from .stats import SNAPSHOT_INTERVAL, Counters
 from ..core.verifier import (
     ChainNode,
     Decision,
@@ -218,7 +217,7 @@ class Runtime:
         self.audit = Audit()
         self.counters = Counters()
         #: When this backend's next snapshot for database_stats() is due (hessra_pg.plpython.db_stats).
-        self.stats_due = time.monotonic() + STATS_INTERVAL
+        self.stats_due = time.monotonic() + SNAPSHOT_INTERVAL
         #: Answers of per-row calls under the latest snapshot (hessra_pg.plpython.row_answers).
         self.rows = RowAnswers()
         #: Answers of designation-policy helpers under the latest snapshot (.designation_answers).
@@ -301,7 +300,9 @@ class Runtime:
             self.confirmed_snapshot = None if changing or not snapshot_names_visibility(snapshot, xid) else snapshot
         assert config is not None
         if time.monotonic() >= self.stats_due:  # database_stats(): a snapshot at most once a second
-            publish_stats(self)
+            from .db_stats import publish  # (not before: a short-lived backend never loads it)
+
+            publish(self)
         statement = Statement(self, config, statement_us)
         if snapshot is not None and snapshot == self.confirmed_snapshot and not self.audit.active:
             # Confirmed for this snapshot, outside a changing transaction:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
     R = TypeVar("R")
 
+#: Seconds between two snapshots of one backend's counters for
+#: database_stats() (at most; hessra_pg.plpython.db_stats writes them).
+SNAPSHOT_INTERVAL = 1.0
+
 #: Bucket i counts durations below 2**i microseconds; the last one the rest.
 BUCKETS = 26
 #: Reasons whose names tell which keys exist: roles that don't administer

@@ -270,7 +270,9 @@ def test_the_app_role_cannot_change_the_level(env: Env) -> None:
             "DELETE FROM hessra_authz.audit_settings",
             "TRUNCATE hessra_authz.audit_settings",
             "SELECT * FROM hessra_authz.audit_settings",
-            "SELECT hessra_authz._load_audit('1/1', 'off', '{}', '{}')",
+            "SELECT audit_level FROM hessra_authz.config_state",
+            "SELECT hessra_authz._load_config('1/1', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 0, '',"
+            " NULL, false, 'per_row', 'off', '{}', '{}')",
             "SELECT hessra_authz._stats(true)",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -633,14 +633,14 @@ def test_key_horizon(hessra_db: HessraDatabase, admin: psycopg.Connection, app_r
     code, checks = doctor(capsys, *dsns)
     assert (code, checks["keys"]) == (0, ("ok", "1 active key (kid 5); none ends within 7 days"))
     code, checks = doctor(capsys, *dsns, "--key-horizon", "14")
-    ends = _utc_minute(admin, "now() + interval '10 days'")
+    ends = _utc_minute(admin, "(SELECT not_after FROM hessra_authz.keys WHERE kid = 5)")  # (not now(): a minute may turn)
     assert code == 0 and checks["keys"][0] == "warn"
     assert checks["keys"][1] in (f"1 active key (kid 5); kid 5 ends {ends} (in {days} days); then no key is active"
                                  for days in ("10.0", "9.9"))
 
     # A successor from day 12: no key between day 10 and day 12.
     admin.execute("SELECT hessra_authz.add_key(%s, 6, now() + interval '12 days')", (str(generate_keypair().public_key),))
-    starts = _utc_minute(admin, "now() + interval '12 days'")
+    starts = _utc_minute(admin, "(SELECT not_before FROM hessra_authz.keys WHERE kid = 6)")
     code, checks = doctor(capsys, *dsns, "--key-horizon", "14")
     assert code == 0 and checks["keys"][0] == "warn"
     assert checks["keys"][1].startswith(f"1 active key (kid 5); not yet active: kid 6 from {starts}; kid 5 ends {ends}")
@@ -650,7 +650,7 @@ def test_key_horizon(hessra_db: HessraDatabase, admin: psycopg.Connection, app_r
     admin.execute("SELECT hessra_authz.add_key(%s, 7, now() + interval '9 days', now() + interval '11 days')",
                   (str(generate_keypair().public_key),))
     code, checks = doctor(capsys, *dsns, "--key-horizon", "14")
-    gap = _utc_minute(admin, "now() + interval '11 days'")
+    gap = _utc_minute(admin, "(SELECT not_after FROM hessra_authz.keys WHERE kid = 7)")
     assert checks["keys"][1].endswith(f"; no key is active from {gap} (in 11.0 days) until {starts}")
 
     # A successor from day 9 that stays: no gap; the rotation is still reported.

@@ -73,7 +73,7 @@ def test_ordinary_role_cannot_read_or_write_configuration(hessra_db, root, app_r
             ("SELECT hessra_authz._verify_token('', NULL, 't', 's', 'r', 'o', NULL, NULL)", ()),
             ("SELECT hessra_authz._config_changed('1')", ()),
             ("SELECT hessra_authz._load_config('1/1', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 1, '',"
-             " 'forged', false, 'per_row')", ()),
+             " 'forged', false, 'per_row', 'off', '{}', '{}')", ()),
             ("SELECT hessra_authz.set_anchor('forged')", ()),
             ("SELECT hessra_authz.set_capability_options(false, 'per_row')", ()),
             ("SELECT * FROM hessra_authz.capability_settings", ()),
