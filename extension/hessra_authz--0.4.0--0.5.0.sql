@@ -371,6 +371,9 @@ REVOKE EXECUTE ON FUNCTION hessra_authz._load_config(text, integer[], text[], in
                                                      text[], text[], text[], oid, text, text, boolean, text, text,
                                                      pg_catalog.oid[], text[]) FROM PUBLIC;
 
+-- One statement: the version, and the configuration only when it differs
+-- (a CASE arm and its subqueries run only when taken), so a new
+-- connection's first call plans and runs one query here.
 CREATE OR REPLACE FUNCTION hessra_authz._sync(held text) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
 AS $$
@@ -378,18 +381,19 @@ DECLARE
     version text;
     outcome text;
 BEGIN
-    SELECT c.generation::text || '/' || c.xmin::text INTO version FROM hessra_authz.config_state AS c;
-    IF version IS DISTINCT FROM _sync.held THEN
-        SELECT hessra_authz._load_config(
-                   version, c.kids, c.public_keys, c.not_before_us, c.not_after_us, c.node_chains, c.node_kinds,
-                   c.node_components, c.node_keys, c.revoked_ids, c.revoked_identities, d.oid, d.xmin::text, c.anchor,
-                   c.require_anchor, c.fallback, c.audit_level, c.audit_role_oids, c.audit_role_levels)
-          INTO outcome
-          FROM hessra_authz.config_state AS c, pg_catalog.pg_database AS d
-         WHERE d.datname = pg_catalog.current_database();
-        IF outcome <> '' THEN
-            PERFORM hessra_authz._raise(outcome);
-        END IF;
+    SELECT s.version,
+           CASE WHEN s.version IS DISTINCT FROM _sync.held THEN hessra_authz._load_config(
+               s.version, c.kids, c.public_keys, c.not_before_us, c.not_after_us, c.node_chains, c.node_kinds,
+               c.node_components, c.node_keys, c.revoked_ids, c.revoked_identities,
+               (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()),
+               (SELECT d.xmin::text FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()),
+               c.anchor, c.require_anchor, c.fallback, c.audit_level, c.audit_role_oids, c.audit_role_levels)
+           END
+      INTO version, outcome
+      FROM hessra_authz.config_state AS c,
+           LATERAL (SELECT c.generation::text || '/' || c.xmin::text) AS s(version);
+    IF outcome <> '' THEN
+        PERFORM hessra_authz._raise(outcome);
     END IF;
     RETURN version;
 END

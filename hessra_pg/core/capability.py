@@ -24,7 +24,7 @@ verifier, and why:
 from __future__ import annotations
 
 from ..errors import ArgumentError, TokenFormatError
-from .biscuit import biscuit_auth, errors as biscuit_errors
+from .biscuit import errors as biscuit_errors
 from .record import Record
 from .verifier import (
     NO_REVOCATIONS,

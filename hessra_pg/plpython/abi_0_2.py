@@ -20,7 +20,7 @@ from typing import Any
 
 from . import abi_0_3
 from .runtime import RUNTIME, STALE
-from ..core.verifier import Revocations, RootKey
+from ..core.records import Revocations, RootKey
 
 __all__ = [
     "STALE",

@@ -22,10 +22,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing at run time: this is imported by every backend's first verification
     from typing import Any, Callable
 
-from ..errors import ArgumentError, HessraError, InternalError, KeyFormatError, TokenFormatError
-from ..core.keys import canonical_public_key
-from ..core.verifier import Revocations, RootKey, parse_chain
-from .runtime import RUNTIME, STALE, _Stale, error_outcome, internal_error
+from . import imports_without_gc
+
+with imports_without_gc():
+    from ..errors import ArgumentError, HessraError, InternalError, KeyFormatError, TokenFormatError
+    from ..core.records import Revocations, RootKey, parse_chain
+    from .runtime import RUNTIME, STALE, _Stale, error_outcome, internal_error
 
 _EXPLAIN_FAILED = ('{"valid": false, "reason": "internal_error", "kid": null, "expires_at": null, '
                    '"revocation_ids": [], "detail": "the verifier failed unexpectedly"}')
@@ -218,6 +220,8 @@ def cache_stats(admin: bool) -> str:
 @_entry(None)
 def canonical_key(key: str) -> str:
     """Validate a PEM or alg/hex public key and return `alg/hex`."""
+    from ..core.keys import canonical_public_key
+
     try:
         return canonical_public_key(key)
     except KeyFormatError as error:

@@ -6,9 +6,12 @@ keep calling hessra_pg.plpython.abi_0_3, whose conventions these share
 
 from __future__ import annotations
 
-from ..errors import ArgumentError
-from .abi_0_3 import _bool, _entry, config_parts
-from .runtime import RUNTIME, CapabilitySettings
+from . import imports_without_gc
+
+with imports_without_gc():
+    from ..errors import ArgumentError
+    from .abi_0_3 import _bool, _entry, config_parts
+    from .runtime import RUNTIME, CapabilitySettings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

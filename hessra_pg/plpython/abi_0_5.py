@@ -16,8 +16,11 @@ can only miss.
 
 from __future__ import annotations
 
-from .abi_0_3 import _bool, _entry, config_parts
-from .runtime import RUNTIME, CapabilitySettings
+from . import imports_without_gc
+
+with imports_without_gc():
+    from .abi_0_3 import _bool, _entry, config_parts
+    from .runtime import RUNTIME, CapabilitySettings
 
 # -- per-row fast paths (any role may call them; RUNTIME.rows lives as long as the backend) --
 

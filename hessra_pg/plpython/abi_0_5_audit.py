@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
-from .abi_0_3 import _entry
-from .runtime import RUNTIME
-from .stats import cache_counts, reset_caches
+from . import imports_without_gc
+
+with imports_without_gc():
+    from .abi_0_3 import _entry
+    from .runtime import RUNTIME
+    from .stats import cache_counts, reset_caches
 
 
 @_entry(None)

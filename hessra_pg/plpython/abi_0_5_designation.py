@@ -14,9 +14,12 @@ abi_0_4's, plus the answers of every label of the policy recorded
 
 from __future__ import annotations
 
-from .abi_0_4 import _fixed, _helper_answer, _labels
-from .abi_0_3 import _entry
-from .runtime import RUNTIME
+from . import imports_without_gc
+
+with imports_without_gc():
+    from .abi_0_4 import _fixed, _helper_answer, _labels
+    from .abi_0_3 import _entry
+    from .runtime import RUNTIME
 
 # -- fast paths (any role may call them; RUNTIME.designations lives as long as the backend) --
 

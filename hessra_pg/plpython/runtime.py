@@ -55,29 +55,16 @@ from ..errors import (
     UnknownChainError,
 )
 from .row_answers import RowAnswers
-from .designation_answers import DesignationAnswers
 from .shared_decisions import SharedDecisions, blake2b
 from .audit import Audit
 from .stats import SNAPSHOT_INTERVAL, Counters
-from ..core.verifier import (
-    ChainNode,
-    Decision,
-    Revocations,
-    RootKey,
-    TokenRejected,
-    VerifiedToken,
-    authorized_resources,
-    identity_scope,
-    load_token,
-    parse_chain,
-    proven_identity,
-    verify,
-    verify_identity,
-)
+from ..core.records import ChainNode, Decision, Revocations, RootKey, TokenRejected, VerifiedToken, parse_chain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing at run time: this is imported by every backend's first verification
     from typing import Any, Callable, TypeVar
+
+    from .designation_answers import DesignationAnswers
 
     R = TypeVar("R")
 
@@ -93,6 +80,21 @@ TOKEN_KINDS_MAX = 4096
 
 #: Outcome asking the wrapper to run hessra_authz._sync() and call again.
 STALE = "s"
+
+
+def _kind_digest(capability: bool, token_digest: bytes) -> bytes:
+    """The shared decision table's entry saying which kind a token is (no
+    configuration version: the kind never changes)."""
+    return SharedDecisions.digest("", "capability token" if capability else "authorization token", token_digest)
+
+
+def _verifier() -> Any:
+    """hessra_pg.core.verifier (and through it biscuit-python), imported
+    when a token must actually be checked: a backend that answers from its
+    caches and the shared decision table never loads them (issue 12)."""
+    from ..core import verifier
+
+    return verifier
 
 
 class _Stale(Exception):
@@ -220,8 +222,19 @@ class Runtime:
         self.stats_due = time.monotonic() + SNAPSHOT_INTERVAL
         #: Answers of per-row calls under the latest snapshot (hessra_pg.plpython.row_answers).
         self.rows = RowAnswers()
-        #: Answers of designation-policy helpers under the latest snapshot (.designation_answers).
-        self.designations = DesignationAnswers(lambda: self.rows.published)
+        #: (the designations property)
+        self._designations: DesignationAnswers | None = None
+
+    @property
+    def designations(self) -> DesignationAnswers:
+        """Answers of designation-policy helpers under the latest snapshot
+        (hessra_pg.plpython.designation_answers), made at the first
+        designation call: most backends never make one."""
+        if self._designations is None:
+            from .designation_answers import DesignationAnswers
+
+            self._designations = DesignationAnswers(lambda: self.rows.published)
+        return self._designations
 
     # -- configuration ------------------------------------------------------
 
@@ -236,7 +249,8 @@ class Runtime:
         self.changing_xid = xid
         self.confirmed_snapshot = None
         self.rows.clear()
-        self.designations.clear()
+        if self._designations is not None:
+            self._designations.clear()
 
     def load_config(self, version: str, keys: tuple[RootKey, ...], chains: dict[str, Any],
                     revocations: Revocations, database: int | None = None, database_tag: str = "",
@@ -254,7 +268,8 @@ class Runtime:
         self.config = Config(version, generation, keys, parse_chains(chains), revocations, capability)
         self.confirmed_snapshot = None
         self.rows.clear()
-        self.designations.clear()
+        if self._designations is not None:
+            self._designations.clear()
         self.tokens.clear()
         self.decisions.clear()
         self.results.clear()
@@ -384,7 +399,7 @@ class Statement:
         if cached is not None and cached.key.active_at(now):
             return cached
         try:
-            verified = load_token(token, self.config.keys, now)
+            verified = _verifier().load_token(token, self.config.keys, now)
         except TokenRejected as rejected:
             # Format and shape rejections depend on the token alone; key and
             # signature ones may change with time (a key's not_before).
@@ -507,7 +522,7 @@ class Statement:
                     chain = parse_chain(json.loads(nodes_json))
                 else:
                     chain = self.chain(chain_name)
-            return verify(token, config.keys, now=self.now, subject=subject, resource=resource, operation=operation,
+            return _verifier().verify(token, config.keys, now=self.now, subject=subject, resource=resource, operation=operation,
                           domain=domain, prefix=prefix, chain=chain, component=component, capability=capability,
                           load=self.load, revoked=config.revocations, diagnose=detailed,
                           chains=None if use_chain else config.chains)
@@ -568,18 +583,35 @@ class Statement:
         digest = self.digest(token)
         kind = kinds.get(digest)
         if kind is None:
-            from ..core.capability import is_capability_token
-            from ..core.datalog import decode
-            from ..core.encoding import decode_token
+            kind = self._shared_kind(digest)
+            if kind is None:
+                from ..core.capability import is_capability_token
+                from ..core.datalog import decode
+                from ..core.encoding import decode_token
 
-            try:
-                kind = is_capability_token(decode(decode_token(token)))
-            except Exception:  # noqa: BLE001 (unreadable: the verifier reports it)
-                kind = False
+                try:
+                    kind = is_capability_token(decode(decode_token(token)))
+                except Exception:  # noqa: BLE001 (unreadable: the verifier reports it)
+                    kind = False
+                if self.runtime.shared is not None:
+                    self.runtime.shared.record(_kind_digest(kind, digest), float("inf"))
             if len(kinds) >= TOKEN_KINDS_MAX:
                 kinds.clear()
             kinds[digest] = kind
         return kind
+
+    def _shared_kind(self, token_digest: bytes) -> bool | None:
+        """The kind another backend of the database read (a pure function
+        of the token's bytes, kept in the shared decision table): a first
+        call then needs neither the Datalog reader nor the token's bytes
+        decoded when its decision is shared too. None: not known there."""
+        shared = self.runtime.shared
+        if shared is None:
+            return None
+        for kind in (False, True):
+            if shared.held_until(_kind_digest(kind, token_digest), self.now) is not None:
+                return kind
+        return None
 
     def capability_rows(self, token: str | None, resource: str | None, operation: str | None,
                         row_labels: tuple[str, ...], fixed: tuple[tuple[str, str | None], ...],
@@ -603,7 +635,7 @@ class Statement:
         config = self.config
         return self.remembered(
             token, ("identity" if identity is not None else "bearer", identity, domain, ensure_subject_in_domain),
-            lambda: verify_identity(token, config.keys, now=self.now, identity=identity, domain=domain,
+            lambda: _verifier().verify_identity(token, config.keys, now=self.now, identity=identity, domain=domain,
                                     ensure_subject_in_domain=ensure_subject_in_domain, load=self.load,
                                     revoked=config.revocations),
             shared=True,
@@ -611,7 +643,7 @@ class Statement:
 
     def token_identity(self, token: str | None, domain: str | None = None) -> str | None:
         config = self.config
-        return proven_identity(token, config.keys, now=self.now, domain=domain, load=self.load,
+        return _verifier().proven_identity(token, config.keys, now=self.now, domain=domain, load=self.load,
                                revoked=config.revocations)
 
     def identity_scope(self, token: str | None) -> list[str | None]:
@@ -624,7 +656,7 @@ class Statement:
 
     def _identity_scope(self, token: str | None) -> list[str | None]:
         config = self.config
-        scope = identity_scope(token, config.keys, now=self.now, load=self.load, revoked=config.revocations)
+        scope = _verifier().identity_scope(token, config.keys, now=self.now, load=self.load, revoked=config.revocations)
         flag = ("t" if scope.descendants else "f") if scope.exact else "x"
         if scope.identity is None:
             return ["ok", None, flag]
@@ -637,7 +669,7 @@ class Statement:
         config = self.config
         return self.per_statement(
             token, ("authorized_resources", subject, operation),
-            lambda: ["ok", *authorized_resources(token, config.keys, now=self.now, subject=subject,
+            lambda: ["ok", *_verifier().authorized_resources(token, config.keys, now=self.now, subject=subject,
                                                  operation=operation, load=self.load,
                                                  revoked=config.revocations, chains=config.chains)])
 

@@ -5,11 +5,14 @@ pool of N backends every token is verified N times, and a pool that sees
 many distinct tokens spends most of its CPU on signatures. This file-backed
 table lets the first backend's answer serve the others.
 
-What is stored is only "under configuration version V, token T with
+What is stored is "under configuration version V, token T with
 arguments A is allowed until U" (U: the token's expiry or its key's end; the
 key also holds the hessra_pg version, so a package upgrade starts afresh):
 a pure function of V, T, A and the time, computed by the one verifier and
-kept under the same rules as a backend's own decision cache. Entries are 32
+kept under the same rules as a backend's own decision cache; and which kind
+a token is (capability or not: a pure function of its bytes, under an empty
+version, until forever), which only picks the policy that verifies it
+(hessra_pg.plpython.runtime, Statement.is_capability). Entries are 32
 bytes: a 16-byte digest of (V, A, T), U, and an 8-byte checksum. Writers
 don't lock; a torn or overwritten entry fails its checksum or digest and
 reads as a miss. Nothing here can turn a "no" into a "yes" except a
@@ -124,13 +127,20 @@ class SharedDecisions:
     def allowed_until(self, digest: bytes, now: float) -> float | None:
         """Until when the recorded decision holds, if a verifier recorded one
         that holds at `now`; else None."""
+        until = self.held_until(digest, now)
+        if until is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return until
+
+    def held_until(self, digest: bytes, now: float) -> float | None:
+        """allowed_until() without counting a hit or a miss (the token kinds)."""
         offset = self._offset(digest)
         entry = self._map[offset:offset + _ENTRY.size]
         stored, until, check = _ENTRY.unpack(entry)
         if stored == digest and now < until and check == _check(entry[:24]):
-            self.hits += 1
             return until
-        self.misses += 1
         return None
 
     def record(self, digest: bytes, until: float) -> None:

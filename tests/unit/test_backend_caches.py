@@ -198,7 +198,9 @@ def test_an_unexpected_error_denies_and_is_counted(monkeypatch):
     assert abi_0_3.token_identity("0 s", None, "t", None) == ["ok", None]
     assert '"reason": "internal_error"' in abi_0_3.explain("0 s", None, False, "t", "a", "r", "o", None, None)
     assert rt.RUNTIME.internal_errors["RecursionError"] == before + 5
-    monkeypatch.setattr(abi_0_3, "canonical_public_key", broken)
+    from hessra_pg.core import keys
+
+    monkeypatch.setattr(keys, "canonical_public_key", broken)  # (abi_0_3 imports it when called)
     outcome = abi_0_3.canonical_key("ed25519/00")
     assert '"error": "hessra_authz: internal error (RecursionError)"' in outcome  # an admin call: loud
 
