@@ -636,6 +636,21 @@ def section_connect(cluster: LocalCluster, results: Results, quick: bool, root) 
                            rounds)
     results.add("connect + first verify vs connect + first PL/Python `return True`", f"{case * 1e3:.1f} ms",
                 f"{base * 1e3:.1f} ms", case / base, verdict(case / base, 1.5))
+    # The same token every time: after the first round another backend has
+    # verified it, and the new backend finds the decision in the shared
+    # decision table (what a pool's new connection mostly sees). A token no
+    # backend has seen also loads biscuit-python and datetime and checks
+    # the signature: reported apart.
+    unseen = iter([mint_authorization(root, "alice", "orders", "read", time_config=fresh(100 + i))
+                   for i in range(rounds)])
+
+    def first_unseen() -> float:
+        return first("SELECT hessra_authz.verify_token(%s, 'alice', 'orders', 'read')", (next(unseen),))()
+
+    case, base = alternate(first_unseen, first("SELECT public.bench_true(%s, 'alice', 'orders', 'read')", (token,)),
+                           rounds)
+    results.add("connect + first verify, a token no backend has seen (reported)", f"{case * 1e3:.1f} ms",
+                f"{base * 1e3:.1f} ms", case / base)
     # authorized() (the policies' call) reads the token from the session: both
     # sides set it first. It also reads the token's Datalog (capability or not).
     setting = ("SELECT set_config('hessra.token', %s, false), set_config('hessra.subject', 'alice', false)", (token,))
