@@ -540,17 +540,21 @@ class Statement:
                    detailed: bool = False) -> Decision:
         """A capability decision under this database's policy (its anchor,
         require_anchor, chains, revocations): hessra_pg.core.capability."""
-        from ..core.capability import verify_capability
-
         config = self.config
         settings = config.capability
+
+        def compute() -> Decision:
+            from ..core.capability import verify_capability  # (not for a shared or cached decision)
+
+            return verify_capability(token, config.keys, now=self.now, resource=resource, operation=operation,
+                                     designations=designations, anchor=settings.anchor, subject=subject,
+                                     require_anchor=settings.require_anchor, chains=config.chains,
+                                     load=self.load, revoked=config.revocations, diagnose=detailed)
+
         return self.remembered(
             token, ("capability" if not detailed else "explain capability", resource, operation, designations,
                     subject),
-            lambda: verify_capability(token, config.keys, now=self.now, resource=resource, operation=operation,
-                                      designations=designations, anchor=settings.anchor, subject=subject,
-                                      require_anchor=settings.require_anchor, chains=config.chains,
-                                      load=self.load, revoked=config.revocations, diagnose=detailed),
+            compute,
             shared=not detailed,
         )
 

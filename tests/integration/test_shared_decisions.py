@@ -124,3 +124,54 @@ def test_concurrent_backends_share_without_wrong_answers(hessra_db, root, app_ro
         assert scalar(late, query, (tokens,)) == expected
         stats = shared_stats(late)
         assert stats["hits"] == len(good) and stats["misses"] == len(bad)
+
+
+# -- what a new backend loads for a decision another backend made (issue 12) ------------------------
+
+HEAVY = ("biscuit_auth", "hessra_pg.core.verifier", "hessra_pg.core.datalog", "hessra_pg.core.capability", "datetime")
+
+
+def _loaded_heavy_modules(conn) -> list[str]:
+    return [name for name in HEAVY if name in scalar(conn, "SELECT public.hessra_test_loaded_modules()")]
+
+
+def test_a_new_backend_takes_a_shared_decision_without_loading_the_verifier(hessra_db, root, app_role):
+    """A pool's new connection mostly sees tokens other backends verified:
+    its first decision then loads neither biscuit-python nor the verifier
+    (a connection's first verification costs their imports, ~2-5 ms), for
+    verify_token(), authorized() and a capability token alike. A token no
+    backend has verified loads them and is verified."""
+    from hessra_pg.tokens.capability import mint_capability
+
+    with hessra_db.connect(autocommit=True) as admin:
+        admin.execute("CREATE FUNCTION public.hessra_test_loaded_modules() RETURNS text[] LANGUAGE plpython3u AS "
+                      "$$\nimport sys\nreturn sorted(sys.modules)\n$$")
+        admin.execute(f"GRANT EXECUTE ON FUNCTION public.hessra_test_loaded_modules() TO {app_role}")
+    try:
+        def token() -> str:  # one per check: none of them verified before
+            return mint_authorization(root, "alice", "orders", "read", time_config=TokenTime(duration=3600 + next(n)))
+
+        def capability() -> str:
+            return mint_capability(root, "alice", "orders", "read", valid_for=3600 + next(n))
+
+        n = iter(range(100))
+        checks = (
+            (None, VERIFY, (token(),)),
+            (token(), "SELECT hessra_authz.authorized('orders', 'read')", ()),
+            (capability(), "SELECT hessra_authz.authorized('orders', 'read')", ()),
+            (None, "SELECT hessra_authz.verify_capability(%s, 'orders', 'read')", (capability(),)),
+        )
+        for setting, query, params in checks:
+            for fresh in (True, False):  # the first backend verifies; the next one takes its decision
+                with hessra_db.connect(app_role, autocommit=True) as conn:
+                    if setting is not None:
+                        conn.execute("SELECT set_config('hessra.token', %s, false), "
+                                     "set_config('hessra.subject', 'alice', false)", (setting,))
+                    assert scalar(conn, query, params) is True, query
+                    if fresh:
+                        assert "biscuit_auth" in _loaded_heavy_modules(conn), query
+                    else:
+                        assert _loaded_heavy_modules(conn) == [], query
+    finally:
+        with hessra_db.connect(autocommit=True) as admin:
+            admin.execute("DROP FUNCTION public.hessra_test_loaded_modules()")
