@@ -366,7 +366,8 @@ class Statement:
     """One call: the runtime, the configuration current for it, the
     verification time, and the token digest (computed once per call)."""
 
-    __slots__ = ("runtime", "config", "now", "statement_us", "_token", "_digest", "row_snapshot", "kept_until")
+    __slots__ = ("runtime", "config", "now", "statement_us", "_token", "_digest", "row_snapshot", "kept_until",
+                 "kind_read")
 
     def __init__(self, runtime: Runtime, config: Config, statement_us: int | None) -> None:
         self.runtime = runtime
@@ -380,6 +381,8 @@ class Statement:
         self.row_snapshot: str | None = None
         #: Until when the latest remembered() result is kept (None: not kept).
         self.kept_until: float | None = None
+        #: Whether is_capability() read a token's kind itself (share_kind() passes it on).
+        self.kind_read = False
 
     def digest(self, token: str) -> bytes:
         if token is not self._token:
@@ -597,12 +600,23 @@ class Statement:
                     kind = is_capability_token(decode(decode_token(token)))
                 except Exception:  # noqa: BLE001 (unreadable: the verifier reports it)
                     kind = False
-                if self.runtime.shared is not None:
-                    self.runtime.shared.record(_kind_digest(kind, digest), float("inf"))
+                self.kind_read = True
             if len(kinds) >= TOKEN_KINDS_MAX:
                 kinds.clear()
             kinds[digest] = kind
         return kind
+
+    def share_kind(self, token: str) -> None:
+        """Tell the database's other backends which kind this token is,
+        once a decision about it was positive (the shared table holds only
+        what the verifier allowed: tokens that are merely readable, or
+        garbage, would evict other backends' decisions), if this call read
+        the kind from the token (once per backend and token)."""
+        shared = self.runtime.shared
+        kind = self.runtime.token_kinds.get(self.digest(token))
+        if self.kind_read and shared is not None and kind is not None:
+            shared.record(_kind_digest(kind, self.digest(token)), float("inf"))
+            self.kind_read = False
 
     def _shared_kind(self, token_digest: bytes) -> bool | None:
         """The kind another backend of the database read (a pure function

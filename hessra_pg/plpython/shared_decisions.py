@@ -9,10 +9,11 @@ What is stored is "under configuration version V, token T with
 arguments A is allowed until U" (U: the token's expiry or its key's end; the
 key also holds the hessra_pg version, so a package upgrade starts afresh):
 a pure function of V, T, A and the time, computed by the one verifier and
-kept under the same rules as a backend's own decision cache; and which kind
-a token is (capability or not: a pure function of its bytes, under an empty
-version, until forever), which only picks the policy that verifies it
-(hessra_pg.plpython.runtime, Statement.is_capability). Entries are 32
+kept under the same rules as a backend's own decision cache; and, for a
+token that authorized() allowed, which kind it is (capability or not: a
+pure function of its bytes, under an empty version, until forever), which
+only picks the policy that verifies it (hessra_pg.plpython.runtime,
+Statement.share_kind). Entries are 32
 bytes: a 16-byte digest of (V, A, T), U, and an 8-byte checksum. Writers
 don't lock; a torn or overwritten entry fails its checksum or digest and
 reads as a miss. Nothing here can turn a "no" into a "yes" except a

@@ -172,6 +172,15 @@ def test_a_new_backend_takes_a_shared_decision_without_loading_the_verifier(hess
                         assert "biscuit_auth" in _loaded_heavy_modules(conn), query
                     else:
                         assert _loaded_heavy_modules(conn) == [], query
+        # A denied token shares nothing, not even its kind: a role can't
+        # fill the table with tokens that merely parse (or with garbage).
+        forged = mint_authorization(generate_keypair(), "alice", "orders", "read")
+        for _ in range(2):
+            with hessra_db.connect(app_role, autocommit=True) as conn:
+                conn.execute("SELECT set_config('hessra.token', %s, false), set_config('hessra.subject', 'alice', false)",
+                             (forged,))
+                assert scalar(conn, "SELECT hessra_authz.authorized('orders', 'read')") is False
+                assert "hessra_pg.core.datalog" in _loaded_heavy_modules(conn)  # it read the kind itself
     finally:
         with hessra_db.connect(autocommit=True) as admin:
             admin.execute("DROP FUNCTION public.hessra_test_loaded_modules()")
