@@ -2,11 +2,11 @@
 
 The verifier of each node reads that node's own ``hessra_authz.config_state``,
 which triggers on the configuration tables (``keys``, ``service_chains``,
-``revocations``, ``capability_settings``) recompute in the transaction that
+``revocations``, ``capability_settings``, ``audit_settings``) recompute in the transaction that
 changes them. Citus runs the policies of a distributed table on the workers,
 where ``CREATE EXTENSION`` made empty tables: every shard denied every row.
 
-:func:`distribute_configuration` makes the four tables Citus **reference
+:func:`distribute_configuration` makes the five tables Citus **reference
 tables**: Citus keeps a copy on every node (the coordinator included, once it
 is in the metadata) and applies every change to all of them in one
 distributed transaction (two-phase commit). Citus creates the tables'
@@ -49,13 +49,16 @@ __all__ = [
 
 #: The configuration tables, as Citus reference tables in Citus mode.
 CONFIG_TABLES: tuple[str, ...] = ("hessra_authz.keys", "hessra_authz.service_chains", "hessra_authz.revocations",
-                                  "hessra_authz.capability_settings")
+                                  "hessra_authz.capability_settings", "hessra_authz.audit_settings")
 
 # One row per node: a digest of what its verifier loads (config_state without
 # its per-node generation), to tell whether the nodes are in step.
+# The audit roles by name: each node holds its own OIDs for them.
 _DIGEST_SQL = ("SELECT md5(row(kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds, "
                "node_components, node_keys, revoked_ids, revoked_identities, anchor, require_anchor, "
-               "fallback)::text) FROM hessra_authz.config_state")
+               "fallback, audit_level, (SELECT array_agg(r.role::regrole::text || '=' || r.level ORDER BY 1) "
+               "FROM unnest(audit_role_oids, audit_role_levels) AS r(role, level)))::text) "
+               "FROM hessra_authz.config_state")
 
 
 class CitusModeError(HessraError):

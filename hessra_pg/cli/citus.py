@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         verbs, "enable",
         help="make the configuration tables Citus reference tables (every node gets a copy)",
         description=(
-            "Make hessra_authz.keys, service_chains, revocations and capability_settings Citus reference "
+            "Make hessra_authz.keys, service_chains, revocations, capability_settings and audit_settings Citus reference "
             "tables, so that every node (the coordinator included) holds a copy that each change updates in "
             "one distributed transaction, and have every node recompute what its verifier loads. Run it on "
             "the coordinator once Citus, the coordinator (citus_set_coordinator_host) and the workers are "

@@ -525,10 +525,11 @@ class Statement:
                     chain = parse_chain(json.loads(nodes_json))
                 else:
                     chain = self.chain(chain_name)
-            return _verifier().verify(token, config.keys, now=self.now, subject=subject, resource=resource, operation=operation,
-                          domain=domain, prefix=prefix, chain=chain, component=component, capability=capability,
-                          load=self.load, revoked=config.revocations, diagnose=detailed,
-                          chains=None if use_chain else config.chains)
+            return _verifier().verify(token, config.keys, now=self.now, subject=subject, resource=resource,
+                                      operation=operation, domain=domain, prefix=prefix, chain=chain,
+                                      component=component, capability=capability, load=self.load,
+                                      revoked=config.revocations, diagnose=detailed,
+                                      chains=None if use_chain else config.chains)
 
         return self.remembered(
             token,
@@ -654,15 +655,15 @@ class Statement:
         return self.remembered(
             token, ("identity" if identity is not None else "bearer", identity, domain, ensure_subject_in_domain),
             lambda: _verifier().verify_identity(token, config.keys, now=self.now, identity=identity, domain=domain,
-                                    ensure_subject_in_domain=ensure_subject_in_domain, load=self.load,
-                                    revoked=config.revocations),
+                                                ensure_subject_in_domain=ensure_subject_in_domain, load=self.load,
+                                                revoked=config.revocations),
             shared=True,
         )
 
     def token_identity(self, token: str | None, domain: str | None = None) -> str | None:
         config = self.config
         return _verifier().proven_identity(token, config.keys, now=self.now, domain=domain, load=self.load,
-                               revoked=config.revocations)
+                                           revoked=config.revocations)
 
     def identity_scope(self, token: str | None) -> list[str | None]:
         """["ok", identity or NULL, "t" (it also proves every descendant
@@ -674,7 +675,8 @@ class Statement:
 
     def _identity_scope(self, token: str | None) -> list[str | None]:
         config = self.config
-        scope = _verifier().identity_scope(token, config.keys, now=self.now, load=self.load, revoked=config.revocations)
+        scope = _verifier().identity_scope(token, config.keys, now=self.now, load=self.load,
+                                           revoked=config.revocations)
         flag = ("t" if scope.descendants else "f") if scope.exact else "x"
         if scope.identity is None:
             return ["ok", None, flag]
@@ -688,8 +690,8 @@ class Statement:
         return self.per_statement(
             token, ("authorized_resources", subject, operation),
             lambda: ["ok", *_verifier().authorized_resources(token, config.keys, now=self.now, subject=subject,
-                                                 operation=operation, load=self.load,
-                                                 revoked=config.revocations, chains=config.chains)])
+                                                             operation=operation, load=self.load,
+                                                             revoked=config.revocations, chains=config.chains)])
 
 
 RUNTIME = Runtime()

@@ -191,6 +191,56 @@ def test_the_anchor_reaches_the_worker(citus: CitusCluster, root: Any) -> None:
         keeper(citus, "SELECT hessra_authz.set_anchor(NULL)::text")
 
 
+def _worker_audit_lines(citus: CitusCluster, start: int) -> list[dict[str, Any]]:
+    """The audit lines the worker's log gained since byte `start` (a RAISE
+    LOG marker proves everything before it is written)."""
+    marker = f"hessra-citus-marker-{uuid.uuid4().hex}"
+    with psycopg.connect(citus.worker_dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DO $m$ BEGIN RAISE LOG '%', {}; END $m$").format(sql.Literal(marker)))
+    log = citus.workers[0].log_path
+    deadline = time.monotonic() + 10
+    while True:
+        with open(log, "rb") as f:
+            f.seek(start)
+            chunk = f.read().decode(errors="replace")
+        if marker in chunk or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    prefix = "hessra_authz audit: "
+    return [json.loads(line.split(prefix, 1)[1]) for line in chunk.splitlines() if prefix in line]
+
+
+def test_audit_levels_set_on_the_coordinator_reach_the_worker(citus: CitusCluster, root: Any) -> None:
+    """audit_settings is a reference table too, and the levels travel in each
+    node's config_state: set_audit() on the coordinator audits the per-row
+    decisions the worker takes, a role's own level by that role's OID on the
+    worker (OIDs differ between nodes)."""
+    token = mint_authorization(root, "bob", "orders", "read")
+    try:
+        keeper(citus, "SELECT hessra_authz.set_audit('denied')::text")
+        keeper(citus, "SELECT hessra_authz.set_audit('all', %s)::text", (APP,))
+        with psycopg.connect(citus.worker_dsn(), autocommit=True) as conn:
+            level, oids, levels, app_oid = conn.execute(
+                "SELECT audit_level, audit_role_oids, audit_role_levels, %s::regrole::oid "
+                "FROM hessra_authz.config_state", (APP,)).fetchone()
+        assert (level, oids, levels) == ("denied", [app_oid], ["all"])
+        assert len(in_step(citus)) == 1  # `citus status` compares the roles by name, not by each node's OID
+        start = citus.workers[0].log_path.stat().st_size
+        assert count(citus, "orders", token, "alice") == 0  # bob's token presented for alice: denied per row
+        lines = _worker_audit_lines(citus, start)
+        assert lines and {(line["user"], line["outcome"], line["reason"]) for line in lines} == {
+            (APP, "denied", "denied")}
+        keeper(citus, "SELECT hessra_authz.set_audit('off')::text")
+        keeper(citus, "SELECT hessra_authz.set_audit(NULL, %s)::text", (APP,))
+        start = citus.workers[0].log_path.stat().st_size
+        assert count(citus, "orders", token, "alice") == 0
+        assert _worker_audit_lines(citus, start) == []
+        assert len(in_step(citus)) == 1
+    finally:
+        keeper(citus, "SELECT hessra_authz.set_audit('off')::text")
+        keeper(citus, "SELECT hessra_authz.set_audit(NULL, %s)::text", (APP,))
+
+
 def test_row_mode_filters_a_multi_shard_scan_and_a_router_query(citus: CitusCluster, root: Any) -> None:
     read = mint_authorization(root, "alice", "items/5", "read")
     assert app(citus, "SELECT id FROM public.items ORDER BY id", read, "alice") == [(5,)]
