@@ -198,6 +198,8 @@ class VerifiedToken(Record):
 def parse_chain(nodes: Any) -> tuple[ChainNode, ...]:
     """Validate a service chain given as the JSON array of spec §3.3
     (`[{"component": ..., "public_key": ...}]`); raise ChainFormatError."""
+    from .keys import parse_public_key  # (and biscuit-python: only where a chain is configured)
+
     if not isinstance(nodes, list):
         raise ChainFormatError(
             'service chain must be a JSON array of {"component": ..., "public_key": ...} objects'
@@ -214,8 +216,6 @@ def parse_chain(nodes: Any) -> tuple[ChainNode, ...]:
             raise ChainFormatError(f"service chain node {position} ({component}) needs a \"public_key\" string")
         if component in seen:
             raise ChainFormatError(f"service chain component {component!r} appears twice")
-        from .keys import parse_public_key  # (biscuit-python: only for a configured chain)
-
         try:
             canonical = str(parse_public_key(key))
         except KeyFormatError as error:
