@@ -54,6 +54,7 @@ from ..errors import (
     StaleSnapshotError,
     UnknownChainError,
 )
+from . import imports_without_gc
 from .row_answers import RowAnswers
 from .shared_decisions import SharedDecisions, blake2b
 from .audit import Audit
@@ -88,13 +89,23 @@ def _kind_digest(capability: bool, token_digest: bytes) -> bytes:
     return SharedDecisions.digest("", "capability token" if capability else "authorization token", token_digest)
 
 
-def _verifier() -> Any:
-    """hessra_pg.core.verifier (and through it biscuit-python), imported
-    when a token must actually be checked: a backend that answers from its
-    caches and the shared decision table never loads them (issue 12)."""
-    from ..core import verifier
+_VERIFIER: Any = None
 
-    return verifier
+
+def _verifier() -> Any:
+    """hessra_pg.core.verifier and biscuit-python, imported when a token must
+    actually be checked: a backend that answers from its caches and the
+    shared decision table never loads them (issue 12). Imported as the entry
+    modules are, with the cyclic GC paused."""
+    global _VERIFIER
+    if _VERIFIER is None:
+        with imports_without_gc():
+            from ..core import verifier
+            from ..core.biscuit import biscuit_auth
+
+            biscuit_auth.Biscuit  # noqa: B018 (the check that follows needs the module itself)
+        _VERIFIER = verifier
+    return _VERIFIER
 
 
 class _Stale(Exception):
@@ -548,7 +559,8 @@ class Statement:
         settings = config.capability
 
         def compute() -> Decision:
-            from ..core.capability import verify_capability  # (not for a shared or cached decision)
+            with imports_without_gc():  # (not for a shared or cached decision)
+                from ..core.capability import verify_capability
 
             return verify_capability(token, config.keys, now=self.now, resource=resource, operation=operation,
                                      designations=designations, anchor=settings.anchor, subject=subject,
@@ -593,9 +605,10 @@ class Statement:
         if kind is None:
             kind = self._shared_kind(digest)
             if kind is None:
-                from ..core.capability import is_capability_token
-                from ..core.datalog import decode
-                from ..core.encoding import decode_token
+                with imports_without_gc():
+                    from ..core.capability import is_capability_token
+                    from ..core.datalog import decode
+                    from ..core.encoding import decode_token
 
                 try:
                     kind = is_capability_token(decode(decode_token(token)))
