@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import hessra_pg
 from hessra_pg.admin.doctor_replica import check_replica
 from hessra_pg.admin.doctor_citus import check_citus
-from hessra_pg.admin.doctor_logs import CAPTURE_SETTINGS, SET_CONFIG, SET_LOCAL, capture_risks
+from hessra_pg.admin.doctor_logs import CAPTURE_SETTINGS, SET_CONFIG, SET_LOCAL, capture_risks, check_statement_readers
 from hessra_pg.admin.doctor_production import check_test_helpers, run_production_checks
 from hessra_pg.errors import DoctorConnectionError, DoctorRequirementError, HessraError, PolicyExpressionError
 from hessra_pg.rls.policies import intends_per_row
@@ -278,6 +278,8 @@ def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[
         if authority is not None:
             _check_authority(report, authority, keys, extension=extension, admin_conn_given=admin_conn is not None)
         log_settings = _check_server_log(conn, report, transport)
+        if transport == SET_LOCAL:
+            check_statement_readers(conn, report)
         tables = _check_tables(conn, report)
         if tables:
             _check_bound_objects(conn, report, tables, superuser=superuser)

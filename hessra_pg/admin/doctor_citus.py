@@ -74,7 +74,8 @@ def check_citus(conn: psycopg.Connection[Any], report: Report,
 def _check_statement_stats(conn: psycopg.Connection[Any], report: Report) -> None:
     """Under Citus the token travels as ``SET LOCAL hessra.token = '...'``
     (the only form Citus forwards), and pg_stat_statements keeps the text of
-    utility statements, token included, while ``track_utility`` is on."""
+    utility statements, token included, while ``track_utility`` is on
+    (who can read a running statement: doctor_logs.check_statement_readers)."""
     from hessra_pg.admin.doctor import WARN, Check
 
     row = conn.execute("SELECT pg_catalog.current_setting('pg_stat_statements.track_utility', true)").fetchone()

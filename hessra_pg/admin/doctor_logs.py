@@ -19,7 +19,9 @@ This module adds the settings that capture it in other ways:
   ``log_parameter_max_length`` not 0;
 - other roles' ``ALTER ROLE ... SET`` values in this database
   (``pg_db_role_setting``): their sessions log what this role's would not
-  (:func:`check_role_settings`, production mode).
+  (:func:`check_role_settings`, production mode);
+- with the ``SET LOCAL`` transport, roles that read other sessions'
+  running statements (:func:`check_statement_readers`).
 
 The values are this session's ``pg_settings``: a module's settings are
 there only while it is loaded (None otherwise: they can't apply).
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
     from hessra_pg.admin.doctor import LogRisk, Report
 
-__all__ = ["CAPTURE_SETTINGS", "SET_CONFIG", "SET_LOCAL", "TRANSPORTS", "capture_risks", "check_role_settings"]
+__all__ = ["CAPTURE_SETTINGS", "SET_CONFIG", "SET_LOCAL", "TRANSPORTS", "capture_risks", "check_role_settings",
+           "check_statement_readers"]
 
 SET_CONFIG, SET_LOCAL = "set_config", "set_local"
 TRANSPORTS = (SET_CONFIG, SET_LOCAL)
@@ -184,3 +187,25 @@ def _normalize(name: str, value: str) -> str:
 
 def _quote(name: str) -> str:
     return name if name.isidentifier() and name == name.lower() else '"' + name.replace('"', '""') + '"'
+
+
+def check_statement_readers(conn: psycopg.Connection[Any], report: Report) -> None:
+    """With the SET LOCAL transport, pg_stat_activity shows a session's
+    ``SET LOCAL hessra.token = '...'`` until its next statement to members
+    of pg_read_all_stats (pg_monitor includes it): warn about the login
+    roles that are, superusers aside. pg_auth_members is readable by every
+    role."""
+    from hessra_pg.admin.doctor import WARN, Check
+
+    readers = [row[0] for row in conn.execute(
+        "SELECT r.rolname FROM pg_catalog.pg_roles AS r WHERE r.rolcanlogin AND NOT r.rolsuper "
+        "AND pg_catalog.pg_has_role(r.oid, 'pg_read_all_stats', 'USAGE') ORDER BY 1").fetchall()]
+    if readers:
+        shown = ", ".join(readers[:5]) + (f" and {len(readers) - 5} more" if len(readers) > 5 else "")
+        report.checks.append(Check(
+            "statement readers", WARN,
+            f"{shown} can read other sessions' statements (pg_read_all_stats, which pg_monitor includes): with "
+            "the SET LOCAL transport, that is every token in flight",
+            "revoke pg_monitor / pg_read_all_stats from roles that don't need it; a monitoring role needs only "
+            "GRANT EXECUTE ON FUNCTION hessra_authz.database_stats() TO <role>; docs/scale-out.md "
+            "\"The token transport\""))

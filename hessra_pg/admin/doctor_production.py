@@ -370,7 +370,7 @@ def checklist(report: Report, horizon_days: float) -> list[Check]:
     audit = by_name.get("audit")
     items.append(_item("audit level", [audit] if audit else [],
                        audit.message if audit and audit.status == OK else ""))
-    items.append(_item("log settings", named("server log", "role settings", "citus transport"),
+    items.append(_item("log settings", named("server log", "role settings", "citus transport", "statement readers"),
                        "no setting writes a token to the server log"))
     items.append(_item("test helpers absent", named("test helpers"), "no hessra_test schema"))
     return [item if item.status != OK or item.message else Check(item.name, OK, "ok") for item in items]

@@ -65,7 +65,8 @@ def register(subparsers: Any) -> None:
                              "and other roles' log settings; and print the production checklist at the end")
     parser.add_argument("--transport", choices=("set_config", "set_local"),
                         help="how the application sends its token: set_config() with bound parameters, or "
-                             "SET LOCAL (its text holds the token; the default in a Citus database)")
+                             "SET LOCAL (its text holds the token, for the log settings and the roles that read "
+                             "running statements to expose; the default in a Citus database)")
     add_json_argument(parser)
     add_authority_arguments(parser, required=False)
     parser.set_defaults(func=guarded(_doctor))

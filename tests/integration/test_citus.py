@@ -404,6 +404,42 @@ def test_doctor_and_status_on_the_citus_mode(citus: CitusCluster, root: Any,
     assert "already distributed: nothing to do" in capsys.readouterr().out
 
 
+def test_doctor_names_the_roles_that_can_read_tokens_in_flight(citus: CitusCluster, root: Any,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """pg_stat_activity shows other sessions' SET LOCAL hessra.token = '...'
+    to members of pg_read_all_stats (pg_monitor includes it); a monitoring
+    role that is only granted database_stats() sees no statement text."""
+    monitor, exporter = f"monitor_{uuid.uuid4().hex[:6]}", f"exporter_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(citus.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {monitor} LOGIN IN ROLE pg_monitor")
+        conn.execute(f"CREATE ROLE {exporter} LOGIN")
+        conn.execute(f"GRANT EXECUTE ON FUNCTION hessra_authz.database_stats() TO {exporter}")
+    try:
+        _, checks = _doctor(capsys, citus.dsn(APP))
+        status, message = checks["statement readers"]
+        assert status == "warn" and monitor in message and exporter not in message
+        # What the warning is about, and that the exporter's grant is enough for its numbers.
+        token = mint_authorization(root, "alice", "orders", "read")
+        seen = "SELECT count(*) FROM pg_stat_activity WHERE strpos(query, %s) > 0"
+        with psycopg.connect(citus.dsn(APP)) as app_conn, \
+                psycopg.connect(citus.dsn(monitor), autocommit=True) as watcher, \
+                psycopg.connect(citus.dsn(exporter), autocommit=True) as limited:
+            with hessra_transaction(app_conn, token=token, subject="alice", transport=SET_LOCAL):
+                # The SET LOCAL text is the session's latest statement until its next one.
+                assert watcher.execute(seen, (token,)).fetchone()[0] == 1
+                assert limited.execute(seen, (token,)).fetchone()[0] == 0
+                app_conn.execute("SELECT 1")
+                assert watcher.execute(seen, (token,)).fetchone()[0] == 0
+            assert isinstance(limited.execute("SELECT hessra_authz.database_stats()").fetchone()[0], dict)
+    finally:
+        with psycopg.connect(citus.dsn(), autocommit=True) as conn:
+            conn.execute(f"REVOKE EXECUTE ON FUNCTION hessra_authz.database_stats() FROM {exporter}")
+            conn.execute(f"DROP ROLE {monitor}")
+            conn.execute(f"DROP ROLE {exporter}")
+    _, checks = _doctor(capsys, citus.dsn(APP))
+    assert "statement readers" not in checks
+
+
 def test_without_enable_the_workers_deny_and_enable_fixes_it(hessra_postgres: Any,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from hessra_pg.cli import main

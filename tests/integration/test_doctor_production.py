@@ -286,6 +286,34 @@ def test_set_local_transport_puts_the_token_in_logged_text(good: HessraDatabase,
     assert token not in logged_after(server_log, start, good.dsn)
 
 
+def test_set_local_transport_names_the_roles_that_read_running_statements(
+        good: HessraDatabase, admin: psycopg.Connection, app_role: str, root: Any) -> None:  # noqa: F811
+    """pg_stat_activity shows a session's SET LOCAL hessra.token = '...' to
+    members of pg_read_all_stats (pg_monitor): doctor names them when the
+    transport is SET LOCAL, and not for set_config(), which binds the token."""
+    monitor = f"monitor_{uuid.uuid4().hex[:6]}"
+    admin.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_monitor").format(sql.Identifier(monitor)))
+    try:
+        def readers(transport: str) -> Any:
+            with connect(good.dsn_for(app_role)) as conn:
+                report = run_checks(conn, transport=transport)
+            return next((c for c in report.checks if c.name == "statement readers"), None)
+
+        assert readers(SET_CONFIG) is None
+        check = readers(SET_LOCAL)
+        assert check is not None and check.status == WARN and monitor in check.message
+        assert "database_stats()" in (check.hint or "")
+        token = mint_authorization(root, "alice", "orders", "read")
+        with psycopg.connect(good.dsn_for(app_role)) as app, \
+                psycopg.connect(good.dsn_for(monitor), autocommit=True) as watcher:
+            with app.transaction():
+                app.execute(sql.SQL("SET LOCAL hessra.token = {}").format(sql.Literal(token)))
+                assert watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE strpos(query, %s) > 0",
+                                       (token,)).fetchone()[0] == 1  # why it warns
+    finally:
+        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(monitor)))
+
+
 def test_debug_print_plan(good: HessraDatabase, admin: psycopg.Connection, app_role: str, root: Any,  # noqa: F811
                           server_log: Path) -> None:
     token = mint_authorization(root, "alice", "orders", "read")
