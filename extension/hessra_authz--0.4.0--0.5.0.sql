@@ -666,31 +666,20 @@ $$;
 COMMENT ON FUNCTION hessra_authz._designation_flag_fast(pg_catalog.pg_snapshot, text, text, text, text, text[], jsonb, text, text) IS
     'Internal (designation_floor/_nulls/_fallback()): the flag a trusted call recorded for this snapshot, else NULL.';
 
--- The whole way (the configuration read first when it must be; errors
--- raised), answering in the helpers' own types: an inlined body then holds
--- one node for it, which every statement initializes even when unused.
--- Each records every label's answers.
+-- The whole way (0.4.0's _capability_rows_slow: the configuration read
+-- first when it must be; errors raised), as the owner, answering in the
+-- helpers' own types: an inlined body then holds one node for it, which
+-- every statement initializes even when unused. Each records every label's
+-- answers (_capability_rows, above).
 CREATE FUNCTION hessra_authz._designation_values_slow(
     resource text, operation text, row_labels text[], fixed jsonb, label text
 ) RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r text[] := hessra_authz._capability_rows(
-        hessra_authz._context(), NULL, pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
-        _designation_values_slow.resource, _designation_values_slow.operation, _designation_values_slow.row_labels,
-        _designation_values_slow.fixed, _designation_values_slow.label, 'values');
 BEGIN
-    IF r[1] = 's' THEN  -- the configuration must be read first
-        r := hessra_authz._capability_rows(
-            hessra_authz._context(), hessra_authz._sync(r[2]), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
-            _designation_values_slow.resource, _designation_values_slow.operation, _designation_values_slow.row_labels,
-            _designation_values_slow.fixed, _designation_values_slow.label, 'values');
-    END IF;
-    IF r[1] <> 'ok' THEN
-        PERFORM hessra_authz._raise(r[2]);
-    END IF;
-    RETURN r[2:];
+    RETURN (hessra_authz._capability_rows_slow(
+        _designation_values_slow.resource, _designation_values_slow.operation, _designation_values_slow.row_labels,
+        _designation_values_slow.fixed, _designation_values_slow.label, 'values'))[2:];
 END
 $$;
 COMMENT ON FUNCTION hessra_authz._designation_values_slow(text, text, text[], jsonb, text) IS
@@ -701,22 +690,10 @@ CREATE FUNCTION hessra_authz._designation_flag_slow(
 ) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r text[] := hessra_authz._capability_rows(
-        hessra_authz._context(), NULL, pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
-        _designation_flag_slow.resource, _designation_flag_slow.operation, _designation_flag_slow.row_labels,
-        _designation_flag_slow.fixed, _designation_flag_slow.label, _designation_flag_slow.want);
 BEGIN
-    IF r[1] = 's' THEN  -- the configuration must be read first
-        r := hessra_authz._capability_rows(
-            hessra_authz._context(), hessra_authz._sync(r[2]), pg_catalog.current_setting('hessra.token', true), pg_catalog.current_setting('hessra.subject', true),
-            _designation_flag_slow.resource, _designation_flag_slow.operation, _designation_flag_slow.row_labels,
-            _designation_flag_slow.fixed, _designation_flag_slow.label, _designation_flag_slow.want);
-    END IF;
-    IF r[1] <> 'ok' THEN
-        PERFORM hessra_authz._raise(r[2]);
-    END IF;
-    RETURN r[2]::pg_catalog.bool;
+    RETURN (hessra_authz._capability_rows_slow(
+        _designation_flag_slow.resource, _designation_flag_slow.operation, _designation_flag_slow.row_labels,
+        _designation_flag_slow.fixed, _designation_flag_slow.label, _designation_flag_slow.want))[2]::pg_catalog.bool;
 END
 $$;
 COMMENT ON FUNCTION hessra_authz._designation_flag_slow(text, text, text[], jsonb, text, text) IS

@@ -202,3 +202,11 @@ class HessraContextError(HessraError, RuntimeError):
     """The token context can't be applied safely where it was asked for."""
 
     sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (a database error's DETAIL
+    and HINT follow on other lines), or its type's name when it has none:
+    what a one-line report shows."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -35,7 +35,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from hessra_pg.errors import HessraError
+from hessra_pg.context import CITUS_DETECT_SQL
+from hessra_pg.errors import HessraError, first_line
 
 __all__ = [
     "CONFIG_TABLES",
@@ -79,7 +80,7 @@ class NodeConfig:
 
 def citus_installed(conn: psycopg.Connection[Any]) -> bool:
     """Whether the Citus extension exists in the connected database."""
-    row = conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')").fetchone()
+    row = conn.execute(CITUS_DETECT_SQL).fetchone()
     return bool(row and row[0])
 
 
@@ -131,8 +132,7 @@ def distribute_configuration(conn: psycopg.Connection[Any]) -> list[str]:
             # in one distributed transaction.
             conn.execute("UPDATE hessra_authz.capability_settings SET updated_at = updated_at")
     except psycopg.Error as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CitusModeError(f"distributing the hessra_authz configuration failed: {first}") from None
+        raise CitusModeError(f"distributing the hessra_authz configuration failed: {first_line(error)}") from None
     return pending
 
 

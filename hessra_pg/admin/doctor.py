@@ -62,7 +62,13 @@ from hessra_pg.admin.doctor_replica import check_replica
 from hessra_pg.admin.doctor_citus import check_citus
 from hessra_pg.admin.doctor_logs import CAPTURE_SETTINGS, SET_CONFIG, SET_LOCAL, capture_risks, check_statement_readers
 from hessra_pg.admin.doctor_production import check_test_helpers, run_production_checks
-from hessra_pg.errors import DoctorConnectionError, DoctorRequirementError, HessraError, PolicyExpressionError
+from hessra_pg.errors import (
+    DoctorConnectionError,
+    DoctorRequirementError,
+    HessraError,
+    PolicyExpressionError,
+    first_line,
+)
 from hessra_pg.rls.policies import intends_per_row
 
 if TYPE_CHECKING:
@@ -196,25 +202,20 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as error:
-        raise DoctorConnectionError(f"invalid DSN: {_first_line(error)}") from None
+        raise DoctorConnectionError(f"invalid DSN: {first_line(error)}") from None
     if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
         kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     kwargs.setdefault("autocommit", True)
     try:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.Error as error:
-        raise DoctorConnectionError(f"cannot connect to the database: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise DoctorConnectionError(f"cannot connect to the database: {first_line(error)}") from None
 
 
 def _db_message(error: Any) -> str:
     diag = getattr(error, "diag", None)
     primary = getattr(diag, "message_primary", None)
-    return primary or _first_line(error)
+    return primary or first_line(error)
 
 
 def diagnose(dsn: str, *, admin_dsn: str | None = None, authority: Authority | None = None,
@@ -277,7 +278,7 @@ def run_checks(conn: psycopg.Connection[Any], *, admin_conn: psycopg.Connection[
         keys = _check_keys(conn, report, admin_conn=admin_conn, extension=extension, horizon=key_horizon)
         if authority is not None:
             _check_authority(report, authority, keys, extension=extension, admin_conn_given=admin_conn is not None)
-        log_settings = _check_server_log(conn, report, transport)
+        log_settings = _check_server_log(conn, report, transport, citus=bool(citus))
         if transport == SET_LOCAL:
             check_statement_readers(conn, report)
         tables = _check_tables(conn, report)
@@ -684,7 +685,7 @@ def log_risks(settings: Mapping[str, str]) -> list[LogRisk]:
 
 
 def _check_server_log(conn: psycopg.Connection[Any], report: Report,
-                      transport: str = SET_CONFIG) -> dict[str, str | None] | None:
+                      transport: str = SET_CONFIG, *, citus: bool = False) -> dict[str, str | None] | None:
     """The server log check; returns the settings it read (None if it
     couldn't), for the role settings check to start from."""
     # The values of this session are the application's: they include what
@@ -700,8 +701,8 @@ def _check_server_log(conn: psycopg.Connection[Any], report: Report,
     for name in CAPTURE_SETTINGS:  # a module's settings are in pg_settings only while it is loaded
         settings.setdefault(name, None)
     risks = log_risks(settings) + capture_risks(settings, transport)  # type: ignore[arg-type]
-    if any(check.name == "citus transport" for check in report.checks):
-        risks = [risk for risk in risks if risk.setting != "pg_stat_statements.track_utility"]  # said there
+    if citus:  # the citus transport check reports track_utility (doctor_citus)
+        risks = [risk for risk in risks if risk.setting != "pg_stat_statements.track_utility"]
     if not risks:
         report.checks.append(Check("server log", OK, (
             f"no setting logs this role's bound parameters (log_statement = '{settings['log_statement']}', "

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hessra_pg.admin.citus import citus_installed, node_configurations, undistributed_tables
+from hessra_pg.errors import first_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -57,7 +58,7 @@ def check_citus(conn: psycopg.Connection[Any], report: Report,
         nodes = node_configurations(admin_conn)
     except psycopg.Error as error:
         report.checks.append(Check(NAME, WARN, "the configuration tables are Citus reference tables; comparing "
-                                               f"the nodes failed: {str(error).strip().splitlines()[0]}"))
+                                               f"the nodes failed: {first_line(error)}"))
         return True
     unreadable = [node for node in nodes if node.digest is None]
     digests = {node.digest for node in nodes if node.digest is not None}

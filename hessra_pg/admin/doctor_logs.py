@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hessra_pg.context import SET_CONFIG, SET_LOCAL, TRANSPORTS
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -40,8 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["CAPTURE_SETTINGS", "SET_CONFIG", "SET_LOCAL", "TRANSPORTS", "capture_risks", "check_role_settings",
            "check_statement_readers"]
 
-SET_CONFIG, SET_LOCAL = "set_config", "set_local"
-TRANSPORTS = (SET_CONFIG, SET_LOCAL)
 DEBUG_PRINT = ("debug_print_parse", "debug_print_rewritten", "debug_print_plan")
 #: Read beside doctor.LOG_SETTINGS; NULL when the module is not loaded.
 CAPTURE_SETTINGS = DEBUG_PRINT + ("auto_explain.log_min_duration", "auto_explain.log_verbose",

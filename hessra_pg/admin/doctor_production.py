@@ -195,7 +195,7 @@ def check_disclosure(conn: psycopg.Connection[Any], report: Report, *, extension
             problems.append("an audit line reaches this role (it names kids and key reasons)")
             break
     if problems:
-        report.checks.append(Check(name, FAIL, "; ".join(_unique(problems)), _disclosure_fix(report)))
+        report.checks.append(Check(name, FAIL, "; ".join(dict.fromkeys(problems)), _disclosure_fix(report)))
     elif not tried:
         report.checks.append(Check(name, WARN, "explain() and the errors could not be triggered as this role"))
     else:
@@ -222,10 +222,6 @@ def _disclosure_fix(report: Report) -> str:
     return (f"connect the application as a role that may not administer keys (REVOKE hessra_admin FROM {report.role}; "
             f"SELECT hessra_authz.revoke_admin('{report.role}')), is not a superuser nor in pg_read_server_files, "
             "and use hessra_authz 0.3.0 or later")
-
-
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
 
 
 # -- audit ------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import hessra_pg
-from hessra_pg.errors import HessraError, KeyFormatError
+from hessra_pg.errors import HessraError, KeyFormatError, first_line
 
 if TYPE_CHECKING:
     import ssl
@@ -308,11 +308,11 @@ def fetch_authority_key(address: str, ca: str, *, mtls_cert: str | None = None, 
         status, reason = response.status, response.reason
         body = response.read(MAX_RESPONSE_BYTES + 1)
     except ssl.SSLCertVerificationError as error:
-        detail = (error.verify_message or _first_line(error)).rstrip(".")
+        detail = (error.verify_message or first_line(error)).rstrip(".")
         raise AuthorityError(f"TLS: the certificate of the authority at {where} is not trusted: {detail} "
                              "(check --ca, and that the certificate names this host)", kind="tls") from None
     except ssl.SSLError as error:
-        detail = re.sub(r"\s*\(_ssl\.c:\d+\)", "", error.reason or _first_line(error))
+        detail = re.sub(r"\s*\(_ssl\.c:\d+\)", "", error.reason or first_line(error))
         if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             detail = "the authority closed the connection"
         if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) or "CERTIFICATE" in detail:
@@ -373,11 +373,6 @@ def _read_response(body: bytes, where: str) -> tuple[str, int | None]:
     return public_key, next(iter(kids.values()), None)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 # -- the database ------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -424,7 +419,7 @@ def _database_error(error: Exception, action: str) -> KeySyncError:
     import psycopg
 
     diag = getattr(error, "diag", None)
-    message = getattr(diag, "message_primary", None) or _first_line(error)
+    message = getattr(diag, "message_primary", None) or first_line(error)
     if isinstance(error, psycopg.errors.InsufficientPrivilege):
         return KeySyncError(f"cannot {action}: {message} (connect as a member of hessra_admin, or a role given "
                             "hessra_authz.grant_admin())")

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from hessra_pg.errors import PolicyTestRunError
+from hessra_pg.errors import PolicyTestRunError, first_line
 
 from .common import EXIT_OK, CliInputError, command_parser, guarded
 
@@ -70,14 +70,9 @@ def _test(args: argparse.Namespace) -> int:
         with psycopg.connect(args.dsn, connect_timeout=10) as conn:
             report = run_cases(conn, cases, statement_timeout=args.statement_timeout or None, on_result=show)
     except psycopg.OperationalError as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"hessra-pg: error: can't connect: {first}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return _unusable(f"can't connect: {first_line(error)}")
     except PolicyTestRunError as error:
-        print(f"hessra-pg: error: {error}", file=sys.stderr)
-        if error.hint:
-            print(f"hint: {error.hint}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return _unusable(str(error), error.hint)
     print(report.summary())
     if args.junit:
         try:
@@ -138,14 +133,17 @@ def _test_helpers(args: argparse.Namespace) -> int:
                 return EXIT_OK
             kid = install_test_helpers(conn, test_database=True)
     except psycopg.OperationalError as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"hessra-pg: error: can't connect: {first}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return _unusable(f"can't connect: {first_line(error)}")
     except SqlHelpersError as error:
-        print(f"hessra-pg: error: {error}", file=sys.stderr)
-        if error.hint:
-            print(f"hint: {error.hint}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return _unusable(str(error), error.hint)
     print(f"{name}: installed hessra_test (TEST ONLY), test key kid {kid}; remove with --drop")
     return EXIT_OK
 
+
+def _unusable(message: str, hint: str | None = None) -> int:
+    """Exit status 2 with a one-line error (and its hint): the run can't be
+    made or the database can't be used."""
+    print(f"hessra-pg: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    return EXIT_UNUSABLE

@@ -27,7 +27,15 @@ from . import imports_without_gc
 with imports_without_gc():
     from ..errors import ArgumentError, HessraError, InternalError, KeyFormatError, TokenFormatError
     from ..core.records import Revocations, RootKey, parse_chain
-    from .runtime import RUNTIME, STALE, _Stale, error_outcome, internal_error
+    from .runtime import (
+        NO_CAPABILITY_SETTINGS,
+        RUNTIME,
+        STALE,
+        CapabilitySettings,
+        _Stale,
+        error_outcome,
+        internal_error,
+    )
 
 _EXPLAIN_FAILED = ('{"valid": false, "reason": "internal_error", "kid": null, "expires_at": null, '
                    '"revocation_ids": [], "detail": "the verifier failed unexpectedly"}')
@@ -182,10 +190,24 @@ def load_config(version: str, kids: list[int] | None, public_keys: list[str] | N
     per node, in chain order (kind: the node's jsonb type, NULL for a chain
     without nodes; component and key NULL unless strings). Returns '' or an
     error outcome."""
+    take_config(version, kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds, node_components,
+                node_keys, revoked_ids, revoked_identities, database, database_tag)
+    return ""
+
+
+def take_config(version: str, kids: list[int] | None, public_keys: list[str] | None,
+                not_before_us: list[int | None] | None, not_after_us: list[int | None] | None,
+                node_chains: list[str] | None, node_kinds: list[str | None] | None,
+                node_components: list[str | None] | None, node_keys: list[str | None] | None,
+                revoked_ids: list[str] | None, revoked_identities: list[str] | None, database: int | None,
+                database_tag: str | None, capability: CapabilitySettings | None = None) -> bool:
+    """Hand _sync()'s arrays to the runtime (every ABI's load_config);
+    whether it took them (it refuses a generation older than one in force)."""
     keys, chains, revocations = config_parts(kids, public_keys, not_before_us, not_after_us, node_chains,
                                              node_kinds, node_components, node_keys, revoked_ids, revoked_identities)
-    RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "")
-    return ""
+    RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "",
+                        capability or NO_CAPABILITY_SETTINGS)
+    return RUNTIME.config_version() == version
 
 
 def config_parts(kids: list[int] | None, public_keys: list[str] | None, not_before_us: list[int | None] | None,

@@ -10,7 +10,7 @@ from . import imports_without_gc
 
 with imports_without_gc():
     from ..errors import ArgumentError
-    from .abi_0_3 import _bool, _entry, config_parts
+    from .abi_0_3 import _bool, _entry, take_config
     from .runtime import RUNTIME, CapabilitySettings
 
 TYPE_CHECKING = False
@@ -74,10 +74,9 @@ def load_config(version: str, kids: list[int] | None, public_keys: list[str] | N
                 database_tag: str | None, anchor: str | None, require_anchor: bool | None,
                 fallback: str | None) -> str:
     """abi_0_3.load_config, plus the capability settings."""
-    keys, chains, revocations = config_parts(kids, public_keys, not_before_us, not_after_us, node_chains,
-                                             node_kinds, node_components, node_keys, revoked_ids, revoked_identities)
-    settings = CapabilitySettings(anchor, bool(require_anchor), fallback or "per_row")
-    RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "", settings)
+    take_config(version, kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds, node_components,
+                node_keys, revoked_ids, revoked_identities, database, database_tag,
+                CapabilitySettings(anchor, bool(require_anchor), fallback or "per_row"))
     return ""
 
 
@@ -104,13 +103,8 @@ def explain_capability(context: str, version: str | None, admin: bool, token: st
 @_entry("f")
 def authorized(context: str, version: str | None, token: str | None, subject: str | None, resource: str | None,
                operation: str | None) -> str:
-    """authorized(): a capability token is verified as a capability (the
-    anchor supplied, the subject checked only when set), any other token as
-    verify_token does."""
-    call = RUNTIME.call(context, version)
-    if call.is_capability(token):
-        return _bool(call.capability(token, resource, operation, (), subject).valid)
-    return _bool(call.decide(token, subject=subject, resource=resource, operation=operation).valid)
+    """authorized(): Statement.authorized."""
+    return _bool(RUNTIME.call(context, version).authorized(token, subject, resource, operation))
 
 
 @_entry(_EXPLAIN_FAILED)
@@ -138,23 +132,36 @@ def _helper_answer(call: Any, token: str | None, subject: str | None, resource: 
     "floor" ['t'] when every non-NULL value passes, "nulls" ['t'] when NULL
     does; "fallback" ['t'] when rows need per-row verification. The sets
     are computed once per statement (statement.capability_rows)."""
+    labels, sets = _policy_sets(call, token, subject, resource, operation, row_labels, fixed)
+    return _answer(call, labels, sets, label, want)
+
+
+def _policy_sets(call: Any, token: str | None, subject: str | None, resource: str | None, operation: str | None,
+                 row_labels: list[str | None] | None, fixed: str | None) -> tuple[tuple[str, ...], Any]:
+    """The policy's row labels and the RowSets of the current token."""
     labels = _labels(row_labels)
-    sets = call.capability_rows(token or None, resource, operation, labels, _fixed(fixed), subject or None)
+    return labels, call.capability_rows(token or None, resource, operation, labels, _fixed(fixed), subject or None)
+
+
+def _answer(call: Any, labels: tuple[str, ...], sets: Any, label: str | None, want: str | None) -> list[str | None]:
+    """_helper_answer from the sets (the rules: designation_answers.label_answer, fallback_flag)."""
+    from .designation_answers import fallback_flag, label_answer
+
     if want == "fallback":
-        return [_bool(sets.verdict == "fallback" and call.config.capability.fallback == "per_row")]
+        return [_bool(fallback_flag(sets, call.config.capability.fallback == "per_row"))]
     if want == "sets":
         import json
 
         return [json.dumps(sets.as_dict())]
     if label not in labels:
         raise ArgumentError(f"label {label!r} is not one of the policy's row labels")
-    kind = sets.sets[label].kind if sets.verdict == "filter" else None
+    values, floor, nulls = label_answer(sets, label)
     if want == "values":
-        return sorted(sets.sets[label].values) if kind == "set" else []
+        return values
     if want == "floor":
-        return [_bool(kind in ("all", "nonnull"))]
+        return [_bool(floor)]
     if want == "nulls":
-        return [_bool(kind == "all")]
+        return [_bool(nulls)]
     raise ArgumentError(f"unknown helper result {want!r}")
 
 

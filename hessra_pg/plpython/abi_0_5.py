@@ -19,7 +19,7 @@ from __future__ import annotations
 from . import imports_without_gc
 
 with imports_without_gc():
-    from .abi_0_3 import _bool, _entry, config_parts
+    from .abi_0_3 import _bool, _entry, take_config
     from .runtime import RUNTIME, CapabilitySettings
 
 # -- per-row fast paths (any role may call them; RUNTIME.rows lives as long as the backend) --
@@ -39,10 +39,7 @@ def authorized(context: str, version: str | None, token: str | None, subject: st
                operation: str | None) -> str:
     """abi_0_4.authorized, and the answer recorded for the next rows."""
     call = RUNTIME.call(context, version)
-    if call.is_capability(token):
-        valid = call.capability(token, resource, operation, (), subject).valid
-    else:
-        valid = call.decide(token, subject=subject, resource=resource, operation=operation).valid
+    valid = call.authorized(token, subject, resource, operation)
     if valid:
         call.share_kind(token)  # the next backend then takes the decision without reading the token
     call.keep_row_answer(token, "authorized", (subject, resource, operation, None, None), valid)
@@ -83,10 +80,8 @@ def load_config(version: str, kids: list[int] | None, public_keys: list[str] | N
     since 0.5.0: one call per configuration change). The levels are taken
     with the configuration, and not when the runtime refuses an older one
     (the statement then fails)."""
-    keys, chains, revocations = config_parts(kids, public_keys, not_before_us, not_after_us, node_chains,
-                                             node_kinds, node_components, node_keys, revoked_ids, revoked_identities)
-    settings = CapabilitySettings(anchor, bool(require_anchor), fallback or "per_row")
-    RUNTIME.load_config(version, keys, chains, revocations, database, database_tag or "", settings)
-    if RUNTIME.config_version() == version:
+    if take_config(version, kids, public_keys, not_before_us, not_after_us, node_chains, node_kinds,
+                   node_components, node_keys, revoked_ids, revoked_identities, database, database_tag,
+                   CapabilitySettings(anchor, bool(require_anchor), fallback or "per_row")):
         RUNTIME.audit.load(version, audit_level, audit_role_oids, audit_role_levels)
     return ""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from . import imports_without_gc
 
 with imports_without_gc():
-    from .abi_0_4 import _fixed, _helper_answer, _labels
+    from .abi_0_4 import _answer, _policy_sets
     from .abi_0_3 import _entry
     from .runtime import RUNTIME
 
@@ -39,15 +39,13 @@ def capability_rows(context: str, version: str | None, token: str | None, subjec
     stands in its way), and the answers of every label recorded for the
     next helper calls under this snapshot."""
     call = RUNTIME.call(context, version)
-    answer = ["ok", *_helper_answer(call, token, subject, resource, operation, row_labels, fixed, label, want)]
+    labels, sets = _policy_sets(call, token, subject, resource, operation, row_labels, fixed)
+    answer = ["ok", *_answer(call, labels, sets, label, want)]
     answers = RUNTIME.designations
     answers.trusted_calls += 1
     snapshot = call.row_snapshot
     if snapshot is not None:  # may record (Runtime.statement: confirmed, no audit)
-        # The sets _helper_answer just computed (a hit in the statement's cache).
         token, subject = token or None, subject or None
-        labels = _labels(row_labels)
-        sets = call.capability_rows(token, resource, operation, labels, _fixed(fixed), subject)
         until = None if token is None else call._valid_until(call.digest(token))
         answers.record(snapshot, call.config.generation, call.now,
                        (token, subject, resource, operation, labels, fixed), sets,

@@ -78,8 +78,6 @@ def directory(database: int, tag: str) -> str:
 
 
 def database_tag(database: int, tag: str) -> str:
-    from .shared_decisions import blake2b
-
     return blake2b(f"{int(database)}/{tag}".encode(), digest_size=8).hexdigest()
 
 

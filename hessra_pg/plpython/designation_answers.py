@@ -40,6 +40,10 @@ from __future__ import annotations
 import time
 
 from ..core.lru import text_size
+# Longer tokens and arguments are not recorded, and an answer that shows no
+# row is kept for NO_SECONDS without a bound from the runtime: the per-row
+# answers' rules.
+from .row_answers import _LONGEST_TEXT, NO_SECONDS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing at run time
@@ -48,10 +52,21 @@ if TYPE_CHECKING:  # no typing at run time
 #: Ceiling of the recorded answers (keys and values, estimated).
 DESIGNATION_ANSWERS_BYTES = 2 * 1024 * 1024
 _ENTRY_BYTES = 300
-#: Longer tokens (and arguments) are not recorded (answered the whole way each time).
-_LONGEST_TEXT = 8 * 1024
-#: How long an answer that shows no row is kept without a bound from the runtime (seconds).
-NO_SECONDS = 0.1
+
+
+def label_answer(sets: Any, label: str) -> tuple[list[str], bool, bool]:
+    """What the helpers answer for `label` from a token's RowSets (one
+    place for the trusted path and the recorded answers): its accepted
+    values (none unless the verdict is filter and the set finite), whether
+    every non-NULL value passes (floor), whether NULL does (nulls)."""
+    entry = sets.sets.get(label)
+    kind = entry.kind if sets.verdict == "filter" and entry is not None else None
+    return (sorted(entry.values) if kind == "set" else [], kind in ("all", "nonnull"), kind == "all")
+
+
+def fallback_flag(sets: Any, per_row: bool) -> bool:
+    """Whether rows go to the per-row verifier (`per_row`: the fallback setting is per_row)."""
+    return sets.verdict == "fallback" and per_row
 
 
 class DesignationAnswers:
@@ -91,17 +106,12 @@ class DesignationAnswers:
         if any(text is not None and len(text) > _LONGEST_TEXT for text in key[:4]) \
                 or text_size(key[4:]) > _LONGEST_TEXT:
             return
-        verdict = sets.verdict
-        answers: dict[str, tuple[list[str], bool, bool]] = {}
-        for label in key[4]:
-            entry = sets.sets.get(label)
-            kind = entry.kind if verdict == "filter" and entry is not None else None
-            answers[label] = (sorted(entry.values) if kind == "set" else [], kind in ("all", "nonnull"), kind == "all")
+        answers = {label: label_answer(sets, label) for label in key[4]}
         if until is None:
-            if verdict == "filter":
+            if sets.verdict == "filter":
                 return  # can't tell how long it holds: asked the whole way each time
             until = now + NO_SECONDS
-        value = (answers, verdict == "fallback" and per_row, until)
+        value = (answers, fallback_flag(sets, per_row), until)
         if snapshot != self.snapshot or generation != self.generation:
             self.clear()
             self.snapshot, self.generation = snapshot, generation

@@ -247,6 +247,12 @@ class Runtime:
             self._designations = DesignationAnswers(lambda: self.rows.published)
         return self._designations
 
+    def _clear_answers(self) -> None:
+        """Forget the per-row and designation answers (another configuration, or this backend changing it)."""
+        self.rows.clear()
+        if self._designations is not None:
+            self._designations.clear()
+
     # -- configuration ------------------------------------------------------
 
     def config_version(self) -> str | None:
@@ -259,9 +265,7 @@ class Runtime:
         snapshot comparison)."""
         self.changing_xid = xid
         self.confirmed_snapshot = None
-        self.rows.clear()
-        if self._designations is not None:
-            self._designations.clear()
+        self._clear_answers()
 
     def load_config(self, version: str, keys: tuple[RootKey, ...], chains: dict[str, Any],
                     revocations: Revocations, database: int | None = None, database_tag: str = "",
@@ -278,9 +282,7 @@ class Runtime:
             return
         self.config = Config(version, generation, keys, parse_chains(chains), revocations, capability)
         self.confirmed_snapshot = None
-        self.rows.clear()
-        if self._designations is not None:
-            self._designations.clear()
+        self._clear_answers()
         self.tokens.clear()
         self.decisions.clear()
         self.results.clear()
@@ -392,8 +394,8 @@ class Statement:
         self.row_snapshot: str | None = None
         #: Until when the latest remembered() result is kept (None: not kept).
         self.kept_until: float | None = None
-        #: Whether is_capability() read a token's kind itself (share_kind() passes it on).
-        self.kind_read = False
+        #: The kind is_capability() read from a token itself (share_kind() passes it on), else None.
+        self.kind_read: bool | None = None
 
     def digest(self, token: str) -> bytes:
         if token is not self._token:
@@ -614,11 +616,20 @@ class Statement:
                     kind = is_capability_token(decode(decode_token(token)))
                 except Exception:  # noqa: BLE001 (unreadable: the verifier reports it)
                     kind = False
-                self.kind_read = True
+                self.kind_read = kind
             if len(kinds) >= TOKEN_KINDS_MAX:
                 kinds.clear()
             kinds[digest] = kind
         return kind
+
+    def authorized(self, token: str | None, subject: str | None, resource: str | None,
+                   operation: str | None) -> bool:
+        """authorized(): a capability token verified as a capability (the
+        anchor supplied, the subject checked only when set), any other token
+        as verify_token does."""
+        if self.is_capability(token):
+            return self.capability(token, resource, operation, (), subject).valid
+        return self.decide(token, subject=subject, resource=resource, operation=operation).valid
 
     def share_kind(self, token: str) -> None:
         """Tell the database's other backends which kind this token is,
@@ -626,11 +637,12 @@ class Statement:
         what the verifier allowed: tokens that are merely readable, or
         garbage, would evict other backends' decisions), if this call read
         the kind from the token (once per backend and token)."""
-        shared = self.runtime.shared
-        kind = self.runtime.token_kinds.get(self.digest(token))
-        if self.kind_read and shared is not None and kind is not None:
-            shared.record(_kind_digest(kind, self.digest(token)), float("inf"))
-            self.kind_read = False
+        kind = self.kind_read
+        if kind is None:
+            return
+        self.kind_read = None
+        if self.runtime.shared is not None:
+            self.runtime.shared.record(_kind_digest(kind, self.digest(token)), float("inf"))
 
     def _shared_kind(self, token_digest: bytes) -> bool | None:
         """The kind another backend of the database read (a pure function

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import biscuit_auth
 
+from hessra_pg.context import SET_CONTEXT_SQL
 from hessra_pg.core.keys import generate_keypair
 
 if TYPE_CHECKING:
@@ -64,8 +65,7 @@ def acting_as(conn: psycopg.Connection[Any], role: str | None, token: str | None
     from psycopg import sql
 
     with conn.transaction(force_rollback=True):
-        conn.execute("SELECT pg_catalog.set_config('hessra.token', %s, true), "
-                     "pg_catalog.set_config('hessra.subject', %s, true)", (token or "", subject or ""))
+        conn.execute(SET_CONTEXT_SQL, (token or "", subject or ""))  # (an empty select list: no token echoed)
         if role is not None:
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
         yield conn

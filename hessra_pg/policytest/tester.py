@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ..tokens.mint import DEFAULT_DURATION
 from .session import TestKey, acting_as, register_test_key
 from .tokens import MintedToken, TokenSpec, mint_test_token
 
@@ -46,7 +47,7 @@ class PolicyTester:
 
     def token(self, kind: str = "authorization", *, subject: str | None = None, resource: str | None = None,
               operation: str | None = None, designations: Mapping[str, str] | None = None,
-              anchor: str | None = None, expires_in: int = 300, expired: bool = False,
+              anchor: str | None = None, expires_in: int = DEFAULT_DURATION, expired: bool = False,
               key: str = "test") -> MintedToken:
         """A token minted now from a description (see TokenSpec; ``key="unregistered"``: a forgery)."""
         spec = TokenSpec(kind=kind, subject=subject, resource=resource, operation=operation,
