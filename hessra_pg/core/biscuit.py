@@ -41,6 +41,16 @@ if not TYPE_CHECKING:
 _errors: tuple[type[BaseException], ...] | None = None
 
 
+def unverified_revocation_ids(data: bytes) -> tuple[str, ...]:
+    """The revocation ids of a token's blocks (serialized bytes), read
+    without checking its signature: what a revocation or an audit line names
+    even for a token signed by a retired or unknown key. Raises biscuit-python's
+    errors (errors()) for bytes that are no Biscuit."""
+    from .encoding import encode_token
+
+    return tuple(biscuit_auth.UnverifiedBiscuit.from_base64(encode_token(data)).revocation_ids)
+
+
 def errors() -> tuple[type[BaseException], ...]:
     """Every exception biscuit-python raises for a bad token or a failed check."""
     global _errors

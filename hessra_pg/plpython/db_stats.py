@@ -50,7 +50,7 @@ import struct
 import time
 
 from .shared_decisions import blake2b
-from .stats import BUCKETS, SNAPSHOT_INTERVAL, _KEY_REASONS
+from .stats import BUCKETS, SNAPSHOT_INTERVAL, bucket_index, bucket_rows, cache_counts, decision_rows
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -122,14 +122,10 @@ def of_runtime(runtime: Any) -> dict[str, Any]:
         if key not in decisions and len(decisions) >= SNAPSHOT_KEYS - 1:
             key = f"{kind}|{outcome}|other"[:200]
         decisions[key] = decisions.get(key, 0) + count
-    shared = runtime.shared
     audit = runtime.audit
     return {
         "d": decisions, "b": list(counters.buckets), "s": counters.total_us,
-        "c": {"tokens": [runtime.tokens.hits, runtime.tokens.misses],
-              "decisions": [runtime.decisions.hits, runtime.decisions.misses],
-              "results": [runtime.results.hits, runtime.results.misses],
-              "shared_decisions": [0, 0] if shared is None else [shared.hits, shared.misses]},
+        "c": {row["cache"]: [row["hits"], row["misses"]] for row in cache_counts(runtime)},
         "a": [audit.written, audit.suppressed_total, audit.errors],
     }
 
@@ -408,15 +404,8 @@ def _register_exit_hook(runtime: Any) -> None:
 
 
 def _percentile(buckets: list[int], fraction: float) -> int | None:
-    count = sum(buckets)
-    if count == 0:
-        return None
-    seen = 0
-    for index, number in enumerate(buckets):
-        seen += number
-        if seen >= fraction * count:
-            return 1 << index if index < BUCKETS - 1 else None
-    return None
+    index = bucket_index(buckets, fraction)
+    return None if index is None or index == BUCKETS - 1 else 1 << index
 
 
 def read(database: int, tag_text: str, live: list[tuple[int, int]], admin: bool, reset: bool = False
@@ -478,25 +467,18 @@ def _unlink(path: str) -> None:
 
 
 def report(total: dict[str, Any], admin: bool, *, backends: int, exited: int, since: float) -> dict[str, Any]:
-    rows: dict[tuple[str, str, str], int] = {}
-    for key, count in total["d"].items():
-        kind, outcome, reason = (key.split("|") + ["", "", ""])[:3]
-        if not admin and reason in _KEY_REASONS:
-            reason = "bad_signature"
-        rows[(kind, outcome, reason)] = rows.get((kind, outcome, reason), 0) + count
+    decisions = ((tuple((key.split("|") + ["", "", ""])[:3]), count) for key, count in total["d"].items())
     buckets = total["b"]
     count = sum(buckets)
     hits, misses = total["c"]["shared_decisions"]
     return {
         "backends": backends,
         "exited_backends": exited,
-        "decisions": [{"kind": kind, "outcome": outcome, "reason": reason, "count": number}
-                      for (kind, outcome, reason), number in sorted(rows.items())],
+        "decisions": decision_rows(decisions, admin),  # type: ignore[arg-type]
         "verification_us": {
             "count": count, "sum": total["s"],
             "p50": _percentile(buckets, 0.5), "p90": _percentile(buckets, 0.9), "p99": _percentile(buckets, 0.99),
-            "buckets": [{"le": 1 << index if index < BUCKETS - 1 else None, "count": number}
-                        for index, number in enumerate(buckets) if number],
+            "buckets": bucket_rows(buckets),
         },
         "caches": [{"cache": name, "hits": total["c"][name][0], "misses": total["c"][name][1]} for name in CACHES],
         "shared_decisions": {"hits": hits, "misses": misses,

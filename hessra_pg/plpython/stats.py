@@ -24,7 +24,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, TypeVar
+    from typing import Any, Callable, Iterable, TypeVar
 
     R = TypeVar("R")
 
@@ -88,34 +88,52 @@ class Counters:
     def percentile(self, fraction: float) -> int | None:
         """The upper bound (microseconds) of the bucket holding `fraction`
         of the computed decisions; None before any."""
-        count = sum(self.buckets)
-        if count == 0:
+        index = bucket_index(self.buckets, fraction)
+        if index is None:
             return None
-        wanted = fraction * count
-        seen = 0
-        for index, number in enumerate(self.buckets):
-            seen += number
-            if seen >= wanted:
-                return min(1 << index, self.max_us) if index < BUCKETS - 1 else self.max_us
-        return self.max_us
+        return min(1 << index, self.max_us) if index < BUCKETS - 1 else self.max_us
 
     def report(self, admin: bool) -> dict[str, Any]:
-        rows: dict[tuple[str, str, str], int] = {}
-        for (kind, outcome, reason), count in self.decisions.items():
-            if not admin and reason in _KEY_REASONS:
-                reason = "bad_signature"
-            rows[(kind, outcome, reason)] = rows.get((kind, outcome, reason), 0) + count
         count = sum(self.buckets)
         return {
-            "decisions": [{"kind": kind, "outcome": outcome, "reason": reason, "count": number}
-                          for (kind, outcome, reason), number in sorted(rows.items())],
+            "decisions": decision_rows(self.decisions.items(), admin),
             "verification_us": {
                 "count": count, "sum": self.total_us, "max": self.max_us if count else None,
                 "p50": self.percentile(0.5), "p90": self.percentile(0.9), "p99": self.percentile(0.99),
-                "buckets": [{"le": 1 << index if index < BUCKETS - 1 else None, "count": number}
-                            for index, number in enumerate(self.buckets) if number],
+                "buckets": bucket_rows(self.buckets),
             },
         }
+
+
+def bucket_index(buckets: list[int], fraction: float) -> int | None:
+    """The index of the bucket holding `fraction` of the counted durations (None: none counted)."""
+    count = sum(buckets)
+    if count == 0:
+        return None
+    seen = 0
+    for index, number in enumerate(buckets):
+        seen += number
+        if seen >= fraction * count:
+            return index
+    return len(buckets) - 1
+
+
+def bucket_rows(buckets: list[int]) -> list[dict[str, Any]]:
+    """The non-empty buckets as {"le": upper bound in microseconds (None: the last), "count"}."""
+    return [{"le": 1 << index if index < BUCKETS - 1 else None, "count": number}
+            for index, number in enumerate(buckets) if number]
+
+
+def decision_rows(items: Iterable[tuple[tuple[str, str, str], int]], admin: bool) -> list[dict[str, Any]]:
+    """Decision counts by (kind, outcome, reason), sorted; for roles that
+    don't administer the keys, the key reasons folded into bad_signature."""
+    rows: dict[tuple[str, str, str], int] = {}
+    for (kind, outcome, reason), count in items:
+        if not admin and reason in _KEY_REASONS:
+            reason = "bad_signature"
+        rows[(kind, outcome, reason)] = rows.get((kind, outcome, reason), 0) + count
+    return [{"kind": kind, "outcome": outcome, "reason": reason, "count": number}
+            for (kind, outcome, reason), number in sorted(rows.items())]
 
 
 def cache_counts(runtime: Any) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ from ..core.datalog import (
     check_source,
     decode,
 )
+from ..core.biscuit import unverified_revocation_ids
 from ..core.encoding import decode_token, encode_token
 from ..core.keys import parse_public_key
 from ..core.verifier import BISCUIT_ERRORS
@@ -653,7 +654,7 @@ def capability_info(token: str, root_key: KeyLike | None = None) -> CapabilityIn
         revocation_ids = list(_load(token, root_key).revocation_ids)
     else:
         try:
-            revocation_ids = list(biscuit_auth.UnverifiedBiscuit.from_base64(encode_token(data)).revocation_ids)
+            revocation_ids = list(unverified_revocation_ids(data))
         except BISCUIT_ERRORS:
             raise TokenFormatError("token is not a valid Biscuit") from None
     return describe_capability(decode(data), verified=root_key is not None, revocation_ids=revocation_ids)
